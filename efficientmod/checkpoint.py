@@ -1,0 +1,225 @@
+"""Reading, converting and writing weights.
+
+``load_checkpoint`` is one straight line: read (safetensors, or ``torch.load`` with
+``weights_only=True``) → unwrap (``model`` / ``state_dict`` / ``state_dict_ema`` dicts,
+``module.`` / ``_orig_mod.`` prefixes) → detect the layout (this library's own, or a
+foreign one registered by the family that knows it) → convert → load. Foreign layouts are
+registered with :func:`register_layout` next to the model code (e.g. the official
+EfficientMod release in ``models/efficientmod.py``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "CheckpointError", "register_layout", "read_state_dict", "load_checkpoint",
+    "save_pretrained", "from_pretrained", "atomic_write",
+]
+
+WRAPPER_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema", "ema")
+PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the keys."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    family: str
+    name: str
+    detect: Callable[[Mapping[str, torch.Tensor]], bool]
+    convert: Callable[[dict], dict]
+
+
+_LAYOUTS: list[Layout] = []
+
+
+def register_layout(family: str, name: str, detect, convert) -> None:
+    """Teach :func:`load_checkpoint` a foreign layout of ``family``'s models:
+    ``detect(state_dict) -> bool`` recognises it, ``convert(state_dict) -> state_dict``
+    renames/reshapes it to the library's own layout."""
+    _LAYOUTS.append(Layout(family, name, detect, convert))
+
+
+# -- reading -------------------------------------------------------------------------
+def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` from a file (``.safetensors``, ``.pth``/``.pt``/``.bin``
+    read with ``weights_only=True``), a ``save_pretrained`` folder, or a dict — wrapper
+    dicts unwrapped and ``module.`` / ``_orig_mod.`` prefixes stripped."""
+    if isinstance(source, Mapping):
+        state = dict(source)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = path / "model.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:  # unpickling refused or a corrupt file
+                raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
+    for key in WRAPPER_KEYS:
+        if isinstance(state.get(key), Mapping):
+            state = dict(state[key])
+            break
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"no tensors found in the checkpoint (top-level keys: {sorted(state)[:10]})")
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _family_of(model: nn.Module) -> str | None:
+    from efficientmod.models.registry import model_info
+
+    name = getattr(model, "registry_name", "")
+    return model_info(name).family if name else None
+
+
+def to_own_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, str]:
+    """Convert ``state`` to ``model``'s own key names; returns it and the layout's name."""
+    own_keys = set(model.state_dict())
+    if set(state) & own_keys and len(set(state) & own_keys) >= len(own_keys) // 2:
+        return state, "efficientmod"
+    family = _family_of(model)
+    for layout in _LAYOUTS:
+        if (family is None or layout.family == family) and layout.detect(state):
+            return layout.convert(state), layout.name
+    sample = ", ".join(sorted(state)[:6])
+    raise CheckpointError(
+        f"unrecognised checkpoint layout for {getattr(model, 'registry_name', type(model).__name__)}: "
+        f"its keys ({sample}, ...) match neither this library's layout nor a known foreign one "
+        f"({', '.join(l.family + ':' + l.name for l in _LAYOUTS if family in (None, l.family)) or 'none'})"
+    )
+
+
+def _classifier_keys(model: nn.Module) -> list[str]:
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if classifier is None:
+        return []
+    ids = {id(p) for p in list(classifier.parameters()) + list(classifier.buffers())}
+    return [k for k, v in model.state_dict(keep_vars=True).items() if id(v) in ids]
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path_or_state_dict: str | os.PathLike | Mapping,
+    strict: bool = True,
+    ignore_head: bool = False,
+) -> nn.Module:
+    """Load released (official EfficientMod, timm) or own weights into ``model``.
+
+    Args:
+        strict: missing or unexpected keys raise one :class:`CheckpointError` naming them.
+        ignore_head: a classifier whose shape differs from the model's (another class
+            count) is dropped with a warning and the model keeps its fresh head.
+    """
+    target = getattr(model, "model", model)  # a features_only wrapper
+    state, layout = to_own_layout(target, read_state_dict(path_or_state_dict))
+    own = target.state_dict()
+    dropped = []
+    if ignore_head:
+        dropped = [k for k in _classifier_keys(target) if k in state and state[k].shape != own[k].shape]
+        if dropped:
+            warnings.warn(f"checkpoint classifier ignored (shape differs from the model's): {dropped}")
+            state = {k: v for k, v in state.items() if k not in dropped}
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    missing = sorted(set(own) - set(state) - set(dropped))
+    unexpected = sorted(set(state) - set(own))
+    if mismatched or (strict and (missing or unexpected)):
+        parts = []
+        if mismatched:
+            parts.append("shape mismatch: " + "; ".join(mismatched[:10]))
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:10]))
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10]))
+        hint = "" if ignore_head else " (ignore_head=True drops a classifier of another class count)"
+        raise CheckpointError(f"checkpoint ({layout} layout) does not fit the model: " + "; ".join(parts) + hint)
+    target.load_state_dict(state, strict=False)
+    return model
+
+
+# -- writing ---------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` to a temporary file in the same folder, fsync it, then rename it
+    over ``path``: a crash leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None) -> None:
+    """``model.safetensors`` + ``config.json`` (architecture, classes, input, mean/std)."""
+    from efficientmod.models.registry import model_info
+
+    if not model.registry_name:
+        raise ValueError("save_pretrained needs a model built by efficientmod.create_model")
+    info = model_info(model.registry_name)
+    directory = Path(directory)
+    config = dict(
+        architecture=info.name,
+        num_classes=model.num_classes,
+        in_chans=model.in_chans,
+        input_size=[model.in_chans, *info.input_size[1:]],
+        mean=list(info.mean),
+        std=list(info.std),
+        interpolation=info.interpolation,
+        crop_pct=info.crop_pct,
+        class_names=class_names,
+    )
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
+    atomic_write(directory / "config.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} is not a save_pretrained folder (no config.json)")
+    return json.loads(path.read_text())
+
+
+def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
+    """Rebuild a model written by ``save_pretrained`` (extra ``kwargs`` go to the model)."""
+    from efficientmod.models.registry import create_model
+
+    config = read_config(directory)
+    model = create_model(config["architecture"], num_classes=config["num_classes"],
+                         in_chans=config["in_chans"], **kwargs)
+    load_checkpoint(model, directory, strict=True)
+    model.class_names = config.get("class_names")
+    return model

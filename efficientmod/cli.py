@@ -1,0 +1,43 @@
+"""The ``efficientmod`` command: argparse sub-commands that call the library, nothing more.
+
+Each command module exposes ``add_parser(subparsers)``, which adds its sub-command(s) and
+sets ``func`` (called with the parsed arguments; its return value is the exit status).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "efficientmod.cli_models",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="efficientmod",
+        description="Efficient vision backbones (EfficientMod, EfficientViT, MobileViTv2): "
+        "models, training, benchmarks, deployment.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"efficientmod {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"efficientmod {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""EfficientMod — "Efficient Modulation for Vision Networks" (Ma et al., ICLR 2024).
+
+The efficient modulation block (the paper's Fig. 1c) on a token map x (channels last)::
+
+    ctx(x) = g( act( DWConv_k( f(x) ) ) )                 f, g: C→C FC layers, k = 7
+    v(x)   = act( W_v x )        (no act when r = 1)      W_v: C→rC FC ("sliming")
+    block  : x ← x + γ ⊙ p( repeat_r( ctx(LN x) ) ⊙ v(LN x) )    p: rC→C FC, γ layer scale
+
+The context branch runs its depth-wise conv on C channels, r× cheaper than MBConv, and
+its output is *repeated* r times along channels (cheaper than reshaping) to match v.
+The network has four stages (strides 4, 8, 16, 32): a 7×7/4 conv stem, then 3×3/2 conv
+downsampling, each followed by LayerNorm. Hybrid variants append vanilla pre-norm
+Transformer blocks (multi-head self-attention + MLP, no layer scale) to the last two
+stages; ``s_conv`` is pure convolution.
+
+Variant tables match the official release's state-dict layouts exactly;
+:func:`convert_official` maps those checkpoints onto this module's own names.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models._features import feature_take_indices
+
+from efficientmod.checkpoint import register_layout
+from efficientmod.models.base import Backbone
+from efficientmod.models.registry import ModelInfo, register_variant
+
+__all__ = ["EfficientModCfg", "EfficientMod", "ModulationBlock", "AttentionBlock", "convert_official"]
+
+PAPER = "Ma et al., Efficient Modulation for Vision Networks, ICLR 2024, Table 2 (arXiv 2403.19963)"
+
+
+@dataclass(frozen=True)
+class EfficientModCfg:
+    """Architecture of one variant.
+
+    ``expansion_ratios[i][j]`` is the ratio r of modulation block j of stage i (so the
+    stage has ``len(expansion_ratios[i])`` such blocks); ``attention_depths[i]``
+    Transformer blocks follow them, with MLP ratio ``attention_mlp_ratios[i]``.
+    """
+
+    dims: tuple[int, int, int, int]
+    expansion_ratios: tuple[tuple[int, ...], ...]
+    attention_depths: tuple[int, int, int, int] = (0, 0, 0, 0)
+    attention_mlp_ratios: tuple[float, float, float, float] = (4, 4, 4, 4)
+    context_kernel: int = 7
+    attention_heads: int = 8
+    attention_min_head_dim: int = 32
+    layer_scale_init: float = 1e-4
+    stem_kernel: int = 7
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(len(r) for r in self.expansion_ratios)
+
+
+class ContextBranch(nn.Module):
+    """ctx(x) = g(act(DWConv_k(f(x)))) on a channels-last map (B, H, W, C)."""
+
+    def __init__(self, dim: int, kernel_size: int = 7):
+        super().__init__()
+        self.f = nn.Linear(dim, dim)
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.act = nn.GELU()
+        self.g = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.f(x).permute(0, 3, 1, 2)
+        x = self.act(self.dwconv(x))
+        return self.g(x.permute(0, 2, 3, 1))
+
+
+class ModulationBlock(nn.Module):
+    """x ← x + γ ⊙ p( repeat_r(ctx(LN x)) ⊙ v(LN x) ), channels last."""
+
+    def __init__(
+        self,
+        dim: int,
+        expansion_ratio: int,
+        context_kernel: int = 7,
+        drop_path: float = 0.0,
+        layer_scale_init: float = 1e-4,
+    ):
+        super().__init__()
+        self.expansion_ratio = expansion_ratio
+        self.norm = nn.LayerNorm(dim)
+        self.ctx = ContextBranch(dim, context_kernel)
+        self.v = nn.Linear(dim, dim * expansion_ratio)
+        # The official release applies GELU to v only when it expands the width.
+        self.v_act = nn.GELU() if expansion_ratio > 1 else nn.Identity()
+        self.proj = nn.Linear(dim * expansion_ratio, dim)
+        self.layer_scale = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def modulate(self, x: torch.Tensor) -> torch.Tensor:
+        """ctx(x) repeated r times along channels, times v(x) (before the projection p)."""
+        context = self.ctx(x)
+        if self.expansion_ratio > 1:
+            context = context.repeat(1, 1, 1, self.expansion_ratio)
+        return context * self.v_act(self.v(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.layer_scale * self.proj(self.modulate(self.norm(x))))
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Vanilla MHSA as in the official release: ``heads`` heads of width
+    max(C / heads, ``min_head_dim``) (so the inner width can differ from C), no qkv bias,
+    softmax(QKᵀ/√d)V through ``scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, heads: int = 8, min_head_dim: int = 32):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = max(dim // heads, min_head_dim)
+        inner = heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.proj = nn.Linear(inner, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C)
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm Transformer block on a channels-last map:
+    x ← x + MHSA(LN x);  x ← x + MLP(LN x)."""
+
+    def __init__(self, dim: int, mlp_ratio: float, heads: int, min_head_dim: int, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadSelfAttention(dim, heads, min_head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, dim = x.shape
+        x = x.reshape(batch, height * width, dim)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x.reshape(batch, height, width, dim)
+
+
+class ConvEmbed(nn.Module):
+    """k×k strided conv then LayerNorm: NCHW or NHWC in (``channels_last_in``), NHWC out."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, channels_last_in: bool):
+        super().__init__()
+        self.channels_last_in = channels_last_in
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2)
+        self.norm = nn.LayerNorm(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last_in:
+            x = x.permute(0, 3, 1, 2)
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class Stage(nn.Module):
+    """Optional downsampling, the modulation blocks, then the attention blocks."""
+
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class EfficientMod(Backbone):
+    """The EfficientMod network (channels-last inside, NCHW in and out)."""
+
+    def __init__(
+        self,
+        cfg: EfficientModCfg,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = cfg.dims[-1]
+        self.grad_checkpointing = False
+
+        self.stem = ConvEmbed(in_chans, cfg.dims[0], cfg.stem_kernel, stride=4, channels_last_in=False)
+        total_blocks = sum(cfg.depths) + sum(cfg.attention_depths)
+        drop_paths = iter(torch.linspace(0, drop_path_rate, total_blocks).tolist())
+        stages, self.feature_info = [], []
+        for i, dim in enumerate(cfg.dims):
+            blocks: list[nn.Module] = [
+                ModulationBlock(dim, r, cfg.context_kernel, next(drop_paths), cfg.layer_scale_init)
+                for r in cfg.expansion_ratios[i]
+            ]
+            blocks += [
+                AttentionBlock(dim, cfg.attention_mlp_ratios[i], cfg.attention_heads,
+                               cfg.attention_min_head_dim, next(drop_paths))
+                for _ in range(cfg.attention_depths[i])
+            ]
+            downsample = (
+                ConvEmbed(cfg.dims[i - 1], dim, 3, stride=2, channels_last_in=True) if i else nn.Identity()
+            )
+            stages.append(Stage(downsample, blocks))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """As the official code: truncated normal (std 0.02) linear weights, zero biases;
+        convolutions keep PyTorch's default; LayerNorm 1/0; layer scales 1e-4 (set above)."""
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # -- timm interface -------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)),
+                                                      (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                                                      (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    # -- forward --------------------------------------------------------------------
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting() and self.training:
+            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) → final-norm map (B, C, H/32, W/32)."""
+        self.check_input(x)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        return self.norm(x).permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool (the paper's pooled features), dropout, classifier."""
+        x = x.mean(dim=(2, 3))
+        if pre_logits:
+            return x
+        return self.head(self.head_drop(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Stage outputs (strides 4, 8, 16, 32) as NCHW maps, timm's interface.
+        ``norm=True`` applies the final LayerNorm to the last stage's map."""
+        if output_fmt != "NCHW":
+            raise ValueError("EfficientMod intermediates are NCHW only")
+        self.check_input(x)
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        last = len(self.stages) - 1
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = self._run_stage(stage, x)
+            if i in take:
+                feature = self.norm(x) if norm and i == last else x
+                intermediates.append(feature.permute(0, 3, 1, 2))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x).permute(0, 3, 1, 2), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last wanted one (and the norm / head)."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+
+# -- the official release's checkpoint layout ------------------------------------------
+_OFFICIAL_KEY_RULES = [
+    # (official pattern, own replacement); applied in order, first match wins
+    (r"^patch_embed\.proj\.", "stem.conv."),
+    (r"^patch_embed\.norm\.", "stem.norm."),
+    (r"^layers\.(\d+)\.downsample\.proj\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.conv."),
+    (r"^layers\.(\d+)\.downsample\.norm\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.norm."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.gamma_1$", r"stages.\1.blocks.\2.layer_scale"),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.context_layer\.context_list\.0\.", r"stages.\1.blocks.\2.ctx.dwconv."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.context_layer\.([fg])\.", r"stages.\1.blocks.\2.ctx.\3."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.blocks.\2.v."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.blocks.\2.proj."),
+]
+_OFFICIAL_MARKER = re.compile(r"^layers\.\d+\.blocks\.\d+\.mlp\.context_layer\.")
+_OFFICIAL_ATTENTION_BLOCK = re.compile(r"^(layers\.\d+\.blocks\.\d+)\.attn\.")
+
+
+def is_official_layout(state_dict: dict) -> bool:
+    return any(_OFFICIAL_MARKER.match(k) for k in state_dict)
+
+
+def convert_official(state_dict: dict) -> dict:
+    """Rename an official EfficientMod state dict (``patch_embed`` / ``layers.i`` /
+    ``mlp.context_layer`` ...) to this module's layout; tensors are untouched.
+
+    Attention blocks keep their names (``norm1``, ``attn.qkv``, ``mlp.fc1`` ...) under
+    ``stages.i.blocks.j``; the modulation blocks' ``mlp`` is renamed to v / ctx / proj.
+    """
+    attention_blocks = {m[1] for k in state_dict if (m := _OFFICIAL_ATTENTION_BLOCK.match(k))}
+    converted = {}
+    for key, value in state_dict.items():
+        block = ".".join(key.split(".")[:4])
+        rules = [] if block in attention_blocks else _OFFICIAL_KEY_RULES
+        new_key = key
+        for pattern, replacement in rules:
+            new_key, count = re.subn(pattern, replacement, key)
+            if count:
+                break
+        converted[re.sub(r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks.", new_key)] = value
+    return converted
+
+
+register_layout("efficientmod", "official EfficientMod release", is_official_layout, convert_official)
+
+
+# -- variants -------------------------------------------------------------------------
+def _alternate(ratio: int, depth: int) -> tuple[int, ...]:
+    """1, r, 1, r, ... of length ``depth`` (plain and expanding blocks alternate)."""
+    return tuple(1 if j % 2 == 0 else ratio for j in range(depth))
+
+
+VARIANTS = {
+    "efficientmod_xxs": (
+        EfficientModCfg(
+            dims=(32, 64, 128, 256),
+            expansion_ratios=tuple(_alternate(6, d) for d in (2, 2, 6, 2)),
+            attention_depths=(0, 0, 1, 2),
+        ),
+        76.0, 0.0,
+    ),
+    "efficientmod_xs": (
+        EfficientModCfg(
+            dims=(32, 64, 144, 288),
+            expansion_ratios=tuple(_alternate(4, d) for d in (3, 3, 4, 2)),
+            attention_depths=(0, 0, 3, 3),
+        ),
+        78.3, 0.0,
+    ),
+    "efficientmod_s": (
+        EfficientModCfg(
+            dims=(32, 64, 144, 312),
+            expansion_ratios=tuple(_alternate(6, d) for d in (4, 4, 8, 4)),
+            attention_depths=(0, 0, 4, 4),
+            attention_mlp_ratios=(4, 4, 4, 5),
+        ),
+        81.0, 0.02,
+    ),
+    "efficientmod_s_conv": (
+        EfficientModCfg(
+            dims=(40, 80, 160, 344),
+            expansion_ratios=tuple(_alternate(6, d) for d in (4, 4, 12, 8)),
+        ),
+        80.5, 0.02,
+    ),
+}
+
+for _name, (_cfg, _top1, _drop_path) in VARIANTS.items():
+    register_variant(
+        ModelInfo(
+            name=_name,
+            family="efficientmod",
+            model_cls=EfficientMod,
+            cfg=_cfg,
+            timm_name=_name,
+            top1=_top1,
+            top1_source=PAPER + " (DeiT recipe, no distillation)",
+            extra=dict(first_conv="stem.conv", classifier="head", drop_path_rate=_drop_path),
+        )
+    )
