@@ -1,0 +1,48 @@
+"""Shared test fixtures. Tests run on CPU, one thread per worker (CI uses pytest-xdist)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REFERENCE_DIR = Path(__file__).parent / "reference"
+EFFICIENTMOD_VARIANTS = ["efficientmod_xxs", "efficientmod_xs", "efficientmod_s", "efficientmod_s_conv"]
+
+
+def draw_reference_weights(layout, seed: int) -> dict[str, torch.Tensor]:
+    """The weight-drawing procedure of ``shared/reference/README.md``: one float64 normal
+    draw per ``[key, shape]`` in layout order, scaled by 1/sqrt(fan-in) for matrices,
+    1 + 0.1·r for norm weights and 0.1·r otherwise."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in layout:
+        r = torch.randn(list(shape), generator=generator, dtype=torch.float64)
+        if len(shape) >= 2:
+            r = r / math.sqrt(math.prod(shape[1:]))
+        elif "norm" in key and key.endswith(".weight"):
+            r = 1 + 0.1 * r
+        else:
+            r = 0.1 * r
+        state[key] = r
+    return state
+
+
+def reference_input(shape, seed: int) -> torch.Tensor:
+    return torch.randn(list(shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """``reference(variant)`` → the official figures of that variant."""
+    cache = {}
+
+    def load(variant: str) -> dict:
+        if variant not in cache:
+            cache[variant] = torch.load(REFERENCE_DIR / f"{variant}_official_seed0.pt", weights_only=True)
+        return cache[variant]
+
+    return load

@@ -1,0 +1,132 @@
+"""load_checkpoint / save_pretrained / from_pretrained / atomic_write."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import efficientmod
+from efficientmod.checkpoint import CheckpointError, atomic_write, read_state_dict
+from conftest import draw_reference_weights, reference_input
+
+
+@pytest.fixture(scope="module")
+def official_state(reference):
+    return draw_reference_weights(reference("efficientmod_xxs")["layout"], seed=0)
+
+
+def logits_of(model, reference):
+    ref = reference("efficientmod_xxs")
+    x = reference_input(ref["input_shape"], ref["input_seed"]).to(next(model.parameters()).dtype)
+    with torch.no_grad():
+        return model.eval()(x).double()
+
+
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict", "state_dict_ema", "module_prefix"])
+def test_official_checkpoint_wrappers_and_prefixes(wrap, official_state, reference):
+    state = {"module." + k: v for k, v in official_state.items()} if wrap == "module_prefix" else official_state
+    checkpoint = state if wrap in ("plain", "module_prefix") else {wrap: state, "epoch": 300}
+    model = efficientmod.create_model("efficientmod_xxs").double()
+    efficientmod.load_checkpoint(model, checkpoint)
+    assert (logits_of(model, reference) - reference("efficientmod_xxs")["logits"]).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_files_are_read_safely(suffix, official_state, reference, tmp_path):
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pth":
+        torch.save({"model": official_state, "args": {"lr": 4e-3}}, path)
+    else:
+        save_file(official_state, str(path))
+    model = efficientmod.load_checkpoint(efficientmod.create_model("efficientmod_xxs").double(), path)
+    assert (logits_of(model, reference) - reference("efficientmod_xxs")["logits"]).abs().max() < 1e-8
+    model32 = efficientmod.create_model("efficientmod_xxs", checkpoint_path=str(path))  # float32
+    assert (logits_of(model32, reference) - reference("efficientmod_xxs")["logits"]).abs().max() < 1e-4
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": _Exploit()}, handle)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        read_state_dict(path)
+
+
+def test_unrecognised_layout_names_its_keys():
+    model = efficientmod.create_model("efficientmod_xxs")
+    with pytest.raises(CheckpointError, match=r"unrecognised checkpoint layout.*backbone\.conv1\.weight"):
+        efficientmod.load_checkpoint(model, {"backbone.conv1.weight": torch.zeros(3)})
+
+
+def test_missing_and_unexpected_keys_are_named(official_state):
+    state = dict(official_state)
+    state.pop("layers.0.blocks.0.gamma_1")
+    state["layers.0.blocks.0.extra.weight"] = torch.zeros(1)
+    model = efficientmod.create_model("efficientmod_xxs")
+    with pytest.raises(CheckpointError) as error:
+        efficientmod.load_checkpoint(model, state)
+    message = str(error.value)
+    assert "missing keys (1): stages.0.blocks.0.layer_scale" in message
+    assert "unexpected keys (1): stages.0.blocks.0.extra.weight" in message
+    before = model.stages[0].blocks[0].layer_scale.clone()
+    efficientmod.load_checkpoint(model, state, strict=False)  # loads what fits
+    assert torch.equal(model.stages[0].blocks[0].layer_scale, before)
+    assert torch.equal(model.stem.conv.weight, official_state["patch_embed.proj.weight"].float())
+
+
+def test_wrong_variant_is_a_shape_error(official_state):
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        efficientmod.load_checkpoint(efficientmod.create_model("efficientmod_xs"), official_state, strict=False)
+
+
+def test_ignore_head_keeps_the_new_classifier(official_state):
+    model = efficientmod.create_model("efficientmod_xxs", num_classes=7)
+    head = model.head.weight.clone()
+    with pytest.warns(UserWarning, match=r"head\.weight"):
+        efficientmod.load_checkpoint(model, official_state, ignore_head=True)
+    assert torch.equal(model.head.weight, head)
+    with pytest.raises(CheckpointError, match="ignore_head=True"):
+        efficientmod.load_checkpoint(model, official_state)
+
+
+def test_save_pretrained_round_trip_is_exact(tmp_path):
+    model = efficientmod.create_model("efficientmod_xxs", num_classes=4).eval()
+    model.save_pretrained(tmp_path / "run", class_names=["a", "b", "c", "d"])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["architecture"] == "efficientmod_xxs" and config["num_classes"] == 4
+    assert config["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    restored = efficientmod.from_pretrained(tmp_path / "run").eval()
+    assert restored.class_names == ["a", "b", "c", "d"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), restored(x))
+    assert sorted(os.listdir(tmp_path / "run")) == ["config.json", "model.safetensors"]
+
+
+def test_from_pretrained_needs_a_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        efficientmod.from_pretrained(tmp_path)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    path.write_text("old")
+
+    def broken_writer(tmp):
+        with open(tmp, "w") as handle:
+            handle.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken_writer)
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["ckpt.pth"]

@@ -1,0 +1,158 @@
+"""EfficientMod: exactness to the official release, and what can be tested beyond it."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import efficientmod
+from conftest import EFFICIENTMOD_VARIANTS, draw_reference_weights, reference_input
+
+OFFICIAL_PARAMS = {
+    "efficientmod_xxs": 4_736_264,  # 4.736 M, SYSTEM.md / the official code
+    "efficientmod_xs": 6_627_544,
+    "efficientmod_s": 12_897_184,
+    "efficientmod_s_conv": 12_872_336,
+}
+
+
+def official_model(variant: str, reference, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """Our model, float64, loaded through load_checkpoint with official-layout weights."""
+    model = efficientmod.create_model(variant, **kwargs).double().eval()
+    state = draw_reference_weights(reference(variant)["layout"], seed)
+    efficientmod.load_checkpoint(model, state, ignore_head=kwargs.get("num_classes", 1000) != 1000)
+    return model
+
+
+@pytest.mark.parametrize("variant", EFFICIENTMOD_VARIANTS)
+def test_reproduces_official_logits_and_pooled_features(variant, reference):
+    ref = reference(variant)
+    model = official_model(variant, reference, seed=ref["weight_seed"])
+    x = reference_input(ref["input_shape"], ref["input_seed"])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pooled = model.forward_head(features, pre_logits=True)
+        logits = model.forward_head(features)
+    assert logits.shape == ref["logits"].shape
+    assert (logits - ref["logits"]).abs().max().item() < 1e-8
+    assert (pooled - ref["pooled_features"]).abs().max().item() < 1e-8
+    assert torch.equal(model(x), logits)
+
+
+@pytest.mark.parametrize("variant", EFFICIENTMOD_VARIANTS)
+def test_layout_and_parameter_count_match_the_official_release(variant, reference):
+    model = efficientmod.create_model(variant)
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[variant]
+    official_shapes = {tuple(shape) for _, shape in reference(variant)["layout"]}
+    own_shapes = {tuple(t.shape) for t in model.state_dict().values()}
+    assert own_shapes == official_shapes
+    assert len(model.state_dict()) == len(reference(variant)["layout"])
+
+
+def test_other_seed_batch_and_non_square_input_are_deterministic_and_agree_across_dtypes(reference):
+    model64 = official_model("efficientmod_xxs", reference, seed=7)
+    model32 = official_model("efficientmod_xxs", reference, seed=7).float()
+    x = torch.randn(3, 3, 96, 160, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, b = model64(x), model64(x)
+        c = model32(x.float())
+        single = model64(x[1:2])
+    assert a.shape == (3, 1000)
+    assert torch.equal(a, b)
+    assert (a - c.double()).abs().max().item() < 1e-4
+    assert (single - a[1:2]).abs().max().item() < 1e-10  # batch-independent
+    other_seed = official_model("efficientmod_xxs", reference, seed=8)
+    with torch.no_grad():
+        assert (other_seed(x) - a).abs().max().item() > 1e-3
+
+
+def test_ten_class_head_replaces_the_classifier_and_keeps_the_trunk(reference):
+    full = official_model("efficientmod_xxs", reference)
+    with pytest.warns(UserWarning, match="classifier ignored"):
+        small = official_model("efficientmod_xxs", reference, num_classes=10)
+    x = reference_input((2, 3, 64, 64), 5)
+    with torch.no_grad():
+        pooled_full = full.forward_head(full.forward_features(x), pre_logits=True)
+        pooled_small = small.forward_head(small.forward_features(x), pre_logits=True)
+        logits = small(x)
+    assert logits.shape == (2, 10)
+    assert torch.equal(pooled_full, pooled_small)
+    assert torch.allclose(logits, small.head(pooled_small))
+
+
+@pytest.mark.parametrize("variant", EFFICIENTMOD_VARIANTS)
+def test_feature_maps_have_strides_4_to_32(variant):
+    x = torch.randn(1, 3, 64, 96)
+    for features_model in (
+        efficientmod.create_model(variant, features_only=True),
+        timm.create_model(variant, features_only=True),
+    ):
+        maps = features_model(x)
+        assert [m.shape[2:] for m in maps] == [(64 // s, 96 // s) for s in (4, 8, 16, 32)]
+        assert [m.shape[1] for m in maps] == features_model.feature_info.channels()
+        assert features_model.feature_info.reduction() == [4, 8, 16, 32]
+    subset = efficientmod.create_model(variant, features_only=True, out_indices=(1, 3))
+    assert [m.shape[2:] for m in subset(x)] == [(8, 12), (2, 3)]
+
+
+def test_feature_maps_equal_the_network_stages(reference):
+    model = official_model("efficientmod_s", reference)
+    x = reference_input((1, 3, 64, 64), 2)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        normed = model.forward_intermediates(x, indices=[3], norm=True, intermediates_only=True)
+    assert torch.equal(final, model.forward_features(x))
+    assert torch.equal(normed[0], final)
+    assert not torch.equal(intermediates[-1], final)  # the raw stage output is before the norm
+    assert [t.shape[1] for t in intermediates] == [32, 64, 144, 312]
+
+
+def test_constructor_arguments():
+    model = efficientmod.create_model("efficientmod_xxs", num_classes=0, in_chans=1, drop_path_rate=0.1)
+    out = model(torch.randn(2, 1, 64, 64))
+    assert out.shape == (2, 256)  # no classifier: pooled features
+    drop_paths = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert drop_paths == sorted(drop_paths) and drop_paths[-1] == pytest.approx(0.1)
+    assert len(drop_paths) == sum(model.cfg.depths) + sum(model.cfg.attention_depths) - 1  # first is 0
+
+
+def test_initialisation_follows_the_official_code():
+    model = efficientmod.create_model("efficientmod_s")
+    assert all(torch.all(b.layer_scale == 1e-4) for b in model.modules() if hasattr(b, "layer_scale"))
+    weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    # timm's trunc_normal_(std=0.02) cuts at ±2 (absolute), so the law is N(0, 0.02²)
+    assert weights.std().item() == pytest.approx(0.02, rel=0.02)
+    assert abs(weights.mean().item()) < 1e-3
+    biases = [m.bias for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
+    assert all(torch.all(b == 0) for b in biases)
+
+
+def test_training_step_runs_with_stochastic_depth():
+    model = efficientmod.create_model("efficientmod_xxs", num_classes=5, drop_path_rate=0.2)
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 4, 64, 64), (1, 3, 64, 48), (1, 3, 0, 64)])
+def test_bad_input_shape_states_the_expected_shape(shape):
+    model = efficientmod.create_model("efficientmod_xxs")
+    with pytest.raises(ValueError, match=r"N x 3 x H x W .*multiples of 32"):
+        model(torch.randn(*shape))
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(ValueError, match="efficientmod_s"):
+        efficientmod.create_model("efficientmod_ss")
+    with pytest.raises(ValueError, match="checkpoint_path"):
+        efficientmod.create_model("efficientmod_s", pretrained=True)
+
+
+def test_registry_lists_and_plugs_into_timm():
+    assert set(EFFICIENTMOD_VARIANTS) <= set(efficientmod.list_models())
+    assert efficientmod.list_models("efficientmod_s*") == ["efficientmod_s", "efficientmod_s_conv"]
+    assert set(EFFICIENTMOD_VARIANTS) <= set(timm.list_models("efficientmod_*"))
+    model = timm.create_model("efficientmod_xxs", num_classes=3)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    assert model.pretrained_cfg["input_size"] == (3, 224, 224)
