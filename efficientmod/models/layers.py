@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["check_image_input", "ConvNorm", "LinearNorm", "fuse_conv_bn"]
+__all__ = ["check_image_input", "ConvNorm", "ConvNormAct", "LinearNorm", "fuse_conv_bn"]
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, multiple: int) -> None:
@@ -82,13 +82,28 @@ class ConvNorm(nn.Sequential):
         return fused
 
 
-class LinearNorm(nn.Sequential):
-    """BatchNorm1d followed by Linear (a classifier head); :meth:`fuse` folds the norm
-    into the linear layer: W(s·x + t) + b = (W·diag(s))x + (Wt + b)."""
+class ConvNormAct(ConvNorm):
+    """:class:`ConvNorm` followed by an activation (SiLU by default); :meth:`fuse` gives the
+    folded conv followed by the same activation."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02):
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1,
+                 groups: int = 1, act_layer: type[nn.Module] = nn.SiLU):
+        super().__init__(in_chs, out_chs, kernel_size, stride, groups=groups)
+        self.act = act_layer()
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Sequential:
+        return nn.Sequential(super().fuse(), self.act)
+
+class LinearNorm(nn.Sequential):
+    """BatchNorm1d, optional dropout, then Linear (a classifier head); :meth:`fuse` folds
+    the norm into the linear layer: W(s·x + t) + b = (W·diag(s))x + (Wt + b)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02,
+                 drop: float = 0.0):
         super().__init__()
         self.bn = nn.BatchNorm1d(in_features)
+        self.drop = nn.Dropout(drop)
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         nn.init.trunc_normal_(self.linear.weight, std=std)
         if bias:

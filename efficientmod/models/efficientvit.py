@@ -1,0 +1,341 @@
+"""EfficientViT (MSRA) — "EfficientViT: Memory Efficient Vision Transformer with Cascaded
+Group Attention" (Liu et al., CVPR 2023, arXiv 2305.07027).
+
+The paper's building block is a *sandwich*: one memory-bound attention layer between
+cheap, BatchNorm-only feed-forward layers (its Eq. 1)::
+
+    X_{i+1} = Π^N Φ^F( Φ^A( Π^N Φ^F(X_i) ) )        here N = 1
+
+where each FFN Φ^F is preceded by a depth-wise 3×3 conv "token interaction" layer, both
+residual.  The attention Φ^A is *cascaded group attention* (Eq. 2–3) inside local windows:
+head j sees only the j-th channel split X_j of its input, plus the previous head's output::
+
+    X'_j   = X_j + X̃_{j-1}                      (cascade; X'_1 = X_1)
+    Q, K, V = split( W_j X'_j ),  Q ← DWConv_k(Q)   (per-head projection, query DW conv)
+    X̃_j    = softmax( QᵀK / √d_k + B_j ) V        (B_j: per-head relative-position biases)
+    X̃      = W_P · ReLU( concat_j X̃_j )
+
+Q and K are narrow (d_k = 16), V as wide as the head's split (parameter reallocation).
+The network: a 16× overlapping patch embedding (four 3×3 stride-2 convs), three stages at
+strides 16, 32, 64, joined by subsampling blocks (DW conv + FFN, an inverted-residual
+"patch merging" with squeeze-excitation, DW conv + FFN), and a BatchNorm + linear head.
+Every conv is a fusable :class:`ConvNorm`, the head a fusable :class:`LinearNorm`.
+
+The module layout holds timm's ``efficientvit_m*`` weights; :func:`convert_timm` renames them.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, SqueezeExcite
+
+from efficientmod.checkpoint import register_layout
+from efficientmod.models.base import StagedBackbone
+from efficientmod.models.efficientmod import Stage
+from efficientmod.models.layers import ConvNorm, LinearNorm
+from efficientmod.models.registry import ModelInfo, register_variant
+
+__all__ = ["EfficientViTCfg", "EfficientViT", "CascadedGroupAttention", "SandwichBlock", "convert_timm"]
+
+PAPER = ("Liu et al., EfficientViT: Memory Efficient Vision Transformer with Cascaded Group "
+         "Attention, CVPR 2023 (arXiv 2305.07027), ImageNet-1K table")
+PATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class EfficientViTCfg:
+    """Architecture of one variant: per stage the width, the number of sandwich blocks and
+    of attention heads; ``query_kernels[j]`` is the DW-conv kernel on head j's queries."""
+
+    dims: tuple[int, int, int]
+    depths: tuple[int, int, int]
+    heads: tuple[int, int, int]
+    query_kernels: tuple[int, int, int, int]
+    key_dim: int = 16
+    window_size: int = 7
+    ffn_ratio: int = 2
+    merge_ratio: int = 4
+
+
+class FeedForward(nn.Sequential):
+    """Φ^F: 1×1 ConvNorm (C → rC), ReLU, 1×1 ConvNorm (rC → C, BN scale initialised to 0)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.expand = ConvNorm(dim, hidden)
+        self.act = nn.ReLU()
+        self.project = ConvNorm(hidden, dim, bn_weight_init=0.0)
+
+
+class InteractionFFN(nn.Module):
+    """x ← x + DWConv3×3(x);  x ← x + Φ^F(x)  — token interaction, then channel mixing."""
+
+    def __init__(self, dim: int, ffn_ratio: int, drop_path: float = 0.0, dw_bn_weight_init: float = 0.0):
+        super().__init__()
+        self.dw = ConvNorm(dim, dim, 3, groups=dim, bn_weight_init=dw_bn_weight_init)
+        self.ffn = FeedForward(dim, dim * ffn_ratio)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.dw(x))
+        return x + self.drop_path(self.ffn(x))
+
+
+def relative_offset_index(window: int) -> torch.Tensor:
+    """(window², window²) index into a per-head bias table of window² entries: tokens p, q
+    of a window share bias number |p_y − q_y|·window + |p_x − q_x|."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    offsets = (coords[:, :, None] - coords[:, None, :]).abs()
+    return offsets[0] * window + offsets[1]
+
+
+class CascadedGroupAttention(nn.Module):
+    """Cascaded group attention (the module docstring's equations) on non-overlapping
+    ``window``×``window`` windows; maps are zero-padded at the bottom/right to whole windows
+    and cropped back, as the reference does."""
+
+    def __init__(self, dim: int, key_dim: int, heads: int, window: int, query_kernels: tuple[int, ...]):
+        super().__init__()
+        self.heads = heads
+        self.key_dim = key_dim
+        self.head_dim = dim // heads  # each head's input split, and its value width
+        self.window = window
+        self.qkv = nn.ModuleList(
+            ConvNorm(self.head_dim, 2 * key_dim + self.head_dim) for _ in range(heads))
+        self.query_dw = nn.ModuleList(
+            ConvNorm(key_dim, key_dim, query_kernels[j], groups=key_dim) for j in range(heads))
+        self.act = nn.ReLU()
+        self.proj = ConvNorm(self.head_dim * heads, dim, bn_weight_init=0.0)
+        self.attention_biases = nn.Parameter(torch.zeros(heads, window * window))
+        self.register_buffer("bias_index", relative_offset_index(window), persistent=False)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The cascade on windows (B', C, w, w)."""
+        batch, _, height, width = x.shape
+        biases = self.attention_biases[:, self.bias_index]  # (heads, w², w²)
+        splits = x.chunk(self.heads, dim=1)
+        outputs, previous = [], None
+        for j in range(self.heads):
+            feature = splits[j] if previous is None else splits[j] + previous
+            q, k, v = self.qkv[j](feature).split([self.key_dim, self.key_dim, self.head_dim], dim=1)
+            q = self.query_dw[j](q)
+            q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (B', tokens, channels)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=biases[j].to(q.dtype))
+            previous = out.transpose(1, 2).reshape(batch, self.head_dim, height, width)
+            outputs.append(previous)
+        return self.proj(self.act(torch.cat(outputs, dim=1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        w = self.window
+        pad_bottom, pad_right = (-height) % w, (-width) % w
+        if pad_bottom or pad_right:
+            x = F.pad(x, (0, pad_right, 0, pad_bottom))
+        rows, cols = (height + pad_bottom) // w, (width + pad_right) // w
+        windows = x.reshape(batch, channels, rows, w, cols, w).permute(0, 2, 4, 1, 3, 5)
+        windows = self.attend(windows.reshape(batch * rows * cols, channels, w, w))
+        x = windows.reshape(batch, rows, cols, channels, w, w).permute(0, 3, 1, 4, 2, 5)
+        x = x.reshape(batch, channels, rows * w, cols * w)
+        return x[:, :, :height, :width] if pad_bottom or pad_right else x
+
+
+class SandwichBlock(nn.Module):
+    """X ← Π Φ^F( X + Φ^A(Π Φ^F X) ) with residual FFNs and a residual attention."""
+
+    def __init__(self, dim: int, cfg: EfficientViTCfg, heads: int, window: int, drop_path: float = 0.0):
+        super().__init__()
+        self.pre = InteractionFFN(dim, cfg.ffn_ratio, drop_path)
+        self.attn = CascadedGroupAttention(dim, cfg.key_dim, heads, window, cfg.query_kernels)
+        self.post = InteractionFFN(dim, cfg.ffn_ratio, drop_path)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre(x)
+        x = x + self.drop_path(self.attn(x))
+        return self.post(x)
+
+
+class PatchMerging(nn.Sequential):
+    """Inverted residual that halves the resolution: 1×1 (C → 4C), ReLU, DW 3×3 stride 2,
+    ReLU, squeeze-excitation, 1×1 (4C → C_out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, ratio: int):
+        super().__init__()
+        hidden = in_dim * ratio
+        self.expand = ConvNorm(in_dim, hidden)
+        self.act1 = nn.ReLU()
+        self.dw = ConvNorm(hidden, hidden, 3, stride=2, groups=hidden)
+        self.act2 = nn.ReLU()
+        self.se = SqueezeExcite(hidden, rd_ratio=0.25)
+        self.project = ConvNorm(hidden, out_dim)
+
+
+class Subsample(nn.Sequential):
+    """The paper's subsampling block: DW conv + FFN, patch merging, DW conv + FFN."""
+
+    def __init__(self, in_dim: int, out_dim: int, cfg: EfficientViTCfg):
+        super().__init__()
+        self.pre = InteractionFFN(in_dim, cfg.ffn_ratio, dw_bn_weight_init=1.0)
+        self.merge = PatchMerging(in_dim, out_dim, cfg.merge_ratio)
+        self.post = InteractionFFN(out_dim, cfg.ffn_ratio, dw_bn_weight_init=1.0)
+
+
+def patch_embedding(in_chans: int, dim: int) -> nn.Sequential:
+    """Four 3×3 stride-2 ConvNorms (in → C/8 → C/4 → C/2 → C) with ReLUs between: 16×16 patches."""
+    widths = [in_chans, dim // 8, dim // 4, dim // 2, dim]
+    layers = OrderedDict()
+    for i in range(4):
+        layers[f"conv{i + 1}"] = ConvNorm(widths[i], widths[i + 1], 3, stride=2)
+        if i < 3:
+            layers[f"act{i + 1}"] = nn.ReLU()
+    return nn.Sequential(layers)
+
+
+class EfficientViT(StagedBackbone):
+    """The EfficientViT-MSRA network (NCHW throughout).
+
+    ``img_size`` fixes the attention windows as the reference does: a stage whose map (at
+    that size) is smaller than ``cfg.window_size`` attends over one window of the map's
+    size (M*: 7, 7, 4 at 224²); other input sizes are padded to whole windows.
+    """
+
+    input_multiple = PATCH_SIZE
+
+    def __init__(
+        self,
+        cfg: EfficientViTCfg,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        img_size: int = 224,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.num_features = self.head_hidden_size = cfg.dims[-1]
+
+        self.stem = patch_embedding(in_chans, cfg.dims[0])
+        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(cfg.depths)).tolist())
+        resolution = img_size // PATCH_SIZE
+        stages, self.feature_info = [], []
+        for i, (dim, depth, heads) in enumerate(zip(cfg.dims, cfg.depths, cfg.heads)):
+            if i:
+                resolution = (resolution - 1) // 2 + 1  # a stride-2, padding-1 conv
+            window = min(cfg.window_size, resolution)
+            downsample = Subsample(cfg.dims[i - 1], dim, cfg) if i else nn.Identity()
+            blocks = [SandwichBlock(dim, cfg, heads, window, next(drop_paths)) for _ in range(depth)]
+            stages.append(Stage(downsample, blocks))
+            self.feature_info.append(dict(num_chs=dim, reduction=PATCH_SIZE * 2**i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.head = self._make_head(num_classes)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        """BatchNorm1d → dropout → linear on the pooled features (truncated-normal init)."""
+        return LinearNorm(self.num_features, num_classes, drop=self.drop_rate) if num_classes > 0 else nn.Identity()
+
+    # -- timm interface -------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)),
+                                                      (r"^stages\.(\d+)\.blocks\.(\d+)", None)],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {name for name, _ in self.named_parameters() if name.endswith("attention_biases")}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.linear if isinstance(self.head, LinearNorm) else self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool, then BatchNorm1d → dropout → linear."""
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.head(x)
+
+
+# -- timm's checkpoint layout -------------------------------------------------------------
+_TIMM_KEY_RULES = [
+    # (timm pattern, own replacement), all applied in order
+    (r"^patch_embed\.", "stem."),
+    (r"\.downsample\.res1\.0\.m\.", ".downsample.pre.dw."),
+    (r"\.downsample\.res1\.1\.m\.", ".downsample.pre.ffn."),
+    (r"\.downsample\.res2\.0\.m\.", ".downsample.post.dw."),
+    (r"\.downsample\.res2\.1\.m\.", ".downsample.post.ffn."),
+    (r"\.downsample\.patchmerge\.conv1\.", ".downsample.merge.expand."),
+    (r"\.downsample\.patchmerge\.conv2\.", ".downsample.merge.dw."),
+    (r"\.downsample\.patchmerge\.conv3\.", ".downsample.merge.project."),
+    (r"\.downsample\.patchmerge\.se\.", ".downsample.merge.se."),
+    (r"\.dw0\.m\.", ".pre.dw."),
+    (r"\.ffn0\.m\.", ".pre.ffn."),
+    (r"\.dw1\.m\.", ".post.dw."),
+    (r"\.ffn1\.m\.", ".post.ffn."),
+    (r"\.mixer\.m\.attn\.qkvs\.", ".attn.qkv."),
+    (r"\.mixer\.m\.attn\.dws\.", ".attn.query_dw."),
+    (r"\.mixer\.m\.attn\.proj\.1\.", ".attn.proj."),
+    (r"\.mixer\.m\.attn\.attention_biases$", ".attn.attention_biases"),
+    (r"\.pw1\.", ".expand."),
+    (r"\.pw2\.", ".project."),
+]
+
+
+def is_timm_layout(state_dict: dict) -> bool:
+    return any(".mixer.m.attn." in k for k in state_dict)
+
+
+def convert_timm(state_dict: dict) -> dict:
+    """Rename a timm ``efficientvit_m*`` state dict to this module's layout; tensors are
+    untouched. ``attention_bias_idxs`` (saved by older timm versions) is dropped: this module
+    recomputes its ``bias_index`` (a non-persistent buffer) from the window size."""
+    converted = {}
+    for key, value in state_dict.items():
+        if key.endswith("attention_bias_idxs"):
+            continue
+        for pattern, replacement in _TIMM_KEY_RULES:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    return converted
+
+
+register_layout("efficientvit", "timm", is_timm_layout, convert_timm)
+
+
+# -- variants -----------------------------------------------------------------------------
+VARIANTS = {
+    "efficientvit_m0": (EfficientViTCfg((64, 128, 192), (1, 2, 3), (4, 4, 4), (5, 5, 5, 5)), 63.2),
+    "efficientvit_m1": (EfficientViTCfg((128, 144, 192), (1, 2, 3), (2, 3, 3), (7, 5, 3, 3)), 68.4),
+    "efficientvit_m2": (EfficientViTCfg((128, 192, 224), (1, 2, 3), (4, 3, 2), (7, 5, 3, 3)), 70.8),
+    "efficientvit_m3": (EfficientViTCfg((128, 240, 320), (1, 2, 3), (4, 3, 4), (5, 5, 5, 5)), 73.4),
+    "efficientvit_m4": (EfficientViTCfg((128, 256, 384), (1, 2, 3), (4, 4, 4), (7, 5, 3, 3)), 74.3),
+    "efficientvit_m5": (EfficientViTCfg((192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)), 77.1),
+}
+
+for _name, (_cfg, _top1) in VARIANTS.items():
+    register_variant(
+        ModelInfo(
+            name=_name,
+            family="efficientvit",
+            model_cls=EfficientViT,
+            cfg=_cfg,
+            timm_name=f"em_{_name}",
+            crop_pct=0.875,
+            feature_out_indices=(0, 1, 2),
+            top1=_top1,
+            top1_source=PAPER,
+            extra=dict(first_conv="stem.conv1.conv", classifier="head.linear"),
+        )
+    )

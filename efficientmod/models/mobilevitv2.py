@@ -1,0 +1,313 @@
+"""MobileViTv2 — "Separable Self-attention for Mobile Vision Transformers" (Mehta &
+Rastegari, TMLR 2023, arXiv 2206.02680).
+
+*Separable self-attention* (the paper's Fig. 4c / Eq. 4–5) replaces multi-head attention's
+O(k²) token-token matrix by one context vector, O(k) in the number of tokens k::
+
+    c_s = softmax_k( x W_I )                     context scores, one per token (d → 1)
+    c_v = Σ_k c_s(k) · (x W_K)(k)                context vector (d)
+    y   = ( ReLU(x W_V) ⊙ c_v ) W_O               broadcast to every token
+
+A *linear transformer layer* is pre-norm: x ← x + Attn(LN x); x ← x + FFN(LN x), the
+"LayerNorm" being a GroupNorm with one group over (C, P, N) as in the reference, the FFN
+1×1 convs with SiLU.  A MobileViTv2 block: local 3×3 DW conv + 1×1 projection to d = C/2,
+unfold into non-overlapping 2×2 patches (P = 4 pixels per patch, attention over the N
+patches separately for each pixel position), the transformer layers, a norm, fold back, a
+1×1 ConvNorm to C — MobileViT's skip connection and fusion are gone.
+
+The network: a 3×3 stride-2 stem, MobileNetV2 inverted-residual stages at strides 2 and 4,
+then three stages (strides 8, 16, 32) of an inverted residual followed by a MobileViTv2
+block; widths (64, 128, 256, 384, 512) scaled by the width multiplier α ∈ [0.5, 2].
+
+The module layout holds timm's ``mobilevitv2_*`` weights; :func:`convert_timm` renames them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ConvMlp, DropPath, make_divisible
+
+from efficientmod.checkpoint import register_layout
+from efficientmod.models.base import StagedBackbone
+from efficientmod.models.layers import ConvNorm, ConvNormAct
+from efficientmod.models.registry import ModelInfo, register_variant
+
+__all__ = ["MobileViTv2Cfg", "MobileViTv2", "SeparableSelfAttention", "MobileViTv2Block", "convert_timm"]
+
+PAPER = ("Mehta & Rastegari, Separable Self-attention for Mobile Vision Transformers, "
+         "TMLR 2023 (arXiv 2206.02680), ImageNet-1K table")
+
+
+@dataclass(frozen=True)
+class MobileViTv2Cfg:
+    """Architecture of one variant: the width multiplier α scales ``base_widths`` (stage
+    outputs) and ``base_stem_width``; stage i has ``depths[i]`` inverted residuals, then a
+    MobileViTv2 block of ``attention_depths[i]`` layers where that is > 0."""
+
+    width_multiplier: float
+    base_widths: tuple[int, ...] = (64, 128, 256, 384, 512)
+    base_stem_width: int = 32
+    depths: tuple[int, ...] = (1, 2, 1, 1, 1)
+    attention_depths: tuple[int, ...] = (0, 0, 2, 4, 3)
+    expand_ratio: float = 2.0
+    attention_width_ratio: float = 0.5
+    ffn_ratio: float = 2.0
+    patch_size: int = 2
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(int(w * self.width_multiplier) for w in self.base_widths)
+
+    @property
+    def stem_width(self) -> int:
+        return int(self.base_stem_width * self.width_multiplier)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1×1 expand + SiLU, 3×3 DW (stride s) + SiLU, linear 1×1 project;
+    residual when the shape is kept."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, expand_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        hidden = make_divisible(in_chs * expand_ratio)
+        self.expand = ConvNormAct(in_chs, hidden)
+        self.depthwise = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden)
+        self.project = ConvNorm(hidden, out_chs)
+        self.has_residual = in_chs == out_chs and stride == 1
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return x + self.drop_path(out) if self.has_residual else out
+
+
+class SeparableSelfAttention(nn.Module):
+    """The module docstring's c_s, c_v, y on unfolded maps (B, d, P, N): W_I, W_K, W_V are
+    one 1×1 conv (d → 1 + 2d), softmax and sum run over the N patches."""
+
+    def __init__(self, dim: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.dim = dim
+        self.qkv = nn.Conv2d(dim, 1 + 2 * dim, 1)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores, key, value = self.qkv(x).split([1, self.dim, self.dim], dim=1)
+        scores = self.attn_drop(F.softmax(scores, dim=-1))
+        context = (key * scores).sum(dim=-1, keepdim=True)
+        return self.proj_drop(self.proj(F.relu(value) * context))
+
+
+class LinearTransformerLayer(nn.Module):
+    """x ← x + Attn(GN₁ x);  x ← x + FFN(GN₁ x)  on (B, d, P, N)."""
+
+    def __init__(self, dim: int, ffn_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.attn = SeparableSelfAttention(dim)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.mlp = ConvMlp(dim, int(dim * ffn_ratio), act_layer=nn.SiLU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def unfold_patches(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, C, P, N): P = patch² pixel positions, N = (H/patch)(W/patch) patches."""
+    batch, channels, height, width = x.shape
+    x = x.reshape(batch, channels, height // patch, patch, width // patch, patch)
+    return x.permute(0, 1, 3, 5, 2, 4).reshape(batch, channels, patch * patch, -1)
+
+
+def fold_patches(x: torch.Tensor, patch: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of :func:`unfold_patches`."""
+    batch, channels = x.shape[:2]
+    x = x.reshape(batch, channels, patch, patch, height // patch, width // patch)
+    return x.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, height, width)
+
+
+class MobileViTv2Block(nn.Module):
+    """Local DW 3×3 + SiLU and 1×1 (C → d), unfold, transformer layers, GN, fold, 1×1 (d → C).
+
+    A map whose sides are not multiples of the patch size (the 7×7 stride-32 map of a 224²
+    input) is first resized up to the next multiple (bilinear, corners aligned), and the
+    block outputs that larger map — the reference's behaviour.
+    """
+
+    def __init__(self, dim: int, attention_dim: int, depth: int, ffn_ratio: float, patch_size: int,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.patch_size = patch_size
+        self.local_dw = ConvNormAct(dim, dim, 3, groups=dim)
+        self.local_proj = nn.Conv2d(dim, attention_dim, 1, bias=False)
+        self.transformer = nn.Sequential(
+            *[LinearTransformerLayer(attention_dim, ffn_ratio, drop_path) for _ in range(depth)])
+        self.norm = nn.GroupNorm(1, attention_dim)
+        self.out_proj = ConvNorm(attention_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patch = self.patch_size
+        # (n + p − 1) // p rounds up; also when exported, where integer division truncates
+        height, width = (x.shape[2] + patch - 1) // patch * patch, (x.shape[3] + patch - 1) // patch * patch
+        if (height, width) != tuple(x.shape[2:]):
+            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
+        x = self.local_proj(self.local_dw(x))
+        x = self.norm(self.transformer(unfold_patches(x, patch)))
+        return self.out_proj(fold_patches(x, patch, height, width))
+
+
+class MobileViTv2(StagedBackbone):
+    """The MobileViTv2 network (NCHW throughout); five feature maps at strides 2–32.
+
+    Input sides must be multiples of 32; multiples of 64 keep every map at its exact stride
+    (otherwise the last block works on a map resized to even sides, see
+    :class:`MobileViTv2Block`).
+    """
+
+    input_multiple = 32
+
+    def __init__(
+        self,
+        cfg: MobileViTv2Cfg,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = cfg.widths[-1]
+
+        self.stem = ConvNormAct(in_chans, cfg.stem_width, 3, stride=2)
+        blocks_per_stage = [d + (a > 0) for d, a in zip(cfg.depths, cfg.attention_depths)]
+        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(blocks_per_stage)).tolist())
+        in_chs, stages, self.feature_info = cfg.stem_width, [], []
+        for i, (width, depth, attention_depth) in enumerate(zip(cfg.widths, cfg.depths, cfg.attention_depths)):
+            stride = 1 if i == 0 else 2
+            blocks: list[nn.Module] = []
+            for j in range(depth):
+                blocks.append(InvertedResidual(in_chs, width, stride if j == 0 else 1, cfg.expand_ratio,
+                                               next(drop_paths)))
+                in_chs = width
+            if attention_depth:
+                blocks.append(MobileViTv2Block(
+                    width, make_divisible(width * cfg.attention_width_ratio), attention_depth,
+                    cfg.ffn_ratio, cfg.patch_size, next(drop_paths)))
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=width, reduction=2 ** (i + 1), module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+        for module in self.modules():  # residual blocks start as identities
+            if isinstance(module, InvertedResidual) and module.has_residual:
+                nn.init.zeros_(module.project.bn.weight)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """As the reference: convs N(0, 2/fan_out), linear N(0, 0.01²), zero biases."""
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # -- timm interface -------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
+        )
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool, dropout, linear classifier."""
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.head(self.head_drop(x))
+
+
+# -- timm's checkpoint layout -------------------------------------------------------------
+_TIMM_KEY_RULES = [
+    # (timm pattern, own replacement), all applied in order
+    (r"\.conv1_1x1\.", ".expand."),
+    (r"\.conv2_kxk\.", ".depthwise."),
+    (r"\.conv3_1x1\.", ".project."),
+    (r"\.conv_kxk\.", ".local_dw."),
+    (r"\.conv_1x1\.", ".local_proj."),
+    (r"\.conv_proj\.", ".out_proj."),
+    (r"\.attn\.qkv_proj\.", ".attn.qkv."),
+    (r"\.attn\.out_proj\.", ".attn.proj."),
+    (r"^head\.fc\.", "head."),
+]
+
+
+def is_timm_layout(state_dict: dict) -> bool:
+    return any(".conv1_1x1." in k or ".conv_kxk." in k for k in state_dict)
+
+
+def convert_timm(state_dict: dict) -> dict:
+    """Rename a timm ``mobilevitv2_*`` state dict to this module's layout; tensors are untouched."""
+    converted = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _TIMM_KEY_RULES:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    return converted
+
+
+register_layout("mobilevitv2", "timm", is_timm_layout, convert_timm)
+
+
+# -- variants -----------------------------------------------------------------------------
+VARIANTS = {  # name: (width multiplier, the paper's ImageNet-1K top-1)
+    "mobilevitv2_050": (0.5, 70.18),
+    "mobilevitv2_075": (0.75, 75.56),
+    "mobilevitv2_100": (1.0, 78.09),
+    "mobilevitv2_125": (1.25, 79.65),
+    "mobilevitv2_150": (1.5, 80.38),
+    "mobilevitv2_175": (1.75, 80.84),
+    "mobilevitv2_200": (2.0, 81.17),
+}
+
+for _name, (_multiplier, _top1) in VARIANTS.items():
+    register_variant(
+        ModelInfo(
+            name=_name,
+            family="mobilevitv2",
+            model_cls=MobileViTv2,
+            cfg=MobileViTv2Cfg(_multiplier),
+            timm_name=f"em_{_name}",
+            input_size=(3, 256, 256),
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            crop_pct=0.888,
+            feature_out_indices=(0, 1, 2, 3, 4),
+            top1=_top1,
+            top1_source=PAPER + " (256², trained on ImageNet-1K only)",
+            extra=dict(first_conv="stem.conv", classifier="head"),
+        )
+    )
