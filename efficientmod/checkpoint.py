@@ -193,6 +193,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
         architecture=info.name,
         num_classes=model.num_classes,
         in_chans=model.in_chans,
+        model_kwargs=dict(model.build_kwargs),
         input_size=[model.in_chans, *info.input_size[1:]],
         mean=list(info.mean),
         std=list(info.std),
@@ -214,12 +215,14 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
-    """Rebuild a model written by ``save_pretrained`` (extra ``kwargs`` go to the model)."""
+    """Rebuild a model written by ``save_pretrained``: same architecture arguments (e.g.
+    EfficientViT's ``img_size``), same weights; extra ``kwargs`` go to the model."""
     from efficientmod.models.registry import create_model
 
     config = read_config(directory)
+    model_kwargs = {**config.get("model_kwargs", {}), **kwargs}
     model = create_model(config["architecture"], num_classes=config["num_classes"],
-                         in_chans=config["in_chans"], **kwargs)
+                         in_chans=config["in_chans"], **model_kwargs)
     load_checkpoint(model, directory, strict=True)
     model.class_names = config.get("class_names")
     return model

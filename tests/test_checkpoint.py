@@ -130,3 +130,13 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, broken_writer)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["ckpt.pth"]
+
+
+def test_save_pretrained_keeps_architecture_arguments(tmp_path):
+    model = efficientmod.create_model("efficientvit_m0", num_classes=3, img_size=160, drop_path_rate=0.1).eval()
+    model.save_pretrained(tmp_path)
+    restored = efficientmod.from_pretrained(tmp_path).eval()
+    assert restored.build_kwargs == {"img_size": 160, "drop_path_rate": 0.1}
+    x = torch.randn(1, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(model(x), restored(x))

@@ -21,6 +21,7 @@ class Backbone(nn.Module):
     num_classes: int
     input_multiple: int = 32
     registry_name: str = ""  # set by the registry when built through it
+    build_kwargs: dict = {}  # architecture arguments it was built with (set by the registry)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_image_input(x, self.in_chans, self.input_multiple)

@@ -87,6 +87,9 @@ def register_variant(info: ModelInfo) -> ModelInfo:
     return info
 
 
+_NOT_ARCHITECTURE = {"num_classes", "in_chans", "features_only", "out_indices", "feature_cls"}
+
+
 def _build(info: ModelInfo, pretrained: bool = False, **kwargs) -> nn.Module:
     if pretrained:
         raise ValueError(
@@ -104,6 +107,9 @@ def _build(info: ModelInfo, pretrained: bool = False, **kwargs) -> nn.Module:
     )
     inner = getattr(model, "model", model)  # the features_only wrapper holds the network
     inner.registry_name = info.name
+    # what save_pretrained must record to rebuild the same architecture
+    inner.build_kwargs = {k: v for k, v in kwargs.items()
+                          if k not in _NOT_ARCHITECTURE and isinstance(v, (int, float, str, bool, list, tuple))}
     return model
 
 
