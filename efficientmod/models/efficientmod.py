@@ -19,7 +19,8 @@ Variant tables match the official release's state-dict layouts exactly;
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,11 @@ class EfficientModCfg:
     ``expansion_ratios[i][j]`` is the ratio r of modulation block j of stage i (so the
     stage has ``len(expansion_ratios[i])`` such blocks); ``attention_depths[i]``
     Transformer blocks follow them, with MLP ratio ``attention_mlp_ratios[i]``.
+
+    Ablation fields (the defaults give the official network; see
+    :mod:`efficientmod.models.ablations`): ``block`` names the token-mixing block of the
+    modulation positions (a key of :data:`MODULATION_BLOCKS`), ``repeat=False`` matches
+    ctx's C channels to v's rC by reshaping v instead of repeating ctx.
     """
 
     dims: tuple[int, int, int, int]
@@ -54,6 +60,8 @@ class EfficientModCfg:
     attention_min_head_dim: int = 32
     layer_scale_init: float = 1e-4
     stem_kernel: int = 7
+    block: str = "efficientmod"
+    repeat: bool = True
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -86,9 +94,11 @@ class ModulationBlock(nn.Module):
         context_kernel: int = 7,
         drop_path: float = 0.0,
         layer_scale_init: float = 1e-4,
+        repeat: bool = True,
     ):
         super().__init__()
         self.expansion_ratio = expansion_ratio
+        self.repeat = repeat
         self.norm = nn.LayerNorm(dim)
         self.ctx = ContextBranch(dim, context_kernel)
         self.v = nn.Linear(dim, dim * expansion_ratio)
@@ -99,14 +109,41 @@ class ModulationBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def modulate(self, x: torch.Tensor) -> torch.Tensor:
-        """ctx(x) repeated r times along channels, times v(x) (before the projection p)."""
-        context = self.ctx(x)
-        if self.expansion_ratio > 1:
-            context = context.repeat(1, 1, 1, self.expansion_ratio)
-        return context * self.v_act(self.v(x))
+        """ctx(x) repeated r times along channels, times v(x) (before the projection p).
+
+        With ``repeat=False`` v is reshaped to (r, C) and ctx broadcast over r instead: the
+        same numbers, other memory traffic (the paper's Repeat-vs-Reshape ablation)."""
+        context, value = self.ctx(x), self.v_act(self.v(x))
+        if self.expansion_ratio == 1:
+            return context * value
+        if self.repeat:
+            return context.repeat(1, 1, 1, self.expansion_ratio) * value
+        value = value.unflatten(-1, (self.expansion_ratio, -1))
+        return (value * context.unsqueeze(-2)).flatten(-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.layer_scale * self.proj(self.modulate(self.norm(x))))
+
+
+def _efficientmod_block(cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> nn.Module:
+    return ModulationBlock(dim, expansion_ratio, cfg.context_kernel, drop_path, cfg.layer_scale_init, cfg.repeat)
+
+
+# cfg.block → builder(cfg, dim, expansion_ratio, drop_path) of the blocks at the modulation
+# positions; efficientmod.models.ablations adds the blocks of the papers it compares with.
+MODULATION_BLOCKS: dict[str, Callable[..., nn.Module]] = {"efficientmod": _efficientmod_block}
+
+
+def override_cfg(cfg: EfficientModCfg, overrides: dict) -> EfficientModCfg:
+    """``cfg`` with the fields named in ``overrides`` replaced (how ablations are built)."""
+    names = [f.name for f in fields(cfg)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"unknown EfficientMod option(s) {unknown}; the configuration fields are {names}")
+    cfg = replace(cfg, **overrides)
+    if cfg.block not in MODULATION_BLOCKS:
+        raise ValueError(f"unknown block {cfg.block!r}; choose from {sorted(MODULATION_BLOCKS)}")
+    return cfg
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -187,9 +224,11 @@ class EfficientMod(Backbone):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        **cfg_overrides,
     ):
+        """``cfg_overrides`` replace fields of ``cfg`` (``block="van"``, ``context_kernel=5`` ...)."""
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = override_cfg(cfg, cfg_overrides)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = cfg.dims[-1]
@@ -201,8 +240,7 @@ class EfficientMod(Backbone):
         stages, self.feature_info = [], []
         for i, dim in enumerate(cfg.dims):
             blocks: list[nn.Module] = [
-                ModulationBlock(dim, r, cfg.context_kernel, next(drop_paths), cfg.layer_scale_init)
-                for r in cfg.expansion_ratios[i]
+                MODULATION_BLOCKS[cfg.block](cfg, dim, r, next(drop_paths)) for r in cfg.expansion_ratios[i]
             ]
             blocks += [
                 AttentionBlock(dim, cfg.attention_mlp_ratios[i], cfg.attention_heads,

@@ -1,0 +1,101 @@
+"""The EfficientMod ablations measured side by side: ``efficientmod bench --ablation``.
+
+Each named ablation of :data:`efficientmod.models.ablations.ABLATIONS` is built on one
+base variant and measured by :func:`efficientmod.bench.benchmark` (same protocol, same
+backends as every other benchmark); :func:`format_ablation_table` lays the figures out as
+one Markdown row per ablation, with latency relative to the unmodified block.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from efficientmod.bench import BenchReport, BenchSettings, Candidate, benchmark
+from efficientmod.models import model_info
+from efficientmod.models.ablations import ABLATIONS, create_ablation
+
+__all__ = ["ablation_candidates", "run_ablations", "format_ablation_table", "run_ablation_command"]
+
+REFERENCE = "efficientmod"
+
+
+def ablation_candidates(base: str = "efficientmod_xxs", names: Iterable[str] | None = None,
+                        img_size: int | None = None) -> list[Candidate]:
+    """One :class:`Candidate` per ablation (all of them by default), labelled by its name."""
+    names = list(names or ABLATIONS)
+    info = model_info(base)
+    input_size = info.input_size if img_size is None else (info.input_size[0], img_size, img_size)
+    return [Candidate(name, info.family, create_ablation(name, base), tuple(input_size)) for name in names]
+
+
+def run_ablations(base: str = "efficientmod_xxs", names: Iterable[str] | None = None,
+                  settings: BenchSettings = BenchSettings(), img_size: int | None = None,
+                  progress: bool = False) -> BenchReport:
+    """Measure the ablations of ``base`` (see :func:`efficientmod.bench.benchmark`)."""
+    return benchmark(ablation_candidates(base, names, img_size), settings, progress=progress)
+
+
+def _changes(name: str) -> str:
+    return ", ".join(f"{k}={v}" for k, v in ABLATIONS[name].items()) or "(official)"
+
+
+def format_ablation_table(report: BenchReport, base: str, statistic: str = "median") -> str:
+    """A Markdown table: one row per ablation; per backend the batch-1 latency (ms; the
+    ``statistic`` of the timed runs: median, p90, mean or min) and its ratio to the
+    ``efficientmod`` row when that row was measured. On a busy machine ``min`` is the
+    steadiest figure."""
+    if statistic not in ("median", "p90", "mean", "min"):
+        raise ValueError(f"unknown statistic {statistic!r}; choose median, p90, mean or min")
+    field_name = f"latency_ms_{statistic}"
+    backends = [b for b in report.settings.backends if b not in report.skipped]
+    header = ["ablation", "changes", "params M", "GMACs"]
+    for backend in backends:
+        header += [f"{backend} ms ({statistic})", "× ref"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    names = list(dict.fromkeys(r.model for r in report.rows))
+    for name in names:
+        first = next(r for r in report.rows if r.model == name)
+        cells = [name, _changes(name), f"{first.params / 1e6:.3f}", f"{first.macs / 1e9:.3f}"]
+        for backend in backends:
+            row, ref = report.row(name, backend), report.row(REFERENCE, backend)
+            latency = getattr(row, field_name) if row else None
+            if latency is None:
+                cells += [(row.error if row else "") or "-", "-"]
+                continue
+            ref_latency = getattr(ref, field_name) if ref else None
+            cells += [f"{latency:.2f}", f"{latency / ref_latency:.2f}" if ref_latency else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    env, settings = report.environment, report.settings
+    input_size = report.rows[0].input_size if report.rows else model_info(base).input_size
+    lines += [
+        "",
+        f"base {base}, input {input_size[1]}x{input_size[2]}, batch 1, {statistic} of {settings.runs} runs "
+        f"after {settings.warmup} warm-up calls, {settings.threads} CPU thread(s); "
+        f"{env['cpu']} ({env['logical_cpus']} logical CPUs, load {env['load_average_1m']:.2f})"
+        + (f", GPU {env['gpu']}" if env["gpu"] else ", no GPU"),
+    ]
+    lines += [f"skipped {backend}: {reason}" for backend, reason in report.skipped.items()]
+    return "\n".join(lines)
+
+
+def run_ablation_command(args, settings: BenchSettings) -> int:
+    """``efficientmod bench --ablation [BASE] [NAME ...]``: the named ablations (all by
+    default) of BASE measured with the bench options; prints the Markdown table and
+    writes ``--json`` / ``--csv`` like any benchmark."""
+    from efficientmod.bench import write_csv, write_json
+
+    combined = [flag for flag, used in (("--compare", args.compare), ("--paper", args.paper), ("--plot", args.plot))
+                if used]
+    if combined:
+        raise ValueError(f"--ablation measures the ablations only; drop {', '.join(combined)}")
+    unknown = [n for n in args.models if n not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {unknown}; with --ablation, name ablations from "
+                         f"{', '.join(ABLATIONS)}")
+    report = run_ablations(args.ablation, args.models or None, settings, args.img_size,
+                           progress=not args.no_progress)
+    print(format_ablation_table(report, args.ablation))
+    if args.json:
+        write_json(report, args.json)
+    if args.csv:
+        write_csv(report, args.csv)
+    return 0

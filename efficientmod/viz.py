@@ -1,0 +1,396 @@
+"""What a backbone looks at: context-modulation, attention and class-activation maps.
+
+* **Context maps** — the EfficientMod paper visualises what its context branch ctx(x)
+  captures (objects lit up, background suppressed). :func:`compute_maps` hooks every
+  context module (EfficientMod's ``ContextBranch``, and the ablation blocks' VAN
+  large-kernel attention and FocalNet focal context) and reduces its C-channel output to
+  one value per position (``reduce``: channel mean, mean absolute value or L2 norm).
+* **Attention maps** — per attention layer (:data:`ATTENTION_READERS`: the hybrid
+  EfficientMod blocks' multi-head self-attention, EfficientViT's cascaded group attention
+  in its windows, MobileViTv2's separable self-attention), the attention weights averaged
+  over heads, read for one query position (``query=(y, x)`` in [0, 1]) or averaged over
+  all queries (the attention each position receives). They are built from what the
+  layer's own projections produced (forward hooks), never by changing its forward.
+* **Class-activation map** — Grad-CAM (Selvaraju et al., 2017) on the last feature map:
+  ReLU(Σ_c α_c F_c) with α_c the spatial mean of ∂logit/∂F_c; for a global-average-pool +
+  linear head this is the CAM of Zhou et al. (2016) up to a positive factor.
+
+Forward hooks only: no model's forward code changes. A model without context modules or
+attention layers gets a note saying so instead of a map.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from efficientmod.models.ablations import FocalContext, LargeKernelContext
+from efficientmod.models.efficientmod import AttentionBlock, ContextBranch
+from efficientmod.models.efficientvit import CascadedGroupAttention
+from efficientmod.models.mobilevitv2 import MobileViTv2Block, fold_patches
+
+__all__ = ["ModelMaps", "compute_maps", "CONTEXT_MODULES", "ATTENTION_READERS", "reduce_channels",
+           "attention_map", "overlay", "stage_of", "last_per_stage"]
+
+REDUCTIONS = ("mean", "abs", "norm")
+Query = tuple[float, float] | None  # (y, x) in [0, 1], or None for the mean over queries
+
+
+def _channels_last(output: torch.Tensor) -> torch.Tensor:
+    return output
+
+
+def _channels_first(output: torch.Tensor) -> torch.Tensor:
+    return output.permute(0, 2, 3, 1)
+
+
+# module type → its output as a channels-last (B, h, w, C) context
+CONTEXT_MODULES: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    ContextBranch: _channels_last,
+    FocalContext: _channels_last,
+    LargeKernelContext: _channels_first,
+}
+
+
+def reduce_channels(context: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+    """(B, h, w, C) → (B, h, w): the channel mean, mean absolute value or L2 norm."""
+    if reduce == "mean":
+        return context.mean(dim=-1)
+    if reduce == "abs":
+        return context.abs().mean(dim=-1)
+    if reduce == "norm":
+        return context.norm(dim=-1)
+    raise ValueError(f"unknown reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
+
+
+def check_query(query: tuple[float, float]) -> tuple[float, float]:
+    y, x = query
+    if not (0 <= y <= 1 and 0 <= x <= 1):
+        raise ValueError(f"the query point must be (y, x) with both in [0, 1]; got {tuple(query)}")
+    return y, x
+
+
+def attention_map(weights: torch.Tensor, grid: tuple[int, int], query: Query = None) -> torch.Tensor:
+    """(B, heads, N, N) attention on an h×w grid → (B, h, w), averaged over heads: the row
+    of the query nearest to ``query`` = (y, x) in [0, 1], or the mean over all queries."""
+    height, width = grid
+    weights = weights.mean(dim=1)
+    if query is None:
+        row = weights.mean(dim=1)
+    else:
+        y, x = check_query(query)
+        index = round(y * (height - 1)) * width + round(x * (width - 1))
+        row = weights[:, index]
+    return row.reshape(-1, height, width)
+
+
+Emit = Callable[..., None]  # emit(map (B, h, w), suffix="") files the map under module name + suffix
+
+
+def _mhsa_weights(block: AttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """softmax(QKᵀ/√d) of a hybrid EfficientMod block on its (B, H, W, C) input, from the
+    block's own norm and qkv projection."""
+    batch, height, width, dim = x.shape
+    attn = block.attn
+    tokens = block.norm1(x.reshape(batch, height * width, dim))
+    qkv = attn.qkv(tokens).reshape(batch, height * width, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    query, key = qkv[0], qkv[1]
+    weights = (query @ key.transpose(-2, -1)) * attn.head_dim**-0.5
+    return weights.softmax(dim=-1), (height, width)
+
+
+def _hook_mhsa(block: AttentionBlock, emit: Emit, query: Query) -> list:
+    def on_input(module, inputs):
+        with torch.no_grad():
+            emit(attention_map(*_mhsa_weights(module, inputs[0].detach()), query))
+
+    return [block.register_forward_pre_hook(on_input)]
+
+
+def _windows_to_dense(windows: torch.Tensor, batch: int, height: int, width: int, window: int) -> torch.Tensor:
+    """(B·rows·cols, heads, w², w²) per-window attention → (B, heads, N, N) over the h×w
+    tokens (zero between windows; the padding tokens of partial windows dropped)."""
+    rows, cols = -(-height // window), -(-width // window)
+    heads, area = windows.shape[1], window * window
+    padded = rows * window * cols * window
+    token_ids = torch.arange(padded).reshape(rows, window, cols, window).permute(0, 2, 1, 3).reshape(-1, area)
+    dense = windows.new_zeros(batch, heads, padded, padded)
+    windows = windows.reshape(batch, rows * cols, heads, area, area)
+    for n, ids in enumerate(token_ids):
+        dense[:, :, ids[:, None], ids[None, :]] = windows[:, n]
+    inside = ((torch.arange(rows * window) < height)[:, None] & (torch.arange(cols * window) < width)[None, :]).flatten()
+    return dense[:, :, inside][:, :, :, inside]
+
+
+def _hook_cascaded_group_attention(attention: CascadedGroupAttention, emit: Emit, query: Query) -> list:
+    """EfficientViT's cascaded group attention: head j's softmax(QᵀK/√d_k + B_j) in each
+    window, from the queries (after the query DW conv) and keys its own layers produced
+    during the forward pass (head j's input depends on head j − 1, so they are read, not
+    recomputed)."""
+    queries: dict[int, torch.Tensor] = {}
+    keys: dict[int, torch.Tensor] = {}
+    key_dim = attention.key_dim
+
+    def saver(store: dict, head: int, channels: slice):
+        def save(_module, _inputs, output):
+            store[head] = output[:, channels].detach().flatten(2)  # (B', d_k, w²)
+        return save
+
+    handles = [layer.register_forward_hook(saver(keys, j, slice(key_dim, 2 * key_dim)))
+               for j, layer in enumerate(attention.qkv)]
+    handles += [layer.register_forward_hook(saver(queries, j, slice(None)))
+                for j, layer in enumerate(attention.query_dw)]
+
+    def assemble(module, inputs, _output):
+        batch, _, height, width = inputs[0].shape
+        with torch.no_grad():
+            biases = module.attention_biases[:, module.bias_index]
+            logits = [queries[j].transpose(1, 2) @ keys[j] * key_dim**-0.5 + biases[j] for j in range(module.heads)]
+            windows = torch.stack(logits, dim=1).softmax(dim=-1)
+            emit(attention_map(_windows_to_dense(windows, batch, height, width, module.window), (height, width), query))
+
+    handles.append(attention.register_forward_hook(assemble))
+    return handles
+
+
+def _separable_map(scores: torch.Tensor, patch: int, height: int, width: int, query: Query) -> torch.Tensor:
+    """MobileViTv2's context scores c_s (B, 1, P, N), softmax over the N patches separately
+    for each of the P pixel positions, as attention on the h×w map: token (p, n) gives
+    weight c_s(p, n') to every token (p, n'). The mean over queries is c_s / P; a query
+    sees the tokens of its own pixel position p."""
+    received = fold_patches(scores, patch, height, width)[:, 0]
+    if query is None:
+        return received / (patch * patch)
+    y, x = check_query(query)
+    row, col = round(y * (height - 1)), round(x * (width - 1))
+    rows, cols = torch.arange(height)[:, None], torch.arange(width)[None, :]
+    same_position = (rows % patch == row % patch) & (cols % patch == col % patch)
+    return received * same_position
+
+
+def _hook_mobilevitv2(block: MobileViTv2Block, emit: Emit, query: Query) -> list:
+    """The context scores of each separable self-attention layer of a MobileViTv2 block,
+    read from its qkv projection (channel 0 = x W_I); the block's pre-hook gives the map size."""
+    grid: dict[str, int] = {}
+
+    def on_input(module, inputs):
+        patch = module.patch_size
+        grid["height"], grid["width"] = (-(-side // patch) * patch for side in inputs[0].shape[2:])
+
+    def scores_saver(index: int):
+        def save(_module, _inputs, output):
+            scores = output[:, :1].detach().softmax(dim=-1)
+            emit(_separable_map(scores, block.patch_size, grid["height"], grid["width"], query),
+                 f".transformer.{index}.attn")
+        return save
+
+    handles = [block.register_forward_pre_hook(on_input)]
+    handles += [layer.attn.qkv.register_forward_hook(scores_saver(i)) for i, layer in enumerate(block.transformer)]
+    return handles
+
+
+# module type → install(module, emit, query) → hook handles
+ATTENTION_READERS: dict[type[nn.Module], Callable[[nn.Module, Emit, Query], list]] = {
+    AttentionBlock: _hook_mhsa,
+    CascadedGroupAttention: _hook_cascaded_group_attention,
+    MobileViTv2Block: _hook_mobilevitv2,
+}
+
+
+@dataclass
+class ModelMaps:
+    """The maps of one batch; every map is (B, h, w) at its layer's own resolution."""
+
+    context: dict[str, torch.Tensor] = field(default_factory=dict)  # block name → map
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)  # layer name → map
+    cam: torch.Tensor | None = None
+    classes: torch.Tensor | None = None  # (B,) the class each CAM explains
+    logits: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _parent_name(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _register_hooks(model: nn.Module, maps: ModelMaps, reduce: str, query) -> list:
+    handles = []
+    for name, module in model.named_modules():
+        to_channels_last = CONTEXT_MODULES.get(type(module))
+        if to_channels_last is not None:
+            def save_context(_module, _inputs, output, key=_parent_name(name), convert=to_channels_last):
+                maps.context[key] = reduce_channels(convert(output.detach()), reduce)
+
+            handles.append(module.register_forward_hook(save_context))
+        install = ATTENTION_READERS.get(type(module))
+        if install is not None:
+            def save_attention(heat, suffix="", key=name):
+                maps.attention[key + suffix] = heat
+
+            handles += install(module, save_attention, query)
+    return handles
+
+
+def _cam_classes(logits: torch.Tensor, target_class: int | None) -> torch.Tensor:
+    if target_class is None:
+        return logits.argmax(dim=1)
+    if not 0 <= target_class < logits.shape[1]:
+        raise ValueError(f"class {target_class} does not exist: the model has {logits.shape[1]} classes")
+    return torch.full((logits.shape[0],), target_class, dtype=torch.long, device=logits.device)
+
+
+def compute_maps(model: nn.Module, images: torch.Tensor, query: Query = None,
+                 reduce: str = "mean", target_class: int | None = None) -> ModelMaps:
+    """Context, attention and class-activation maps of ``images`` (B, 3, H, W, normalised
+    as the model expects): one forward pass of ``model`` in eval mode, then a backward
+    pass through its head only (the gradient Grad-CAM needs is w.r.t. the final map).
+
+    ``target_class`` fixes the class of the CAM (default: each image's predicted class).
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
+    if query is not None:
+        check_query(query)
+    name = getattr(model, "registry_name", "") or type(model).__name__
+    maps = ModelMaps()
+    handles = _register_hooks(model, maps, reduce, query)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.forward_features(images)
+        features.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model.forward_head(features)
+            classes = _cam_classes(logits, target_class)
+            (gradient,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), features)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    maps.cam = F.relu((weights * features).sum(dim=1)).detach()
+    maps.classes, maps.logits = classes, logits.detach()
+    if not maps.context:
+        maps.notes.append(f"{name} has no context-modulation branch: no context maps")
+    if not maps.attention:
+        maps.notes.append(f"{name} has no self-attention layer with a readable map: no attention maps")
+    return maps
+
+
+def stage_of(name: str) -> str:
+    """The stage a block belongs to (``stages.2.blocks.5`` → ``stages.2``)."""
+    match = re.match(r"^(.*?stages\.\d+)", name)
+    return match[1] if match else _parent_name(name)
+
+
+def last_per_stage(named_maps: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
+    """stage → (name, map) of the deepest map of each stage (maps are in forward order)."""
+    stages: dict[str, tuple[str, torch.Tensor]] = {}
+    for name, tensor in named_maps.items():
+        stages[stage_of(name)] = (name, tensor)
+    return stages
+
+
+def normalise(heat: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1]; a map constant up to float rounding (relative spread under
+    1e-5, e.g. the uniform attention of an untrained layer) becomes zeros rather than
+    amplified rounding noise."""
+    span = heat.max() - heat.min()
+    if span <= 1e-5 * max(abs(heat.max()), abs(heat.min())) or span == 0:
+        return np.zeros_like(heat)
+    return (heat - heat.min()) / span
+
+
+def overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """``heat`` (h, w) upsampled bilinearly to ``image`` (H, W, 3, uint8), min-max
+    normalised, coloured and blended: an (H, W, 3) float image in [0, 1]."""
+    from matplotlib import colormaps
+
+    size = image.shape[:2]
+    upsampled = F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    coloured = colormaps[cmap](normalise(upsampled.numpy()))[..., :3]
+    return (1 - alpha) * image.astype(np.float32) / 255 + alpha * coloured
+
+
+# -- images and files ----------------------------------------------------------------------
+def load_image(path: str | Path, size: int, crop_pct: float, mean, std) -> tuple[np.ndarray, torch.Tensor]:
+    """The evaluation crop of an image file: (H, W, 3) uint8 for display and the
+    normalised (3, H, W) tensor the model takes."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as TF
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file {path}")
+    try:
+        image = Image.open(path).convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image PIL can read") from None
+    image = TF.center_crop(TF.resize(image, int(size / crop_pct), antialias=True), [size, size])
+    pixels = np.asarray(image)
+    tensor = TF.normalize(TF.to_dtype(TF.to_image(image), torch.float32, scale=True), list(mean), list(std))
+    return pixels, tensor
+
+
+@dataclass
+class Panel:
+    title: str
+    picture: np.ndarray  # (H, W, 3) float in [0, 1]
+    file: str
+
+
+def panels_for(pixels: np.ndarray, maps: ModelMaps, index: int, stem: str, class_label: str,
+               alpha: float) -> list[Panel]:
+    """The pictures of image ``index`` of a batch: the crop, one context and one attention
+    map per stage (the stage's deepest), the CAM."""
+    panels = [Panel("input", pixels.astype(np.float32) / 255, f"{stem}_input.png")]
+    for kind, named in (("context", maps.context), ("attention", maps.attention)):
+        for stage, (name, heat) in last_per_stage(named).items():
+            panels.append(Panel(f"{kind} {stage}", overlay(pixels, heat[index], alpha),
+                                f"{stem}_{kind}_{stage.replace('.', '')}.png"))
+    panels.append(Panel(f"CAM: {class_label}", overlay(pixels, maps.cam[index], alpha), f"{stem}_cam.png"))
+    return panels
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def save_panels(panels: list[Panel], directory: Path) -> list[Path]:
+    plt = _pyplot()
+    paths = []
+    for panel in panels:
+        path = directory / panel.file
+        plt.imsave(path, np.clip(panel.picture, 0, 1))
+        paths.append(path)
+    return paths
+
+
+def contact_sheet(rows: list[list[Panel]], path: Path, title: str) -> Path:
+    """One figure: a row of panels per image."""
+    plt = _pyplot()
+    columns = max(len(r) for r in rows)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(2.2 * columns, 2.4 * len(rows) + 0.4), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for r, panels in enumerate(rows):
+        for c, panel in enumerate(panels):
+            axes[r, c].imshow(np.clip(panel.picture, 0, 1))
+            axes[r, c].set_title(panel.title, fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
