@@ -26,7 +26,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models._features import feature_take_indices
 
 from efficientmod.checkpoint import register_layout
 from efficientmod.models.base import Backbone
@@ -232,7 +231,6 @@ class EfficientMod(Backbone):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = cfg.dims[-1]
-        self.grad_checkpointing = False
 
         self.stem = ConvEmbed(in_chans, cfg.dims[0], cfg.stem_kernel, stride=4, channels_last_in=False)
         total_blocks = sum(cfg.depths) + sum(cfg.attention_depths)
@@ -277,80 +275,13 @@ class EfficientMod(Backbone):
                                                       (r"^norm", (99999,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+    def stage_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Stages run channels-last: (B, H, W, C) → (B, C, H, W)."""
+        return x.permute(0, 3, 1, 2)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
-
-    # -- forward --------------------------------------------------------------------
-    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting() and self.training:
-            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) → final-norm map (B, C, H/32, W/32)."""
-        self.check_input(x)
-        x = self.stem(x)
-        for stage in self.stages:
-            x = self._run_stage(stage, x)
+    def final_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm, then NCHW: the map whose average is the paper's pooled feature."""
         return self.norm(x).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool (the paper's pooled features), dropout, classifier."""
-        x = x.mean(dim=(2, 3))
-        if pre_logits:
-            return x
-        return self.head(self.head_drop(x))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Stage outputs (strides 4, 8, 16, 32) as NCHW maps, timm's interface.
-        ``norm=True`` applies the final LayerNorm to the last stage's map."""
-        if output_fmt != "NCHW":
-            raise ValueError("EfficientMod intermediates are NCHW only")
-        self.check_input(x)
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        last = len(self.stages) - 1
-        intermediates = []
-        x = self.stem(x)
-        for i, stage in enumerate(stages):
-            x = self._run_stage(stage, x)
-            if i in take:
-                feature = self.norm(x) if norm and i == last else x
-                intermediates.append(feature.permute(0, 3, 1, 2))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x).permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last wanted one (and the norm / head)."""
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm or max_index < len(self.feature_info) - 1:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0)
-        return take
 
 
 # -- the official release's checkpoint layout ------------------------------------------

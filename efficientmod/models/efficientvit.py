@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, SqueezeExcite
 
 from efficientmod.checkpoint import register_layout
-from efficientmod.models.base import StagedBackbone
+from efficientmod.models.base import Backbone
 from efficientmod.models.efficientmod import Stage
 from efficientmod.models.layers import ConvNorm, LinearNorm
 from efficientmod.models.registry import ModelInfo, register_variant
@@ -196,7 +196,7 @@ def patch_embedding(in_chans: int, dim: int) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-class EfficientViT(StagedBackbone):
+class EfficientViT(Backbone):
     """The EfficientViT-MSRA network (NCHW throughout).
 
     ``img_size`` fixes the attention windows as the reference does: a stage whose map (at

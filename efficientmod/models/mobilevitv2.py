@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from timm.layers import ConvMlp, DropPath, make_divisible
 
 from efficientmod.checkpoint import register_layout
-from efficientmod.models.base import StagedBackbone
+from efficientmod.models.base import Backbone
 from efficientmod.models.layers import ConvNorm, ConvNormAct
 from efficientmod.models.registry import ModelInfo, register_variant
 
@@ -164,7 +164,7 @@ class MobileViTv2Block(nn.Module):
         return self.out_proj(fold_patches(x, patch, height, width))
 
 
-class MobileViTv2(StagedBackbone):
+class MobileViTv2(Backbone):
     """The MobileViTv2 network (NCHW throughout); five feature maps at strides 2–32.
 
     Input sides must be multiples of 32; multiples of 64 keep every map at its exact stride
@@ -233,21 +233,6 @@ class MobileViTv2(StagedBackbone):
             stem=r"^stem",
             blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
         )
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool, dropout, linear classifier."""
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(self.head_drop(x))
 
 
 # -- timm's checkpoint layout -------------------------------------------------------------
