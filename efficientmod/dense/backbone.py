@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 from timm.layers import freeze_batch_norm_2d
+from timm.models._features import FeatureGetterNet
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
@@ -23,8 +24,7 @@ from efficientmod.models import create_model, model_info
 
 __all__ = ["BackboneFPN", "build_backbone_fpn", "freeze_stages"]
 
-EXTRA_BLOCKS = ("maxpool", "p6p7", "none")
-
+EXTRA_LEVELS = {"maxpool": 1, "p6p7": 2, "none": 0}  # coarser levels (stride ×2 each) an option adds
 
 class BackboneFPN(nn.Module):
     """Feature extractor + FPN; output ``{"0": P_first, ..., extra levels}`` (all
@@ -39,20 +39,19 @@ class BackboneFPN(nn.Module):
 
     def __init__(self, body: nn.Module, out_channels: int = 256, extra: str = "maxpool"):
         super().__init__()
-        if extra not in EXTRA_BLOCKS:
-            raise ValueError(f"extra FPN levels must be one of {EXTRA_BLOCKS}, got {extra!r}")
+        if extra not in EXTRA_LEVELS:
+            raise ValueError(f"extra FPN levels must be one of {tuple(EXTRA_LEVELS)}, got {extra!r}")
         self.body = body
         channels = body.feature_info.channels()
         reductions = body.feature_info.reduction()
-        extra_block: ExtraFPNBlock | None = {
-            "maxpool": LastLevelMaxPool(),
-            "p6p7": LastLevelP6P7(out_channels, out_channels),
-            "none": None,
-        }[extra]
+        extra_block: ExtraFPNBlock | None = None
+        if extra == "maxpool":
+            extra_block = LastLevelMaxPool()
+        elif extra == "p6p7":
+            extra_block = LastLevelP6P7(out_channels, out_channels)
         self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=extra_block)
         self.out_channels = out_channels
-        extra_levels = {"maxpool": 1, "p6p7": 2, "none": 0}[extra]
-        self.strides = list(reductions) + [reductions[-1] * 2 ** (i + 1) for i in range(extra_levels)]
+        self.strides = list(reductions) + [reductions[-1] * 2 ** (i + 1) for i in range(EXTRA_LEVELS[extra])]
         self.feature_names = [str(i) for i in range(len(channels))]
         inner = getattr(body, "model", body)
         self.size_divisible = math.lcm(getattr(inner, "input_multiple", 1), max(reductions))
@@ -108,12 +107,14 @@ def build_backbone_fpn(
     frozen_stages: int = -1,
     frozen_bn: bool = False,
     drop_path_rate: float = 0.0,
+    min_stride: int = 1,
 ) -> BackboneFPN:
     """A registered backbone (optionally with classification weights) + FPN.
 
     Args:
         name: a name from :func:`efficientmod.list_models`.
-        out_indices: which feature maps feed the FPN (default: all the model has).
+        out_indices: which feature maps feed the FPN (default: all those of stride
+            ``min_stride`` or more).
         out_channels: FPN width.
         extra: extra coarser levels: ``maxpool`` (P6 for Mask R-CNN), ``p6p7`` (RetinaNet)
             or ``none`` (Semantic FPN).
@@ -125,11 +126,13 @@ def build_backbone_fpn(
             parameters fixed (``FrozenBatchNorm2d``), the usual choice for small detection
             batches. Families normalised by LayerNorm (EfficientMod) have none to freeze.
         drop_path_rate: stochastic depth of the backbone.
+        min_stride: the finest stride used when ``out_indices`` is not given.
     """
-    info = model_info(name)
-    indices = tuple(out_indices) if out_indices is not None else info.feature_out_indices
-    body = create_model(name, features_only=True, out_indices=indices, checkpoint_path=checkpoint,
-                        drop_path_rate=drop_path_rate)
+    network = create_model(name, checkpoint_path=checkpoint, drop_path_rate=drop_path_rate)
+    if out_indices is None:
+        out_indices = [i for i in model_info(name).feature_out_indices
+                       if network.feature_info[i]["reduction"] >= min_stride]
+    body = FeatureGetterNet(network, out_indices=tuple(out_indices))
     if frozen_bn:
         body = freeze_batch_norm_2d(body)
     freeze_stages(body, frozen_stages)

@@ -1,0 +1,72 @@
+"""What the dense data sets share: reading an image, skipping a sample that cannot be read
+(the batch goes on without it, the reason is counted), and the data loaders."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = ["Skipped", "SkipCounter", "read_rgb", "to_tensor", "collate", "make_loader"]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Returned by a data set in place of a sample it cannot use; ``reason`` is the count key."""
+
+    reason: str
+    path: str = ""
+
+
+class SkipCounter(Counter):
+    """Counts skipped samples or annotations by reason; ``str()`` gives a one-line report."""
+
+    def __str__(self) -> str:
+        if not self:
+            return "nothing skipped"
+        return "skipped: " + ", ".join(f"{n} × {reason}" for reason, n in sorted(self.items()))
+
+
+def read_rgb(path: str | Path) -> Image.Image | Skipped:
+    """The image as RGB, or :class:`Skipped` when the file is missing or cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        return Skipped("missing image file", str(path))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return Skipped("unreadable image file", str(path))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """HWC uint8 → CHW float in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+
+
+def collate(batch: list) -> tuple[list, list, list[Skipped]]:
+    """(inputs, targets, skipped): the usable samples of ``batch`` and the reasons of the others."""
+    kept = [sample for sample in batch if not isinstance(sample, Skipped)]
+    skipped = [sample for sample in batch if isinstance(sample, Skipped)]
+    return [s[0] for s in kept], [s[1] for s in kept], skipped
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 2, seed: int = 0) -> DataLoader:
+    """A loader of :func:`collate` batches; shuffled for training, sharded across ranks
+    (``DistributedSampler``) when ``torch.distributed`` is initialised."""
+    sampler = None
+    if train and torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=generator,
+    )

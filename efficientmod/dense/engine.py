@@ -1,0 +1,245 @@
+"""The training loop shared by detection and segmentation.
+
+One straight line per step: batch → device → ``compute_loss`` → AdamW step at the learning
+rate of timm's scheduler (:func:`build_scheduler`). Around it: a progress bar on stderr, skipped samples counted by
+reason, an atomic training-state checkpoint (``last.pt``: model, optimizer, epoch, step and
+what is needed to rebuild the model) written after every epoch and when stopped early, and
+resuming from it (random states included); ``torchrun`` starts distributed data-parallel
+training (one process per GPU, or gloo on CPU). Process setup, seeding and random states
+are the classification engine's (:mod:`efficientmod.train`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
+from timm.scheduler.scheduler import Scheduler
+from tqdm import tqdm
+
+from efficientmod.checkpoint import atomic_write
+from efficientmod.dense.data import SkipCounter, make_loader
+from efficientmod.train import Runtime, init_runtime, rng_state, seed_everything, set_rng_state
+
+__all__ = ["DenseTrainConfig", "build_scheduler", "train", "read_training_state", "load_trained", "to_device"]
+
+SCHEDULES = ("step", "cosine", "poly")
+
+
+@dataclass
+class DenseTrainConfig:
+    """Optimisation settings; the defaults are the 1× detection schedule of the papers
+    (12 epochs, learning rate ×0.1 after epochs 8 and 11, linear warm-up)."""
+
+    epochs: int | None = 12  # None: as many as ``max_steps`` needs
+    max_steps: int | None = None  # stop (and checkpoint) after this many steps in all
+    batch_size: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    milestones: tuple[int, ...] = (8, 11)  # epochs, for the step schedule
+    gamma: float = 0.1
+    poly_power: float = 0.9
+    warmup_steps: int = 500
+    warmup_ratio: float = 1e-3
+    clip_grad: float | None = None
+    workers: int = 2
+    seed: int = 0
+    amp: bool = False  # bfloat16 autocast, on CUDA only
+    meta: dict = field(default_factory=dict)  # saved with the checkpoint to rebuild the model
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.epochs is None and not self.max_steps:
+            raise ValueError("give a number of epochs or of steps")
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch size must be >= 1 and the learning rate > 0")
+        self.milestones = tuple(self.milestones)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: DenseTrainConfig, steps_per_epoch: int) -> Scheduler:
+    """timm's step / cosine / poly schedule with linear warm-up from ``lr × warmup_ratio``,
+    counted in optimizer steps (call ``step_update(step)`` before each step)."""
+    warmup = dict(warmup_t=config.warmup_steps, warmup_lr_init=config.lr * config.warmup_ratio, t_in_epochs=False)
+    if config.schedule == "step":
+        # timm decays once t + 1 reaches a milestone: + 1 starts the decay on the milestone epoch's first step
+        milestones = [m * steps_per_epoch + 1 for m in config.milestones]
+        return MultiStepLRScheduler(optimizer, milestones, config.gamma, warmup_prefix=False, **warmup)
+    total = total_steps(config, steps_per_epoch)
+    if config.schedule == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=total, **warmup)
+    return PolyLRScheduler(optimizer, t_initial=total, power=config.poly_power, **warmup)
+
+
+def total_steps(config: DenseTrainConfig, steps_per_epoch: int) -> int:
+    if config.epochs is None:
+        return config.max_steps
+    planned = config.epochs * steps_per_epoch
+    return min(planned, config.max_steps) if config.max_steps else planned
+
+
+def num_epochs(config: DenseTrainConfig, steps_per_epoch: int) -> int:
+    return config.epochs or math.ceil(config.max_steps / steps_per_epoch)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def to_device(obj, device: torch.device):
+    """Tensors inside lists / dicts moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+# -- checkpoints ------------------------------------------------------------------------
+def save_training_state(path: Path, model: nn.Module, optimizer, epoch: int, step: int, config: DenseTrainConfig) -> None:
+    """Atomically write ``path``: everything :func:`train` needs to resume."""
+    state = dict(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        epoch=epoch,
+        step=step,
+        rng=rng_state(),
+        config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+    )
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def read_training_state(path: str | Path) -> dict:
+    """A checkpoint written by :func:`train` (read with ``weights_only=True``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a dense training checkpoint (no 'model' / 'config')")
+    return state
+
+
+def load_trained(path: str | Path, task: str, build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
+    """The model a :func:`train` checkpoint of ``task`` holds, rebuilt by ``build(meta)``
+    from the description saved with it, and that description."""
+    state = read_training_state(path)
+    meta = state["config"].get("meta", {})
+    if meta.get("task") != task:
+        raise ValueError(f"{path} is a {meta.get('task', 'unknown')!r} checkpoint, not a {task!r} one")
+    model = build(meta)
+    model.load_state_dict(state["model"])
+    return model.eval(), meta
+
+
+# -- the loop -------------------------------------------------------------------------
+def train(
+    model: nn.Module,
+    dataset,
+    config: DenseTrainConfig,
+    compute_loss: Callable[[nn.Module, list, list], dict[str, torch.Tensor]],
+    output: str | Path,
+    resume: str | Path | None = None,
+    runtime: Runtime | None = None,
+) -> dict:
+    """Train ``model`` on ``dataset`` and return a summary (losses per step, skip counts).
+
+    ``compute_loss(model, inputs, targets)`` returns named losses whose sum is minimised.
+    ``resume`` continues a run from its ``last.pt`` (model, optimizer, epoch, step, random
+    states). ``runtime`` defaults to :func:`efficientmod.train.init_runtime` (``torchrun``'s
+    process group, else one process on the GPU if there is one).
+    """
+    runtime = runtime or init_runtime()
+    device, output = runtime.device, Path(output)
+    seed_everything(config.seed + runtime.rank)
+    if runtime.distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    start_epoch, step = 0, 0
+    if resume is not None:
+        state = read_training_state(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        set_rng_state(state["rng"])
+    wrapped = model
+    if runtime.distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    loader = make_loader(dataset, config.batch_size, train=True, workers=config.workers, seed=config.seed)
+    steps_per_epoch = len(loader)
+    last_step, epochs = total_steps(config, steps_per_epoch), num_epochs(config, steps_per_epoch)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    skipped, history, last_usable = SkipCounter(), [], None
+    main = runtime.main
+    started = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        if step >= last_step:
+            break
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        wrapped.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not main,
+                   dynamic_ncols=True, leave=False)
+        batches, epoch_start = 0, len(history)
+        for inputs, targets, skipped_now in bar:
+            batches += 1
+            skipped.update(s.reason for s in skipped_now)
+            if inputs:
+                last_usable = inputs, targets
+            elif runtime.distributed and last_usable:  # ranks must step together: redo the last batch
+                inputs, targets = last_usable
+            else:
+                continue
+            scheduler.step_update(step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+                losses = compute_loss(wrapped, to_device(inputs, device), to_device(targets, device))
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}: {_fmt(losses)}; lower --lr?")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad:
+                nn.utils.clip_grad_norm_(parameters, config.clip_grad)
+            optimizer.step()
+            step += 1
+            history.append(dict(step=step, loss=loss.item(), **{k: v.item() for k, v in losses.items()}))
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if step >= last_step:
+                break
+        bar.close()
+        finished_epoch = epoch + 1 if batches == steps_per_epoch else epoch  # a cut-short epoch is redone on resume
+        if main:
+            save_training_state(output / "last.pt", model, optimizer, finished_epoch, step, config)
+            recent = history[epoch_start:]
+            mean = sum(h["loss"] for h in recent) / max(len(recent), 1)
+            line = dict(epoch=epoch + 1, step=step, loss=mean, lr=optimizer.param_groups[0]["lr"],
+                        skipped=dict(skipped), seconds=round(time.perf_counter() - started, 1))
+            with open(output / "log.jsonl", "a") as log:
+                log.write(json.dumps(line) + "\n")
+            print(f"epoch {epoch + 1}: loss {mean:.4f}, step {step}/{last_step}, {skipped}", file=sys.stderr)
+        _barrier()
+    return dict(history=history, skipped=dict(skipped), steps=step, checkpoint=str(output / "last.pt"))
+
+
+def _fmt(losses: dict[str, torch.Tensor]) -> str:
+    return ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())

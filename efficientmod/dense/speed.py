@@ -1,0 +1,101 @@
+"""Images per second of Mask R-CNN and Semantic FPN training and inference, at the papers'
+input sizes by default (COCO 1333×800, 80 classes; ADE20K 512×512, 150 classes), on random
+images with random objects / label maps. Run as::
+
+    python -m efficientmod.dense.speed --task det --mode train --model efficientmod_s --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from efficientmod.dense.detection import build_detector, detection_loss
+from efficientmod.dense.segmentation import build_segmenter, segmentation_loss
+
+__all__ = ["measure"]
+
+PAPER_SIZES = dict(det=(800, 1333), seg=(512, 512))
+PAPER_CLASSES = dict(det=80, seg=150)
+
+
+def _random_targets(task: str, batch: int, height: int, width: int, num_classes: int, device) -> list:
+    if task == "seg":
+        return [torch.randint(0, num_classes, (height, width), device=device) for _ in range(batch)]
+    targets = []
+    for _ in range(batch):
+        corners = torch.rand(2, 5, 2, device=device) * torch.tensor([width, height], device=device)
+        boxes = torch.cat([corners.min(0).values, corners.max(0).values + 16], 1)
+        masks = torch.zeros(5, height, width, dtype=torch.uint8, device=device)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+            masks[k, y0:y1, x0:x1] = 1
+        targets.append(dict(boxes=boxes, labels=torch.randint(1, num_classes + 1, (5,), device=device), masks=masks))
+    return targets
+
+
+def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size: int = 2,
+            size: tuple[int, int] | None = None, steps: int = 20, warmup: int = 5, device: str = "cuda",
+            amp: bool = False) -> dict:
+    """Images per second of ``steps`` timed iterations after ``warmup`` ones."""
+    height, width = size or PAPER_SIZES[task]
+    num_classes = PAPER_CLASSES[task]
+    run_device = torch.device(device)
+    if task == "det":
+        model = build_detector("mask_rcnn", model_name, num_classes, min_size=min(height, width),
+                               max_size=max(height, width))
+        loss_fn = detection_loss
+    else:
+        model = build_segmenter(model_name, num_classes)
+        loss_fn = segmentation_loss
+    model.to(run_device).train(mode == "train")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = [torch.rand(3, height, width, device=run_device) for _ in range(batch_size)]
+    targets = _random_targets(task, batch_size, height, width, num_classes, run_device)
+
+    def step() -> None:
+        with torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=amp):
+            if mode == "train":
+                loss = sum(loss_fn(model, images, targets).values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            else:
+                with torch.no_grad():
+                    model(images if task == "det" else torch.stack(images))
+
+    for _ in range(warmup):
+        step()
+    synchronize = torch.cuda.synchronize if run_device.type == "cuda" else (lambda: None)
+    synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    seconds = time.perf_counter() - started
+    name = torch.cuda.get_device_name(run_device) if run_device.type == "cuda" else "cpu"
+    return dict(task=task, mode=mode, model=model_name, size=[height, width], batch_size=batch_size, amp=amp,
+                device=name, images_per_second=round(steps * batch_size / seconds, 2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("det", "seg"), required=True, help="Mask R-CNN or Semantic FPN")
+    parser.add_argument("--mode", choices=("train", "infer"), nargs="+", default=["train", "infer"])
+    parser.add_argument("--model", default="efficientmod_s", help="backbone")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per iteration")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="input size (default: the paper's)")
+    parser.add_argument("--steps", type=int, default=20, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    args = parser.parse_args(argv)
+    for mode in args.mode:
+        print(json.dumps(measure(args.task, mode, args.model, args.batch_size, args.size, args.steps, args.warmup,
+                                 args.device, args.amp)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
