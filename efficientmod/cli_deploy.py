@@ -1,0 +1,135 @@
+"""``efficientmod export`` (deployed model → verified ONNX) and ``efficientmod predict``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    export = subparsers.add_parser(
+        "export",
+        help="export a deployed model to ONNX and verify it in ONNX Runtime",
+        description="Deploy MODEL (fold BatchNorm and layer scales, merge projections), export it to "
+        "ONNX with a dynamic batch axis, then run the file in ONNX Runtime on random inputs of "
+        "several batch sizes and compare with PyTorch. Prints the max abs difference; above "
+        "--tolerance the file is removed and the exit status is 1. Preprocessing and class names "
+        "are stored in the file's metadata (what `efficientmod predict FILE.onnx` reads).",
+    )
+    _add_model_args(export)
+    export.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file to write")
+    export.add_argument("--input-size", type=int, nargs="+", metavar="PIXELS", default=None,
+                        help="H [W] of the exported input (default: the model's, e.g. 224)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
+    export.add_argument("--static-batch", action="store_true", help="fix the batch size to 1")
+    export.add_argument("--no-deploy", action="store_true",
+                        help="export the model as built, without the inference rewrites (for comparisons)")
+    export.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest max abs difference to PyTorch accepted (default 1e-4)")
+    export.add_argument("--verify-batch-sizes", type=int, nargs="+", default=[1, 2, 3], metavar="N",
+                        help="batch sizes of the random verification inputs (default 1 2 3)")
+    export.add_argument("--save-optimized", type=Path, default=None, metavar="PATH",
+                        help="also write ONNX Runtime's optimized graph (runs on this kind of CPU only)")
+    export.set_defaults(func=run_export)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="top-5 classes of image files (deployed model or ONNX file)",
+        description="Classify IMAGE files with the deployed MODEL (a registered name with "
+        "--checkpoint, a save_pretrained folder) or an .onnx file written by `efficientmod export` "
+        "(run by ONNX Runtime), using the model's own preprocessing. Class names: those saved with "
+        "the weights, else ImageNet's for 1000 classes. Unreadable images are reported on stderr, "
+        "the others still predicted; the exit status is then 1.",
+    )
+    _add_model_args(predict, onnx=True)
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    predict.add_argument("--device", default="cpu", help="torch device of the PyTorch path (default cpu)")
+    predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    predict.set_defaults(func=run_predict)
+
+
+def _add_model_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="a registered name (`efficientmod models`), a save_pretrained folder"
+                        + (", or an .onnx file" if onnx else ""))
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="weights for a registered name: official / timm / own checkpoint, training "
+                        "checkpoint or save_pretrained folder"
+                        + ("" if onnx else " (without it the weights are random: fine for latency, "
+                           "not for predictions)"))
+
+
+def _input_size(model, pixels: list[int] | None) -> tuple[int, int, int]:
+    from efficientmod.models import model_info
+
+    if pixels is None:
+        return (model.in_chans, *model_info(model.registry_name).input_size[1:])
+    if len(pixels) > 2 or min(pixels) <= 0:
+        raise ValueError(f"--input-size takes H or H W (positive), got {pixels}")
+    height, width = pixels[0], pixels[-1]
+    multiple = getattr(model, "input_multiple", 1)
+    if height % multiple or width % multiple:
+        raise ValueError(f"--input-size {height} {width}: both sides must be multiples of {multiple}")
+    return (model.in_chans, height, width)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from efficientmod.deploy import deploy
+    from efficientmod.export import ExportVerificationError, export_verified
+    from efficientmod.predict import Preprocessing, load_model, onnx_metadata
+
+    if args.output.suffix != ".onnx":
+        raise ValueError(f"--output should end in .onnx, got {args.output}")
+    model = load_model(args.model, args.checkpoint)
+    if args.checkpoint is None and not Path(args.model).is_dir():
+        print(f"note: no --checkpoint, exporting {args.model} with random weights", file=sys.stderr)
+    input_size = _input_size(model, args.input_size)
+    model.eval() if args.no_deploy else deploy(model)
+    metadata = onnx_metadata(model, Preprocessing.of_model(model, input_size))
+    try:
+        worst = export_verified(model, args.output, input_size, args.opset, not args.static_batch, metadata,
+                                args.verify_batch_sizes, args.tolerance, args.save_optimized)
+    except ExportVerificationError as error:
+        print(f"efficientmod export: verification FAILED, {args.output} removed: {error}", file=sys.stderr)
+        return 1
+    batches = [1] if args.static_batch else args.verify_batch_sizes
+    print(f"verified: ONNX Runtime vs PyTorch max abs diff {worst:.2e} (<= {args.tolerance:g}) "
+          f"on batch sizes {batches}")
+    print(f"wrote {args.output} ({'undeployed' if args.no_deploy else 'deployed'} {model.registry_name}, "
+          f"input {'N' if not args.static_batch else 1}x{'x'.join(map(str, input_size))}, opset {args.opset})")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from efficientmod.predict import Predictor, load_model
+
+    if args.topk < 1 or args.batch_size < 1:
+        raise ValueError("--topk and --batch-size must be positive")
+    if args.model.endswith(".onnx"):
+        if args.checkpoint is not None:
+            raise ValueError("an .onnx file holds its weights: drop --checkpoint")
+        predictor = Predictor.from_onnx(args.model, args.threads)
+    else:
+        import torch
+
+        if args.checkpoint is None and not Path(args.model).is_dir():
+            raise ValueError(f"predicting with random weights makes no sense: pass --checkpoint for {args.model}")
+        model = load_model(args.model, args.checkpoint).to(torch.device(args.device))
+        predictor = Predictor.from_model(model)
+    failed = []
+
+    def report(path: str, reason: str) -> None:
+        failed.append(path)
+        print(f"efficientmod predict: cannot read {path}: {reason}", file=sys.stderr)
+
+    for prediction in predictor.predict_files(args.images, args.topk, args.batch_size, on_error=report):
+        print(prediction.path)
+        for rank, (name, prob) in enumerate(prediction.top, 1):
+            print(f"  {rank}. {100 * prob:6.2f}%  {name}")
+    if failed:
+        print(f"efficientmod predict: {len(failed)} of {len(args.images)} image(s) unreadable", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,160 @@
+"""efficientmod.deploy: same outputs, fewer operations, for every variant of every family."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import efficientmod
+from efficientmod.deploy import FusedAttentionBlock, FusedModulationBlock, is_deployed
+from efficientmod.models.efficientmod import AttentionBlock, ModulationBlock
+
+ALL_MODELS = efficientmod.list_models()
+TOLERANCE = 1e-4  # the issue's bound, float32
+INPUT = (2, 3, 64, 64)
+
+
+@torch.no_grad()
+def randomize_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Draw every parameter and BatchNorm statistic at random (fan-in scaled matrices,
+    norm weights near 1, other vectors — biases, layer scales, attention biases — of
+    size 0.1; running variances in [0.5, 1.5]), so no fold is trivially exact."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        r = torch.randn(param.shape, generator=generator)
+        if param.ndim >= 2:
+            param.copy_(r / math.sqrt(param[0].numel()))
+        elif "norm" in name.split(".")[-2] and name.endswith("weight"):
+            param.copy_(1 + 0.1 * r)
+        else:
+            param.copy_(0.1 * r)
+    for name, buffer in model.named_buffers():
+        if name.endswith("running_var"):
+            buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
+        elif name.endswith("running_mean"):
+            buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
+    return model
+
+
+def random_model(name: str, **kwargs) -> nn.Module:
+    return randomize_weights(efficientmod.create_model(name, **kwargs)).eval()
+
+
+def max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (a(x) - b(x)).abs().max().item()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_deployed_outputs_match_and_norms_are_folded(name):
+    model = random_model(name)
+    deployed = efficientmod.deploy(copy.deepcopy(model))
+    x = torch.randn(*INPUT, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(x)
+    assert reference.abs().max() > 0.1  # a model whose outputs vanish would prove nothing
+    assert max_diff(model, deployed, x) <= TOLERANCE
+    leftovers = [type(m).__name__ for m in deployed.modules()
+                 if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, ModulationBlock, AttentionBlock))
+                 or callable(getattr(m, "fuse", None))]
+    assert leftovers == []
+    assert count_modules(deployed) < count_modules(model)
+
+
+def count_modules(model: nn.Module) -> int:
+    return sum(1 for _ in model.modules())
+
+
+@pytest.mark.parametrize("name", ["efficientmod_xxs", "efficientvit_m0", "mobilevitv2_050"])
+def test_deploy_is_in_place_and_idempotent(name):
+    model = random_model(name).train()
+    assert efficientmod.deploy(model) is model
+    assert is_deployed(model) and not model.training
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    structure = repr(model)
+    assert efficientmod.deploy(model) is model
+    assert repr(model) == structure
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_efficientmod_block_folds_layer_scale_and_merges_f_and_v():
+    model = random_model("efficientmod_xxs")
+    block = model.stages[0].blocks[1]  # expansion ratio 6
+    fused = FusedModulationBlock(copy.deepcopy(block))
+    dim, ratio = block.proj.out_features, block.expansion_ratio
+    assert fused.fv.out_features == dim * (1 + ratio) and fused.fv.in_features == dim
+    assert not any("layer_scale" in name for name, _ in fused.named_parameters())
+    x = torch.randn(2, 8, 8, dim)
+    assert max_diff(block, fused, x) <= 1e-5
+
+
+def test_attention_block_folds_the_softmax_scale_and_matches_in_export_form(monkeypatch):
+    model = random_model("efficientmod_xxs")
+    block = model.stages[2].blocks[-1]
+    assert isinstance(block, AttentionBlock)
+    fused = FusedAttentionBlock(copy.deepcopy(block))
+    x = torch.randn(2, 4, 4, block.norm1.normalized_shape[0])
+    assert max_diff(block, fused, x) <= 1e-5
+    # the explicit matmul-softmax form written to ONNX computes the same
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert max_diff(block, fused, x) <= 1e-5
+
+
+def test_channels_last_layout_keeps_outputs():
+    model = random_model("efficientvit_m0")
+    deployed = efficientmod.deploy(copy.deepcopy(model), channels_last=True)
+    conv = next(m for m in deployed.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(*INPUT).contiguous(memory_format=torch.channels_last)
+    assert max_diff(model, deployed, x) <= TOLERANCE
+
+
+def test_features_only_model_deploys():
+    model = random_model("efficientmod_xxs", features_only=True)
+    deployed = efficientmod.deploy(copy.deepcopy(model))
+    x = torch.randn(*INPUT)
+    with torch.no_grad():
+        for a, b in zip(model(x), deployed(x)):
+            assert (a - b).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (deployment's GPU path)")
+def test_gpu_deploy_bf16_channels_last_matches_float32():
+    model = random_model("efficientmod_xxs").cuda()
+    deployed = efficientmod.deploy(copy.deepcopy(model)).to(torch.bfloat16)
+    x = torch.randn(*INPUT, device="cuda")
+    with torch.no_grad():
+        expected = model(x)
+        actual = deployed(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+    assert (expected - actual).abs().max().item() <= 0.05 * expected.abs().max().item()
+
+
+def test_efficientvit_attention_caches_biases_and_folds_the_token_interaction_residual():
+    from efficientmod.deploy import FusedCascadedGroupAttention, FusedInteractionFFN
+
+    deployed = efficientmod.deploy(random_model("efficientvit_m0"))
+    attentions = [m for m in deployed.modules() if isinstance(m, FusedCascadedGroupAttention)]
+    interactions = [m for m in deployed.modules() if isinstance(m, FusedInteractionFFN)]
+    assert attentions and interactions
+    for attn in attentions:
+        tokens = attn.window ** 2
+        assert attn.attention_bias.shape == (attn.heads, tokens, tokens)
+        assert not any(name.endswith("attention_biases") for name, _ in attn.named_parameters())
+
+
+def test_mobilevitv2_attention_pools_keys_before_projecting_them():
+    from efficientmod.deploy import FusedSeparableSelfAttention
+
+    model = random_model("mobilevitv2_050")
+    original = [m.attn for m in model.modules() if type(m).__name__ == "LinearTransformerLayer"]
+    deployed = efficientmod.deploy(copy.deepcopy(model))
+    fused = [m for m in deployed.modules() if isinstance(m, FusedSeparableSelfAttention)]
+    assert len(fused) == len(original) > 0
+    for before, after in zip(original, fused):
+        dim = before.dim
+        assert before.qkv.out_channels == 1 + 2 * dim
+        assert after.score_value.out_channels == 1 + dim and after.key.out_channels == dim
+    assert not any(isinstance(m, nn.GroupNorm) for m in deployed.modules())

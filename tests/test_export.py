@@ -1,0 +1,88 @@
+"""ONNX export of deployed models, verified in ONNX Runtime; ``efficientmod export``."""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+
+import efficientmod
+from efficientmod.cli import main
+from efficientmod.deploy import FusedModulationBlock
+from efficientmod.export import (
+    ExportVerificationError, export_onnx, export_verified, read_onnx_metadata, verify_onnx,
+)
+from test_deploy import ALL_MODELS, random_model
+
+SMALL = (3, 64, 64)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_deployed_variant_exports_and_verifies(name, tmp_path):
+    model = efficientmod.deploy(random_model(name))
+    path = tmp_path / f"{name}.onnx"
+    worst = export_verified(model, path, SMALL, batch_sizes=(1, 3))
+    assert 0 <= worst <= 1e-4
+    proto = onnx.load(str(path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
+
+
+class ExportsSomethingElse(nn.Module):
+    """Agrees with PyTorch except inside the ONNX exporter — verification must notice."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) + (1e-3 if torch.onnx.is_in_onnx_export() else 0.0)
+
+
+def test_verification_failure_raises_and_removes_the_file(tmp_path):
+    path = tmp_path / "bad.onnx"
+    with pytest.raises(ExportVerificationError, match="differs from PyTorch by 0.001"):
+        export_verified(ExportsSomethingElse(), path, SMALL)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_verify_reports_the_difference_and_honours_the_tolerance(tmp_path):
+    model = ExportsSomethingElse()
+    path = export_onnx(model, tmp_path / "m.onnx", SMALL)
+    assert verify_onnx(model, path, SMALL, tolerance=1e-2) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_export_rejects_old_opsets(tmp_path):
+    with pytest.raises(ValueError, match="opset 16 is too old"):
+        export_onnx(ExportsSomethingElse(), tmp_path / "m.onnx", SMALL, opset=16)
+
+
+def test_cli_export_prints_the_difference_and_stores_metadata(tmp_path, capsys):
+    path = tmp_path / "xxs.onnx"
+    assert main(["export", "efficientmod_xxs", "-o", str(path), "--input-size", "64", "96"]) == 0
+    out = capsys.readouterr().out
+    assert "max abs diff" in out and "deployed efficientmod_xxs" in out
+    meta = read_onnx_metadata(path)
+    info = efficientmod.model_info("efficientmod_xxs")
+    assert meta["architecture"] == "efficientmod_xxs" and meta["deployed"] is True
+    assert meta["input_size"] == [3, 64, 96]
+    assert tuple(meta["mean"]) == info.mean and meta["interpolation"] == info.interpolation
+    assert meta["num_classes"] == 1000 and meta["class_names"] is None
+
+
+def test_cli_export_fails_removes_file_when_outputs_differ(tmp_path, capsys, monkeypatch):
+    forward = FusedModulationBlock.forward
+    monkeypatch.setattr(FusedModulationBlock, "forward", lambda self, x: forward(self, x) + (
+        1e-2 if torch.onnx.is_in_onnx_export() else 0.0))
+    path = tmp_path / "xxs.onnx"
+    assert main(["export", "efficientmod_xxs", "-o", str(path), "--input-size", "64"]) == 1
+    assert "verification FAILED" in capsys.readouterr().err
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input-size", "70"], "multiples of 32"),
+    (["--opset", "13"], "too old"),
+    (["--checkpoint", "missing.pth"], "not found"),
+])
+def test_cli_export_bad_arguments(tmp_path, capsys, argv, message):
+    assert main(["export", "efficientmod_xxs", "-o", str(tmp_path / "m.onnx"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
