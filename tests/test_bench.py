@@ -1,0 +1,246 @@
+"""`efficientmod bench`: the measurement logic, the papers' claims, the CLI end to end on CPU."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+import time
+import types
+
+import matplotlib.image
+import pytest
+import torch
+import torch.nn as nn
+
+from efficientmod.bench import (
+    BenchReport, BenchRow, BenchSettings, Candidate, benchmark, check_claims, count_macs,
+    count_params, expand_specs, pareto_front, resolve_models, time_calls,
+)
+from efficientmod.cli import main
+
+CPU = dict(backends=("torch-cpu",), threads=1)
+
+
+class Sleeper(nn.Module):
+    """A model whose cost is known: ``base_s + per_image_s × batch`` of sleep per call."""
+
+    def __init__(self, base_s: float, per_image_s: float = 0.0, oom_above_batch: int | None = None):
+        super().__init__()
+        self.base_s, self.per_image_s, self.oom_above_batch = base_s, per_image_s, oom_above_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.oom_above_batch is not None and x.shape[0] > self.oom_above_batch:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        time.sleep(self.base_s + self.per_image_s * x.shape[0])
+        return x.mean((2, 3))
+
+
+# --------------------------------------------------------------------------- counting
+
+def test_macs_of_known_layers_are_exact():
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
+    assert count_macs(conv, (3, 16, 16)) == 8 * 16 * 16 * 3 * 3 * 3
+    depthwise = nn.Conv2d(8, 8, kernel_size=7, padding=3, groups=8)
+    assert count_macs(depthwise, (8, 10, 10)) == 8 * 10 * 10 * 7 * 7
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
+    assert count_macs(linear, (3, 4, 4)) == 48 * 10
+    assert count_params(linear) == 48 * 10 + 10
+
+
+# --------------------------------------------------------------------------- timing
+
+def test_time_calls_times_each_call_after_untimed_warmup():
+    calls = []
+
+    def step():
+        calls.append(None)
+        time.sleep(0.3 if len(calls) == 1 else 0.01)  # the first call pays a "compilation"
+
+    times = time_calls(step, runs=5, warmup=2)
+    assert len(calls) == 7 and len(times) == 5
+    assert all(0.0095 <= t < 0.25 for t in times), times  # the 0.3 s first call is not among them
+
+
+def test_known_sleep_cost_is_measured_within_tolerance():
+    base, per_image, batch = 0.010, 0.002, 4
+    settings = BenchSettings(**CPU, runs=7, warmup=1, batch=batch, throughput_runs=3)
+    (row,) = benchmark([("sleeper", "test", Sleeper(base, per_image), (3, 8, 8))], settings).rows
+    expected_ms = (base + per_image) * 1e3
+    assert expected_ms * 0.98 <= row.latency_ms_median <= expected_ms * 2.0
+    assert row.latency_ms_min <= row.latency_ms_median <= row.latency_ms_p90
+    ideal_img_s = batch / (base + per_image * batch)
+    assert ideal_img_s * 0.5 <= row.throughput_img_s <= ideal_img_s * 1.02
+    assert (row.latency_runs, row.warmup_runs, row.throughput_runs, row.throughput_batch) == (7, 1, 3, batch)
+    assert (row.params, row.macs, row.threads, row.error) == (0, 0, 1, "")
+
+
+def test_out_of_memory_is_reported_per_row_and_the_rest_runs_on():
+    settings = BenchSettings(**CPU, runs=2, warmup=0, batch=4, throughput_runs=1)
+    report = benchmark([
+        Candidate("too-big", "test", Sleeper(0.0, oom_above_batch=1), (3, 8, 8)),
+        Candidate("fits", "test", Sleeper(0.0), (3, 8, 8)),
+    ], settings)
+    too_big, fits = report.rows
+    assert too_big.error == "out of GPU memory at batch 4"
+    assert too_big.latency_ms_median is not None and too_big.throughput_img_s is None
+    assert fits.error == "" and fits.throughput_img_s > 0
+
+
+def test_a_model_failing_at_the_input_size_gets_error_rows():
+    settings = BenchSettings(**CPU, runs=1, warmup=0, batch=0)
+    broken = nn.Linear(5, 5)  # cannot take an image
+    report = benchmark([("broken", "test", broken, (3, 8, 8)), ("fine", "test", Sleeper(0.0), (3, 8, 8))], settings)
+    assert report.rows[0].error.startswith("fails at input (3, 8, 8): RuntimeError")
+    assert report.rows[1].error == "" and report.rows[1].throughput_img_s is None  # batch 0: no throughput
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the note given when CUDA is absent")
+def test_gpu_backends_are_skipped_with_a_note_without_cuda(capsys):
+    settings = BenchSettings(backends=("torch-cuda", "compile-cuda", "cudagraph-cuda"), runs=1, warmup=0)
+    report = benchmark([("sleeper", "test", Sleeper(0.0), (3, 8, 8))], settings)
+    assert report.rows == []
+    assert set(report.skipped) == {"torch-cuda", "compile-cuda", "cudagraph-cuda"}
+    assert all("CUDA is not available" in reason for reason in report.skipped.values())
+    assert "skipping torch-cuda" in capsys.readouterr().err
+
+
+def test_unknown_backend_and_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="unknown backend 'torch-gpu'. Did you mean torch-cpu"):
+        BenchSettings(backends=("torch-gpu",))
+    with pytest.raises(ValueError, match="runs must be at least 1"):
+        BenchSettings(runs=0)
+
+
+# --------------------------------------------------------------------------- results
+
+def test_pareto_front_keeps_undominated_models_fastest_first():
+    points = [(1.0, 70.0), (2.0, 69.0), (3.0, 75.0), (4.0, 75.0), (0.5, 60.0), (3.0, 74.0)]
+    assert pareto_front(points) == [4, 0, 2]
+
+
+def _row(model: str, backend: str, latency: float, throughput: float | None) -> BenchRow:
+    return BenchRow(model, "f", backend, "fp32", 1, (3, 8, 8), 1, 1, None, "",
+                    latency_ms_median=latency, throughput_img_s=throughput)
+
+
+def test_claims_compare_measured_speedups_with_the_papers():
+    report = BenchReport(
+        rows=[_row("ours", "torch-cpu", 10.0, 400.0), _row("peer", "torch-cpu", 25.0, 100.0)],
+        settings=BenchSettings(backends=("torch-cpu", "torch-cuda")), environment={},
+        skipped={"torch-cuda": "CUDA is not available on this machine"},
+    )
+    claims = [
+        {"ours": "ours", "peer": "peer", "metric": "latency", "backends": ["torch-cuda"],
+         "speedup": 1.25, "stated": "25% faster on GPU", "source": "paper"},
+        {"ours": "ours", "peer": "peer", "metric": "throughput", "backends": ["torch-cpu"],
+         "speedup": 3.7, "stated": "3.7x on CPU", "source": "paper"},
+    ]
+    latency_cpu, latency_gpu, throughput_cpu, throughput_gpu = check_claims(report, claims)
+    assert (latency_cpu.measured_speedup, latency_cpu.paper_speedup) == (2.5, None)
+    assert latency_gpu.measured_speedup is None and latency_gpu.paper_speedup == 1.25
+    assert latency_gpu.why_missing == "skipped: CUDA is not available on this machine"
+    assert (throughput_cpu.measured_speedup, throughput_cpu.paper_speedup) == (4.0, 3.7)
+    assert throughput_gpu.paper_speedup is None
+
+    cpu_only = dataclasses.replace(report, settings=BenchSettings(backends=("torch-cpu",)), skipped={})
+    latency_cpu, latency_gpu, throughput_cpu = check_claims(cpu_only, claims)
+    assert (latency_gpu.backend, latency_gpu.paper_speedup) == ("torch-cuda", 1.25)
+    assert latency_gpu.why_missing == "not run (add -b torch-cuda)"
+
+
+# --------------------------------------------------------------------------- model specs
+
+def test_specs_expand_globs_in_registry_order_without_repeats():
+    assert expand_specs(["efficientmod_x*", "efficientmod_xs", "timm:mobilevit_xxs"]) == [
+        "efficientmod_xxs", "efficientmod_xs", "timm:mobilevit_xxs"]
+    with pytest.raises(ValueError, match="no model matches"):
+        expand_specs(["nothing_*"])
+
+
+def test_timm_peer_takes_its_paper_top1_and_the_requested_size():
+    (peer,) = resolve_models(["timm:mobilevit_xxs"], img_size=64)
+    assert (peer.label, peer.family, peer.top1, peer.input_size) == ("timm:mobilevit_xxs", "MobileViT", 69.0, (3, 64, 64))
+    assert "MobileViT" in peer.top1_source
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("efficientmod_ss", "Did you mean: efficientmod_s"),
+    ("timm:mobilevit_xxz", "Did you mean: timm:mobilevit_xxs"),
+    ("efficientmod_s@fused", "unknown suffix"),
+])
+def test_unknown_models_name_the_closest(spec, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_models([spec])
+
+
+def test_deploy_suffix_applies_efficientmod_deploy(monkeypatch):
+    deployed = []
+    fake = types.ModuleType("efficientmod.deploy")
+    fake.deploy = lambda model: deployed.append(model) or model
+    monkeypatch.setitem(sys.modules, "efficientmod.deploy", fake)
+    (candidate,) = resolve_models(["efficientmod_xxs@deploy"], img_size=32)
+    assert candidate.label == "efficientmod_xxs@deploy" and deployed == [candidate.model]
+    assert not candidate.model.training
+
+
+def test_deploy_suffix_without_the_deploy_module_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientmod.deploy", None)
+    with pytest.raises(ValueError, match="'@deploy' needs efficientmod.deploy"):
+        resolve_models(["efficientmod_xxs@deploy"])
+
+
+# --------------------------------------------------------------------------- the command
+
+TINY = ["--img-size", "64", "--runs", "3", "--warmup", "1", "--batch", "2", "--throughput-runs", "1",
+        "--threads", "1", "--no-progress"]
+
+
+def test_cli_end_to_end_writes_json_csv_and_plot(tmp_path, capsys):
+    out = {kind: tmp_path / f"bench.{kind}" for kind in ("json", "csv", "png")}
+    status = main(["bench", "efficientmod_xxs", "--compare", "mobilevit_xxs", "-b", "torch-cpu", "ort-cpu",
+                   "torch-cuda", *TINY, "--json", str(out["json"]), "--csv", str(out["csv"]),
+                   "--plot", str(out["png"])])
+    assert status == 0
+    table = capsys.readouterr().out
+    assert "efficientmod_xxs" in table and "timm:mobilevit_xxs" in table and "machine:" in table
+
+    data = json.loads(out["json"].read_text())
+    rows = data["rows"]
+    assert [(r["model"], r["backend"]) for r in rows] == [
+        ("efficientmod_xxs", "torch-cpu"), ("efficientmod_xxs", "ort-cpu"),
+        ("timm:mobilevit_xxs", "torch-cpu"), ("timm:mobilevit_xxs", "ort-cpu")]
+    for r in rows:
+        assert r["error"] == "" and r["latency_runs"] == 3 and r["latency_ms_median"] > 0
+        assert r["throughput_batch"] == 2 and r["throughput_img_s"] > 0 and r["input_size"] == [3, 64, 64]
+    assert rows[0]["params"] == 4_736_264 and rows[0]["top1"] == 76.0
+    assert data["settings"]["threads"] == 1 and data["environment"]["torch"] == torch.__version__
+    if not torch.cuda.is_available():
+        assert "torch-cuda" in data["skipped_backends"]
+
+    with open(out["csv"], newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [r["model"] for r in csv_rows] == [r["model"] for r in rows]
+    assert float(csv_rows[1]["latency_ms_median"]) == pytest.approx(rows[1]["latency_ms_median"])
+    assert csv_rows[0]["env_cpu"] == data["environment"]["cpu"]
+
+    image = matplotlib.image.imread(out["png"])
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 2 * image.shape[0]  # two panels
+
+
+def test_cli_paper_preset_runs_on_cpu(capsys):
+    status = main(["bench", "--paper", "-b", "torch-cpu", "torch-cuda", *TINY])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "timm:efficientformerv2_s2" in out and "timm:mobilevit_xxs" in out
+    assert "25% faster on GPU" in out and "3.7x faster on CPU" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "efficientmod_zz"], "Unknown model 'efficientmod_zz'"),
+    (["bench", "efficientmod_s", "-b", "onnx-cpu"], "unknown backend 'onnx-cpu'"),
+    (["bench"], "name at least one model"),
+])
+def test_cli_bad_input_exits_2_with_a_clear_message(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
