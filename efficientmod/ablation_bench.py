@@ -54,7 +54,7 @@ def format_ablation_table(report: BenchReport, base: str, statistic: str = "medi
     names = list(dict.fromkeys(r.model for r in report.rows))
     for name in names:
         first = next(r for r in report.rows if r.model == name)
-        cells = [name, _changes(name), f"{first.params / 1e6:.3f}", f"{first.macs / 1e9:.3f}"]
+        cells = [name, _changes(name), f"{first.params / 1e6:.3f}", f"{first.macs / 1e9:.3f}" if first.macs is not None else "-"]
         for backend in backends:
             row, ref = report.row(name, backend), report.row(REFERENCE, backend)
             latency = getattr(row, field_name) if row else None

@@ -140,3 +140,12 @@ def test_save_pretrained_keeps_architecture_arguments(tmp_path):
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         assert torch.equal(model(x), restored(x))
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "out.json", lambda tmp: open(tmp, "w").write("{}"))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o644
