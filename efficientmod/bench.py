@@ -52,7 +52,7 @@ __all__ = [
     "environment", "time_calls", "pareto_front", "write_json", "write_csv", "plot_accuracy_latency",
 ]
 
-PAPER_RESULTS = Path(__file__).parent / "data" / "paper_results.json"
+PAPER_RESULTS = Path(__file__).parent / "assets" / "paper_results.json"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_BATCH = {"cpu": 16, "cuda": 256}  # EfficientViT's CPU protocol; a GPU-sized batch
 THROUGHPUT_WARMUP_MAX = 3
@@ -556,7 +556,7 @@ class ClaimCheck:
 
 
 def paper_claims() -> list[dict]:
-    """The papers' claims (``data/paper_results.json``). ``efficientvit_m2`` falls back to
+    """The papers' claims (``assets/paper_results.json``). ``efficientvit_m2`` falls back to
     ``timm:efficientvit_m2`` while this library's own EfficientViT is not registered."""
     from efficientmod.models import list_models
 

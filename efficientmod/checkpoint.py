@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 __all__ = [
-    "CheckpointError", "register_layout", "read_state_dict", "load_checkpoint",
+    "CheckpointError", "register_layout", "load_weights_only", "read_state_dict", "load_checkpoint",
     "save_pretrained", "from_pretrained", "atomic_write",
 ]
 
@@ -53,6 +53,18 @@ def register_layout(family: str, name: str, detect, convert) -> None:
 
 
 # -- reading -------------------------------------------------------------------------
+def load_weights_only(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)`` on CPU: tensors and plain containers only,
+    never arbitrary pickled objects; a refused or corrupt file is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refused, or a corrupt / truncated file
+        raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
+
+
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
     """A flat ``{name: tensor}`` from a file (``.safetensors``, ``.pth``/``.pt``/``.bin``
     read with ``weights_only=True``), a ``save_pretrained`` folder, or a dict — wrapper
@@ -68,10 +80,7 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as error:  # unpickling refused or a corrupt file
-                raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
+            state = load_weights_only(path)
     for key in WRAPPER_KEYS:
         if isinstance(state.get(key), Mapping):
             state = dict(state[key])

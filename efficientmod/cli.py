@@ -11,6 +11,11 @@ import sys
 
 COMMAND_MODULES = [
     "efficientmod.cli_models",
+    "efficientmod.cli_bench",
+    "efficientmod.cli_viz",
+    "efficientmod.cli_train",
+    "efficientmod.cli_deploy",
+    "efficientmod.cli_dense",
 ]
 
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from efficientmod.checkpoint import load_weights_only
+
 __all__ = [
     "Preprocessing", "Prediction", "Predictor", "load_model", "imagenet_class_names", "onnx_metadata",
 ]
@@ -91,14 +93,7 @@ def _read_training_checkpoint(path: Path) -> dict | None:
     None for safetensors files, which :func:`load_checkpoint` reads itself."""
     if path.suffix == ".safetensors":
         return None
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    from efficientmod.checkpoint import CheckpointError
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
+    state = load_weights_only(path)
     return state if isinstance(state, dict) else None
 
 

@@ -25,7 +25,7 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRSchedu
 from timm.scheduler.scheduler import Scheduler
 from tqdm import tqdm
 
-from efficientmod.checkpoint import atomic_write
+from efficientmod.checkpoint import atomic_write, load_weights_only
 from efficientmod.dense.data import SkipCounter, make_loader
 from efficientmod.train import Runtime, init_runtime, rng_state, seed_everything, set_rng_state
 
@@ -126,12 +126,7 @@ def read_training_state(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
+    state = load_weights_only(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a dense training checkpoint (no 'model' / 'config')")
     return state

@@ -1,0 +1,178 @@
+"""The training recipe: one frozen dataclass whose defaults are the papers' (DeiT) recipe.
+
+Every field is a command-line flag (``--base-lr 4e-3``; booleans also as ``--no-...``) and
+a key of the YAML file given with ``--config`` (``base_lr: 4.0e-3``). Precedence, lowest
+first: the defaults here, a preset (the digits demo), the YAML file, the flags given on the
+command line. The resolved recipe is written to the run folder as ``config.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "DEMO_PRESET", "add_config_arguments", "resolve_config", "load_yaml", "save_yaml"]
+
+
+def option(default: Any, help: str, type: Any = None, choices: tuple | None = None, group: str = "recipe"):
+    """A recipe field: its default, its ``--help`` text and how the flag parses."""
+    return field(default=default, metadata=dict(help=help, type=type, choices=choices, group=group))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # -- what to train on ---------------------------------------------------------------
+    model: str | None = option(None, "model name (`efficientmod models` lists them)", str, group="run")
+    data: str | None = option(None, "ImageNet-style folder with train/<class>/* and val/<class>/*; "
+                              "without it `train` runs the digits demo", str, group="run")
+    output: str | None = option(None, "run folder (checkpoints, config.yaml, metrics.csv, TensorBoard); "
+                                "default runs/<model>", str, group="run")
+    resume: str | None = option(None, "'auto' continues from <output>/last.pth when it exists; "
+                                "or a checkpoint path", str, group="run")
+    pretrained: str | None = option(None, "fine-tune from these weights (official EfficientMod, timm or "
+                                    "own layout); the classifier is replaced for the new classes", str, group="run")
+    seed: int = option(0, "random seed (data order, augmentation, initialisation)", int, group="run")
+    # -- schedule and optimiser ---------------------------------------------------------
+    epochs: int = option(300, "training epochs", int)
+    batch_size: int = option(256, "images per process per step (global batch = this x processes)", int)
+    base_lr: float = option(4e-3, "learning rate at a global batch of --base-batch, scaled linearly", float)
+    base_batch: int = option(2048, "global batch that --base-lr refers to", int)
+    lr: float | None = option(None, "absolute learning rate (overrides the linear scaling)", float)
+    min_lr: float = option(1e-5, "cosine schedule floor", float)
+    warmup_epochs: int = option(5, "linear warm-up epochs", int)
+    warmup_lr: float = option(1e-6, "learning rate at the start of the warm-up", float)
+    opt: str = option("adamw", "timm optimizer name", str)
+    opt_eps: float = option(1e-8, "optimizer epsilon", float)
+    weight_decay: float = option(0.05, "weight decay (never on norms, biases, layer scales)", float)
+    layer_decay: float | None = option(None, "layer-wise learning-rate decay for fine-tuning, e.g. 0.75", float)
+    clip_grad: float | None = option(None, "clip the gradient norm to this value", float)
+    # -- regularisation and augmentation ------------------------------------------------
+    smoothing: float = option(0.1, "label smoothing", float)
+    mixup: float = option(0.8, "Mixup alpha (0 disables)", float)
+    cutmix: float = option(1.0, "CutMix alpha (0 disables)", float)
+    mixup_prob: float = option(1.0, "probability of applying Mixup/CutMix to a batch", float)
+    mixup_switch_prob: float = option(0.5, "probability of CutMix instead of Mixup", float)
+    aa: str | None = option("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' disables)", str)
+    reprob: float = option(0.25, "random erasing probability", float)
+    hflip: float = option(0.5, "horizontal flip probability", float)
+    color_jitter: float = option(0.3, "colour jitter (used only without --aa)", float)
+    train_interpolation: str = option("bicubic", "resize interpolation for training", str)
+    drop_path: float | None = option(None, "stochastic depth rate; default: the variant's value", float)
+    drop: float = option(0.0, "dropout before the classifier", float)
+    ema: bool = option(True, "keep an exponential moving average of the weights (evaluated too)", bool)
+    ema_decay: float = option(0.99996, "EMA decay", float)
+    ema_warmup: bool = option(False, "ramp the EMA decay up from 0 (for short runs)", bool)
+    # -- distillation -------------------------------------------------------------------
+    teacher: str | None = option(None, "teacher: a model name (efficientmod or timm) or a "
+                                 "save_pretrained folder", str, group="distillation")
+    teacher_checkpoint: str | None = option(None, "weights for a teacher given by name", str,
+                                            group="distillation")
+    distill: str = option("soft", "distillation loss with a teacher", str, ("soft", "hard"), group="distillation")
+    distill_tau: float = option(1.0, "soft distillation temperature", float, group="distillation")
+    distill_alpha: float = option(0.5, "weight of the distillation term", float, group="distillation")
+    # -- input ----------------------------------------------------------------------------
+    img_size: int | None = option(None, "input side (a multiple of 32); default: the model's", int, group="input")
+    in_chans: int | None = option(None, "input channels (default 3; the digits demo uses 1)", int, group="input")
+    workers: int = option(8, "data-loader worker processes per process", int, group="input")
+    # -- speed --------------------------------------------------------------------------
+    device: str = option("auto", "cuda, cpu or auto (cuda when available)", str, group="speed")
+    amp: str = option("auto", "mixed precision: auto (bf16 on GPU, none on CPU), bf16, fp16 "
+                      "(with loss scaling) or none", str, ("auto", "bf16", "fp16", "none"), group="speed")
+    channels_last: bool | None = option(None, "channels-last memory format (default: on for GPU)",
+                                        bool, group="speed")
+    compile: bool = option(False, "torch.compile the model", bool, group="speed")
+    threads: int | None = option(None, "PyTorch CPU threads per process (default: PyTorch's choice; the demo "
+                                 "uses 1, which stays fast when other work shares the cores)", int, group="speed")
+    synthetic: bool = option(False, "random tensors on the device instead of a data folder "
+                             "(with --benchmark-steps: throughput without data loading)", bool, group="speed")
+    num_classes: int = option(1000, "classes of --synthetic data", int, group="speed")
+    benchmark_steps: int = option(0, "measure training images/s over this many steps, then stop "
+                                  "(no checkpoints)", int, group="speed")
+    # -- bookkeeping ----------------------------------------------------------------------
+    ckpt_steps: int = option(0, "also write last.pth every this many steps (0: each epoch only)",
+                             int, group="run")
+    log_interval: int = option(10, "steps between progress updates, TensorBoard points and "
+                               "non-finite-loss checks", int, group="run")
+    tensorboard: bool = option(True, "write TensorBoard logs to the run folder", bool, group="run")
+
+    def __post_init__(self):
+        if self.img_size is not None and self.img_size % 32:
+            raise ValueError(f"--img-size must be a multiple of 32 (the networks' total stride), got {self.img_size}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("--batch-size and --epochs must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The digits demo (`efficientmod demo`, or `efficientmod train` without --data): 8x8 digits
+# upscaled to 32x32, one channel. RandAugment, Mixup/CutMix and random erasing are made for
+# natural 224^2 photos and only slow learning on 1,437 tiny digits; the demo replaces them
+# with small random shifts (see data.DigitsDataset) and trains for a few epochs at a high lr.
+# One CPU thread: on 2 idle cores two threads are ~1.5x faster, but on a shared machine
+# their synchronisation makes training up to 10x slower, while one thread is unaffected.
+DEMO_PRESET = dict(
+    model="efficientmod_xxs", output="runs/demo", img_size=32, in_chans=1,
+    epochs=8, batch_size=64, lr=3e-3, warmup_epochs=1, min_lr=1e-5, weight_decay=0.05,
+    mixup=0.0, cutmix=0.0, aa="none", reprob=0.0, drop_path=0.0, ema=False, workers=0, threads=1,
+    log_interval=5,
+)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of recipe keys to values")
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    return values
+
+
+def save_yaml(config: TrainConfig, path: str | Path) -> None:
+    from efficientmod.checkpoint import atomic_write
+
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, preset: dict | None = None) -> None:
+    """One flag per recipe field (default suppressed, so that only flags given on the
+    command line override the YAML file and the preset); ``--help`` shows the defaults of
+    ``preset`` where it sets them."""
+    parser.add_argument("--config", metavar="YAML", default=None,
+                        help="YAML file of recipe keys (the field names below, e.g. base_lr: 4e-3)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flag = "--" + f.name.replace("_", "-")
+        default = (preset or {}).get(f.name, f.default)
+        default_text = "" if default is None else f" (default: {default})"
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + default_text)
+        if meta["type"] is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            metavar = None if meta["choices"] else {int: "N", float: "X"}.get(meta["type"], f.name.upper())
+            group.add_argument(flag, type=meta["type"], choices=meta["choices"], metavar=metavar, **kwargs)
+
+
+def resolve_config(args: argparse.Namespace, preset: dict | None = None) -> TrainConfig:
+    """Defaults < ``preset`` < ``--config`` YAML < flags given on the command line."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = dict(preset or {})
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    if isinstance(values.get("aa"), str) and values["aa"].lower() in ("none", ""):
+        values["aa"] = None
+    return TrainConfig(**values)

@@ -1,0 +1,678 @@
+"""The training engine: ties timm's optimizer, scheduler, Mixup/CutMix, losses and EMA to
+the library's models and data, on one process or many (``torchrun``), without losing work.
+
+One step (:meth:`Trainer.train_step`)::
+
+    x, y  ← batch (bad files dropped)  → Mixup/CutMix (timm)
+    loss  ← L(model(x), y)   L: soft-target / label-smoothing CE, + distillation from a teacher
+    θ     ← AdamW(θ, ∇loss)  (grad-clipped, loss-scaled for fp16; DDP all-reduces ∇)
+    lr    ← cosine-with-warm-up(step);   θ_ema ← EMA(θ_ema, θ)
+
+Nothing lost: ``last.pth`` is written atomically each epoch and every ``ckpt_steps`` steps,
+``best.pth`` on a new best validation top-1; each holds the model, EMA, optimizer,
+scheduler, loss scaler, counters, every rank's RNG states, the recipe and the class names,
+as tensors and plain containers only (read back with ``torch.load(weights_only=True)``).
+With the sample-level seeding of :mod:`efficientmod.data`, a resumed run repeats the
+uninterrupted one step for step.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from efficientmod.checkpoint import atomic_write, load_checkpoint, load_weights_only
+from efficientmod.config import TrainConfig, save_yaml
+from efficientmod.data import (
+    ImageFolder, ShardSampler, TrainSampler, check_image_folders, collate_skipping_bad, digits_datasets,
+    eval_transform, train_transform,
+)
+from efficientmod.evaluate import TRAIN_CHECKPOINT_FORMAT, amp_dtype, autocast, evaluate
+from efficientmod.models import create_model, model_info
+
+__all__ = ["Trainer", "TrainingDiverged", "DistillationLoss", "Runtime", "init_runtime", "train"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) became NaN/inf; the last good checkpoint is left intact."""
+
+
+# -- processes -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def init_runtime(device: str = "auto") -> Runtime:
+    """Join the process group that ``torchrun`` describes in the environment (NCCL on GPUs,
+    gloo on CPUs); a plain process is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA device is available")
+    run_device = torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device(device)
+    if run_device.type == "cuda":
+        torch.cuda.set_device(run_device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if run_device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    return Runtime(rank, world, run_device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """This process's random states as tensors and lists (loadable with weights_only)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(
+        python=list(random.getstate()[1]),
+        numpy=torch.from_numpy(keys.astype(np.int64)), numpy_pos=int(pos),
+        numpy_gauss=[int(has_gauss), float(cached)],
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    )
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    has_gauss, cached = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
+                         int(has_gauss), cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- losses ------------------------------------------------------------------------------------
+class DistillationLoss(nn.Module):
+    """Knowledge distillation as in DeiT (Touvron et al., 2021), for a one-head student:
+
+        L = (1 − α) · L_base(s, y) + α · L_kd
+        soft: L_kd = τ² · KL( softmax(t/τ) ‖ softmax(s/τ) )      hard: L_kd = CE(s, argmax t)
+
+    with s, t the student's and the frozen teacher's logits on the same (mixed) images.
+    """
+
+    def __init__(self, base: nn.Module, teacher: nn.Module, kind: str = "soft", tau: float = 1.0, alpha: float = 0.5):
+        super().__init__()
+        if kind not in ("soft", "hard"):
+            raise ValueError(f"--distill must be soft or hard, got {kind!r}")
+        self.base, self.teacher, self.kind, self.tau, self.alpha = base, teacher, kind, tau, alpha
+
+    def forward(self, images: torch.Tensor, student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher = self.teacher(images).float()
+        student = student.float()
+        if self.kind == "soft":
+            kd = F.kl_div(F.log_softmax(student / self.tau, dim=1), F.log_softmax(teacher / self.tau, dim=1),
+                          reduction="batchmean", log_target=True) * self.tau**2
+        else:
+            kd = F.cross_entropy(student, teacher.argmax(dim=1))
+        return (1 - self.alpha) * self.base(student, targets) + self.alpha * kd
+
+
+class PlainLoss(nn.Module):
+    """``criterion(images, logits, targets)`` without a teacher."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, images: torch.Tensor, student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.base(student.float(), targets)
+
+
+def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
+    """A registry or timm model name (weights from ``--teacher-checkpoint``), or a
+    ``save_pretrained`` folder."""
+    import timm
+
+    from efficientmod.checkpoint import from_pretrained
+    from efficientmod.models import list_models
+
+    if Path(cfg.teacher).is_dir():
+        teacher = from_pretrained(cfg.teacher)
+    else:
+        build = create_model if cfg.teacher in list_models() else timm.create_model
+        try:
+            teacher = build(cfg.teacher, num_classes=num_classes, in_chans=in_chans)
+        except RuntimeError as error:  # timm: unknown model
+            raise ValueError(f"--teacher {cfg.teacher!r}: {error}") from error
+        if cfg.teacher_checkpoint:
+            load_checkpoint(teacher, cfg.teacher_checkpoint)
+        else:
+            warnings.warn("--teacher without --teacher-checkpoint distils from random weights")
+    if getattr(teacher, "num_classes", num_classes) != num_classes:
+        raise ValueError(f"the teacher predicts {teacher.num_classes} classes, the data has {num_classes}")
+    return teacher.eval().requires_grad_(False)
+
+
+# -- data ---------------------------------------------------------------------------------------
+@dataclass
+class DataBundle:
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    class_names: list[str]
+    in_chans: int
+
+
+def build_datasets(cfg: TrainConfig, img_size: int) -> DataBundle:
+    """The folder given by ``--data`` with timm's transforms, or the bundled digits."""
+    info = model_info(cfg.model)
+    if cfg.data is None:
+        train, val = digits_datasets(img_size, max_shift=img_size // 16, seed=cfg.seed)
+        return DataBundle(train, val, train.class_names, 1)
+    if cfg.in_chans not in (None, 3):
+        raise ValueError("image folders are read as RGB; --in-chans must be 3 with --data")
+    class_names = check_image_folders(cfg.data)
+    root = Path(cfg.data)
+    train = ImageFolder(root / "train", class_names, train_transform(cfg, img_size, info.mean, info.std), cfg.seed)
+    val = ImageFolder(root / "val", class_names,
+                      eval_transform(img_size, info.mean, info.std, info.crop_pct, info.interpolation))
+    return DataBundle(train, val, class_names, 3)
+
+
+class SyntheticBatches:
+    """The same random batch over and over, already on the device: training speed
+    without any input pipeline."""
+
+    def __init__(self, batch_size: int, in_chans: int, img_size: int, num_classes: int, device, steps: int):
+        self.images = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
+        self.targets = torch.randint(0, num_classes, (batch_size,), device=device)
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return iter([(self.images, self.targets, [])] * self.steps)
+
+
+# -- the run folder ----------------------------------------------------------------------------
+class RunLog:
+    """``metrics.csv`` (one row per epoch, appended across resumes) and TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.csv_path = run_dir / "metrics.csv"
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("tensorboard is not installed; no TensorBoard logs (pip install tensorboard)")
+            else:
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def scalars(self, step: int, **values: float) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def epoch(self, row: dict) -> None:
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        self.scalars(row["step"], **{f"epoch/{k}": v for k, v in row.items()
+                                     if k not in ("epoch", "step") and isinstance(v, (int, float))})
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# -- the engine ----------------------------------------------------------------------------------
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig`, then :meth:`fit`."""
+
+    def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
+        if cfg.model is None:
+            raise ValueError("--model is required (`efficientmod models` lists the names)")
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.rt = runtime or init_runtime(cfg.device)
+        info = model_info(cfg.model)
+        self.img_size = cfg.img_size or info.input_size[-1]
+        self.run_dir = Path(cfg.output or f"runs/{cfg.model}")
+        self.dtype = amp_dtype(cfg.amp, self.rt.device)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.rt.device.type == "cuda"
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+
+        if cfg.synthetic:
+            if not cfg.benchmark_steps:
+                raise ValueError("--synthetic data only measures speed: add --benchmark-steps N")
+            self.class_names = [str(i) for i in range(cfg.num_classes)]
+            self.in_chans = cfg.in_chans or 3
+            self.steps_per_epoch = cfg.benchmark_steps
+        else:
+            self.data = build_datasets(cfg, self.img_size)
+            self.class_names, self.in_chans = self.data.class_names, cfg.in_chans or self.data.in_chans
+            self._build_loaders()
+
+        self.model = self._build_model(info)
+        self.optimizer, self.scheduler = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler(self.rt.device.type) if self.dtype == torch.float16 else None
+        self.ema = self._build_ema()
+        self.mixup = self._build_mixup()
+        self.criterion = self._build_criterion()
+
+        self.epoch = self.epoch_step = self.global_step = 0
+        self.best_top1 = -1.0
+        self.bad_seen: set[str] = set()
+        if not cfg.benchmark_steps:
+            self._prepare_run_dir()
+        seed_everything(cfg.seed + self.rt.rank)  # each rank its own drop-path and Mixup draws
+        if cfg.resume and not cfg.benchmark_steps:
+            self._maybe_resume()
+        self.train_model = self._wrap_model()
+        self.log = RunLog(self.run_dir, cfg.tensorboard) if self.rt.main and not cfg.benchmark_steps else None
+
+    # -- building ----------------------------------------------------------------------------
+    def _build_loaders(self) -> None:
+        cfg, rt = self.cfg, self.rt
+        self.train_sampler = TrainSampler(len(self.data.train), rt.rank, rt.world, cfg.seed)
+        self.steps_per_epoch = self.train_sampler.per_rank() // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.data.train)} training images cannot fill one batch of "
+                             f"{cfg.batch_size} per process on {rt.world} process(es); lower --batch-size")
+        common = dict(num_workers=cfg.workers, collate_fn=collate_skipping_bad, pin_memory=rt.device.type == "cuda",
+                      persistent_workers=cfg.workers > 0,
+                      generator=torch.Generator())  # never draws from the global torch RNG
+        self.train_loader = DataLoader(self.data.train, batch_size=cfg.batch_size, sampler=self.train_sampler,
+                                       drop_last=True, **common)
+        self.val_loader = DataLoader(self.data.val, batch_size=cfg.batch_size,
+                                     sampler=ShardSampler(len(self.data.val), rt.rank, rt.world), **common)
+
+    def _build_model(self, info) -> nn.Module:
+        cfg = self.cfg
+        drop_path = cfg.drop_path if cfg.drop_path is not None else info.extra.get("drop_path_rate", 0.0)
+        kwargs = dict(num_classes=len(self.class_names), in_chans=self.in_chans)
+        if drop_path:
+            kwargs["drop_path_rate"] = drop_path
+        if cfg.drop:
+            kwargs["drop_rate"] = cfg.drop
+        model = create_model(cfg.model, **kwargs)
+        if cfg.pretrained:  # a resumed run then overwrites these weights with its own
+            load_checkpoint(model, cfg.pretrained, ignore_head=True)
+        model.to(self.rt.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _build_optimizer(self):
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+
+        cfg = self.cfg
+        global_batch = cfg.batch_size * self.rt.world
+        self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * global_batch / cfg.base_batch
+        extra = dict(fused=True) if self.rt.device.type == "cuda" and cfg.opt in ("adamw", "adam") else {}
+        optimizer = create_optimizer_v2(self.model, cfg.opt, lr=self.lr, weight_decay=cfg.weight_decay,
+                                        layer_decay=cfg.layer_decay, eps=cfg.opt_eps, **extra)
+        scheduler, _ = create_scheduler_v2(
+            optimizer, "cosine", num_epochs=cfg.epochs, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,
+            warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
+            updates_per_epoch=self.steps_per_epoch,
+        )
+        return optimizer, scheduler
+
+    def _build_ema(self):
+        from timm.utils import ModelEmaV3
+
+        if not self.cfg.ema:
+            return None
+        return ModelEmaV3(self.model, decay=self.cfg.ema_decay, use_warmup=self.cfg.ema_warmup)
+
+    def _build_mixup(self):
+        from timm.data import Mixup
+
+        cfg = self.cfg
+        if not (cfg.mixup > 0 or cfg.cutmix > 0) or cfg.mixup_prob <= 0:
+            return None
+        return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                     switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
+                     num_classes=len(self.class_names))
+
+    def _build_criterion(self) -> nn.Module:
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        cfg = self.cfg
+        if self.mixup is not None:
+            base = SoftTargetCrossEntropy()  # Mixup already smooths the targets
+        elif cfg.smoothing > 0:
+            base = LabelSmoothingCrossEntropy(cfg.smoothing)
+        else:
+            base = nn.CrossEntropyLoss()
+        if not cfg.teacher:
+            return PlainLoss(base)
+        teacher = build_teacher(cfg, len(self.class_names), self.in_chans).to(self.rt.device)
+        if self.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        return DistillationLoss(base, teacher, cfg.distill, cfg.distill_tau, cfg.distill_alpha)
+
+    def _wrap_model(self) -> nn.Module:
+        model = self.model
+        if self.rt.distributed:
+            # depth-wise kernels of shape (C, 1, k, k): strides of the size-1 dim differ, layout is the same
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            model = DistributedDataParallel(model, device_ids=[self.rt.device.index]
+                                            if self.rt.device.type == "cuda" else None,
+                                            gradient_as_bucket_view=True)
+        if self.cfg.compile:
+            model = torch.compile(model)
+        return model
+
+    # -- the run folder and resuming -----------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        last = self.run_dir / "last.pth"
+        if last.exists() and not self.cfg.resume:
+            raise ValueError(f"{self.run_dir} already holds a run ({last}); continue it with --resume auto "
+                             "or choose another --output")
+        if self.rt.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(self.cfg, self.run_dir / "config.yaml")
+
+    def _maybe_resume(self) -> None:
+        path = self.run_dir / "last.pth" if self.cfg.resume == "auto" else Path(self.cfg.resume)
+        if not path.exists():
+            if self.cfg.resume != "auto":
+                raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
+            self._say(f"no checkpoint in {self.run_dir}; starting a new run")
+            return
+        state = load_weights_only(path)
+        if state.get("format") != TRAIN_CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a training checkpoint of this library (use --pretrained to fine-tune)")
+        if list(state["class_names"]) != self.class_names:
+            raise ValueError(f"{path} was trained on other classes than the data now given")
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.epoch_step, self.global_step = state["epoch"], state["epoch_step"], state["global_step"]
+        self.best_top1 = state["best_top1"]
+        if len(state["rng"]) == self.rt.world:
+            set_rng_state(state["rng"][self.rt.rank])
+        else:
+            self._say(f"the checkpoint comes from {len(state['rng'])} process(es), this run has {self.rt.world}: "
+                      "random streams are re-seeded, so the run continues but does not repeat exactly")
+        self.scheduler.step_update(num_updates=self.global_step)
+        self._say(f"resumed {path}: epoch {self.epoch + 1}, step {self.epoch_step}/{self.steps_per_epoch}")
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs; collective in a distributed run (gathers RNG states)."""
+        rng = [rng_state()]
+        if self.rt.distributed:
+            rng = [None] * self.rt.world
+            dist.all_gather_object(rng, rng_state())
+        return dict(
+            format=TRAIN_CHECKPOINT_FORMAT,
+            model=self.model.state_dict(),
+            ema=self.ema.module.state_dict() if self.ema is not None else None,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            epoch=self.epoch, epoch_step=self.epoch_step, global_step=self.global_step,
+            best_top1=self.best_top1, rng=rng, config=self.cfg.to_dict(),
+            class_names=list(self.class_names), world_size=self.rt.world,
+        )
+
+    def save(self, *names: str) -> None:
+        """Write the state to ``run_dir/<name>`` for each name, atomically, on rank 0 only —
+        after checking that the weights are finite, so a good checkpoint is never replaced
+        by a diverged one."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise TrainingDiverged(self._diverged_message("the weights hold NaN/inf"))
+        state = self.state_dict()
+        if self.rt.main:
+            for name in names:
+                atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
+
+    # -- training ----------------------------------------------------------------------------------
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """One optimisation step; None when the batch had no usable image."""
+        images = images.to(self.rt.device, non_blocking=True)
+        targets = targets.to(self.rt.device, non_blocking=True)
+        if self.mixup is not None and len(targets) % 2:
+            images, targets = images[:-1], targets[:-1]  # Mixup pairs images; bad files made it odd
+        empty = not len(targets)
+        if empty:
+            if not self.rt.distributed:
+                return None
+            # keep the ranks' gradient all-reduces matched: a zero-weighted dummy step
+            images = torch.zeros(1, self.in_chans, self.img_size, self.img_size, device=self.rt.device)
+        elif self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.rt.device, self.dtype):
+            logits = self.train_model(images)
+            loss = logits.float().sum() * 0 if empty else self.criterion(images, logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            self._clip()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self._clip()
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step + 1)
+        return None if empty else loss.detach()
+
+    def _clip(self) -> None:
+        if self.cfg.clip_grad:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        cfg, rt = self.cfg, self.rt
+        self.model.train()
+        self.train_sampler.set_epoch(epoch, skip=self.epoch_step * cfg.batch_size)
+        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not rt.main, dynamic_ncols=True, file=sys.stderr)
+        totals = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss sum, steps, bad files
+        nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
+        images_seen, started = 0, time.perf_counter()
+        for images, targets, bad in self.train_loader:
+            self._note_bad(bad)
+            totals[2] += len(bad)
+            loss = self.train_step(images, targets)
+            self.scheduler.step_update(num_updates=self.global_step + 1)
+            self.epoch_step += 1
+            self.global_step += 1
+            images_seen += len(targets) * rt.world
+            if loss is not None:
+                totals[0] += loss
+                totals[1] += 1
+                nonfinite |= ~torch.isfinite(loss)
+            checkpoint_due = cfg.ckpt_steps and self.global_step % cfg.ckpt_steps == 0
+            if self.epoch_step % cfg.log_interval == 0 or checkpoint_due or self.epoch_step == self.steps_per_epoch:
+                self._check_finite(nonfinite)
+                rate = images_seen / (time.perf_counter() - started)
+                mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.current_lr():.2e}", img_s=f"{rate:.0f}")
+                if self.log is not None:
+                    self.log.scalars(self.global_step, **{"train/loss": mean_loss, "train/lr": self.current_lr(),
+                                                          "train/img_per_s": rate})
+            if checkpoint_due:
+                self.save("last.pth")
+            bar.update(1)
+        bar.close()
+        if rt.distributed:
+            dist.all_reduce(totals)
+        elapsed = time.perf_counter() - started
+        return dict(loss=(totals[0] / totals[1].clamp(min=1)).item(), bad_files=int(totals[2].item()),
+                    img_per_s=images_seen / elapsed, time=elapsed)
+
+    def current_lr(self) -> float:
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+    def _check_finite(self, nonfinite: torch.Tensor) -> None:
+        flag = nonfinite.to(torch.float32)
+        if self.rt.distributed:
+            dist.all_reduce(flag)
+        if flag.item():
+            raise TrainingDiverged(self._diverged_message("the training loss became NaN/inf"))
+
+    def _diverged_message(self, what: str) -> str:
+        last = self.run_dir / "last.pth"
+        kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
+        return (f"{what} at epoch {self.epoch + 1}, step {self.epoch_step} (global step {self.global_step}); "
+                f"stopped. {kept}. Lower the learning rate (--lr/--base-lr), set --clip-grad, or use "
+                f"--amp bf16/none instead of fp16.")
+
+    def _note_bad(self, bad: list) -> None:
+        for path, reason in bad:
+            if path not in self.bad_seen:
+                self.bad_seen.add(path)
+                tqdm.write(f"warning: skipping unreadable file {path} ({reason})", file=sys.stderr)
+
+    def validate(self) -> dict:
+        result = evaluate(self.model, self.val_loader, self.rt.device, self.dtype, self.channels_last,
+                          progress=self.rt.main)
+        if self.ema is not None:
+            ema = evaluate(self.ema.module, self.val_loader, self.rt.device, self.dtype, self.channels_last,
+                           progress=self.rt.main)
+            result["ema_top1"] = ema["top1"]
+        return result
+
+    def fit(self) -> dict:
+        """Train from the current epoch/step to ``cfg.epochs``; returns the final metrics."""
+        if self.cfg.benchmark_steps:
+            return self.benchmark(self.cfg.benchmark_steps)
+        cfg = self.cfg
+        started = time.perf_counter()
+        val: dict = {}
+        try:
+            for epoch in range(self.epoch, cfg.epochs):
+                self.epoch = epoch
+                train = self.train_one_epoch(epoch)
+                val = self.validate()
+                self.epoch, self.epoch_step = epoch + 1, 0
+                improved = val["top1"] > self.best_top1
+                self.best_top1 = max(self.best_top1, val["top1"])
+                self._epoch_summary(epoch, train, val, improved)  # before the save: a kill in between
+                self.save("last.pth", *(["best.pth"] if improved else []))  # repeats a row, loses none
+            if self.rt.main:
+                self.model.save_pretrained(self.run_dir / "model", class_names=self.class_names)
+        finally:
+            if self.log is not None:
+                self.log.close()
+        elapsed = time.perf_counter() - started
+        if self.rt.main and val:
+            tqdm.write(f"done: {self.epoch} epochs, val top-1 {val['top1']:.2f}% (best {self.best_top1:.2f}%), "
+                       f"{elapsed:.0f} s; run folder {self.run_dir}")
+        return dict(val, best_top1=self.best_top1, epochs=self.epoch, run_dir=str(self.run_dir), time=elapsed)
+
+    def _epoch_summary(self, epoch: int, train: dict, val: dict, improved: bool) -> None:
+        if not self.rt.main:
+            return
+        row = dict(epoch=epoch + 1, step=self.global_step, train_loss=round(train["loss"], 5),
+                   val_loss=round(val["loss"], 5), val_top1=round(val["top1"], 3), val_top5=round(val["top5"], 3),
+                   ema_top1=round(val["ema_top1"], 3) if "ema_top1" in val else None, lr=self.current_lr(),
+                   img_per_s=round(train["img_per_s"], 1), bad_files=train["bad_files"] + val["bad_files"],
+                   epoch_time_s=round(train["time"], 2), time=datetime.now().isoformat(timespec="seconds"))
+        self.log.epoch(row)
+        ema = f" | ema top-1 {val['ema_top1']:.2f}%" if "ema_top1" in val else ""
+        bad = f" | {row['bad_files']} bad file(s) skipped" if row["bad_files"] else ""
+        tqdm.write(f"epoch {epoch + 1}/{self.cfg.epochs} | train loss {train['loss']:.4f} | val loss {val['loss']:.4f}"
+                   f" top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%{ema} | lr {self.current_lr():.2e} | "
+                   f"{train['img_per_s']:.0f} img/s | {train['time']:.1f} s{bad}" + (" | best" if improved else ""))
+
+    def benchmark(self, steps: int, warmup: int = 10) -> dict:
+        """Training images/s (forward + backward + optimizer step, all processes together)
+        over ``steps`` steps after ``warmup`` steps; with real data also the share of the
+        wall time spent waiting for the input pipeline."""
+        cfg, rt = self.cfg, self.rt
+        total = steps + warmup
+        if cfg.synthetic:
+            batches = SyntheticBatches(cfg.batch_size, self.in_chans, self.img_size, len(self.class_names),
+                                       rt.device, total)
+        else:
+            self.train_sampler.set_epoch(0)
+            if total > self.steps_per_epoch:
+                raise ValueError(f"--benchmark-steps {steps} (+{warmup} warm-up) exceeds one epoch "
+                                 f"({self.steps_per_epoch} steps)")
+            batches = self.train_loader
+        self.model.train()
+        waited, iterator = 0.0, iter(batches)
+        for step in tqdm(range(total), desc="benchmark", disable=not rt.main, file=sys.stderr):
+            if step == warmup:
+                self._synchronize()
+                started, waited = time.perf_counter(), 0.0
+            before = time.perf_counter()
+            images, targets, _ = next(iterator)
+            waited += time.perf_counter() - before
+            self.train_step(images, targets)
+        self._synchronize()
+        elapsed = time.perf_counter() - started
+        result = dict(img_per_s=steps * cfg.batch_size * rt.world / elapsed, data_wait_share=waited / elapsed,
+                      steps=steps, batch_size=cfg.batch_size, processes=rt.world,
+                      data="synthetic" if cfg.synthetic else cfg.data, dtype=str(self.dtype),
+                      channels_last=self.channels_last, compile=cfg.compile, device=str(rt.device))
+        self._say(f"benchmark: {result['img_per_s']:.1f} img/s ({cfg.model}, {self.img_size}px, "
+                  f"batch {cfg.batch_size} x {rt.world}, {result['dtype']}, channels_last={self.channels_last}, "
+                  f"compile={cfg.compile}, data={result['data']}, waiting for data "
+                  f"{100 * result['data_wait_share']:.1f}% of the time)")
+        return result
+
+    def _synchronize(self) -> None:
+        if self.rt.device.type == "cuda":
+            torch.cuda.synchronize(self.rt.device)
+
+    def _say(self, message: str) -> None:
+        if self.rt.main:
+            tqdm.write(message, file=sys.stderr)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Build a :class:`Trainer` for ``cfg`` and run it (leaving the process group, if any)."""
+    try:
+        return Trainer(cfg).fit()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,111 @@
+"""Data for training: folder checks, bad files, conversions, samplers, reproducible
+augmentation, the digits demo set."""
+from __future__ import annotations
+
+import random
+from itertools import chain
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from efficientmod.config import TrainConfig
+from efficientmod.data import (
+    ImageFolder, ShardSampler, TrainSampler, check_image_folders, collate_skipping_bad, digits_datasets,
+    eval_transform, train_transform,
+)
+from synthetic_images import make_bad_files, make_image_folder
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def test_missing_train_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "val" / "ant").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"no train/ folder"):
+        check_image_folders(tmp_path)
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        check_image_folders(tmp_path / "nowhere")
+
+
+def test_empty_class_and_mismatched_classes_reported_together(tmp_path):
+    make_image_folder(tmp_path, classes=("ant", "bee"), train_per_class=1, val_per_class=1)
+    (tmp_path / "train" / "cow").mkdir()  # empty, and missing from val/
+    (tmp_path / "val" / "dog").mkdir()
+    (tmp_path / "val" / "dog" / "0.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError) as error:
+        check_image_folders(tmp_path)
+    message = str(error.value)
+    assert "empty class folder(s): cow" in message
+    assert "only in train/: ['cow']" in message and "only in val/: ['dog']" in message
+
+
+def test_bad_files_are_skipped_and_odd_modes_converted(tmp_path):
+    make_image_folder(tmp_path, classes=("ant", "bee"), train_per_class=2, val_per_class=1)
+    files = make_bad_files(tmp_path / "train" / "bee")
+    assert check_image_folders(tmp_path) == ["ant", "bee"]
+    dataset = ImageFolder(tmp_path / "train", ["ant", "bee"], eval_transform(32, MEAN, STD, 1.0, "bilinear"))
+    assert len(dataset) == 4 + len(files["convert"]) + len(files["skip"])
+    loader = DataLoader(dataset, batch_size=5, collate_fn=collate_skipping_bad)
+    batches = list(loader)
+    images = torch.cat([b.images for b in batches if len(b.targets)])
+    targets = torch.cat([b.targets for b in batches])
+    bad = list(chain.from_iterable(b.bad for b in batches))
+    assert images.shape == (4 + len(files["convert"]), 3, 32, 32)
+    assert torch.isfinite(images).all()
+    assert targets.tolist().count(1) == 2 + len(files["convert"])
+    assert sorted(b.path for b in bad) == sorted(str(p) for p in files["skip"])
+    assert all(b.reason for b in bad)
+
+
+def test_train_sampler_ranks_together_draw_the_single_process_batch():
+    size, batch, world = 37, 3, 2
+    single = list(TrainSampler(size, seed=5, epoch=2))
+    ranks = [list(TrainSampler(size, rank, world, seed=5, epoch=2)) for rank in range(world)]
+    for step in range(len(ranks[0]) // batch):
+        together = sorted(chain.from_iterable(r[step * batch:(step + 1) * batch] for r in ranks))
+        assert together == sorted(single[step * batch * world:(step + 1) * batch * world])
+    assert all(epoch == 2 for _, epoch in single)
+    assert sorted(i for i, _ in single) == list(range(size))
+    assert single != list(TrainSampler(size, seed=5, epoch=3))
+
+
+def test_train_sampler_skip_resumes_mid_epoch():
+    sampler = TrainSampler(20, rank=1, world=2, seed=0)
+    sampler.set_epoch(4)
+    full = list(sampler)
+    sampler.set_epoch(4, skip=6)
+    assert list(sampler) == full[6:] and len(sampler) == len(full) - 6
+
+
+def test_shard_sampler_covers_every_sample_once():
+    shards = [list(ShardSampler(11, rank, 3)) for rank in range(3)]
+    assert sorted(chain.from_iterable(shards)) == list(range(11))
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
+    make_image_folder(tmp_path, train_per_class=2, val_per_class=1)
+    recipe = TrainConfig(model="efficientmod_xxs")  # RandAugment, random erasing, flips
+    dataset = ImageFolder(tmp_path / "train", ["ant", "bee"], train_transform(recipe, 32, MEAN, STD), seed=7)
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    first, _ = dataset[(1, 3)]
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])  # the caller's streams are untouched
+    torch.manual_seed(123), random.seed(123)
+    again, _ = dataset[(1, 3)]
+    other_epoch, _ = dataset[(1, 4)]
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other_epoch)
+
+
+def test_digits_split_and_range():
+    train, val = digits_datasets(img_size=32, max_shift=2, seed=0)
+    assert (len(train), len(val)) == (1437, 360)
+    image, label = train[(0, 0)]
+    assert image.shape == (1, 32, 32) and -1.0 <= image.min() and image.max() <= 1.0
+    assert sorted(set(val.labels.tolist())) == list(range(10))
+    shifted = [train[(0, epoch)][0] for epoch in range(4)]
+    assert any(not torch.equal(shifted[0], s) for s in shifted[1:])
+    assert torch.equal(val[(0, 0)][0], val[(0, 5)][0])  # no augmentation for validation
+

@@ -1,0 +1,259 @@
+"""The training engine on CPU with a tiny EfficientMod at 32x32: the recipe, the run folder,
+checkpoints that survive SIGKILL, divergence, fine-tuning, distillation, eval, the CLI."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from efficientmod import create_model
+from efficientmod.cli import build_parser, main
+from efficientmod.config import TrainConfig, load_yaml, resolve_config
+from efficientmod.train import DistillationLoss, Trainer
+from synthetic_images import make_bad_files, make_image_folder
+
+TINY = ["--model", "efficientmod_xxs", "--img-size", "32", "--batch-size", "4", "--workers", "0",
+        "--log-interval", "2", "--warmup-epochs", "1", "--lr", "1e-3"]
+
+
+def cli(*args) -> int:
+    return main(["train", *TINY, *map(str, args)])
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """2 classes x 12 train / 3 val images; in train also 4 files to convert, 3 unreadable
+    ones and one more image: 32 files, 8 steps of 4 per epoch."""
+    root = make_image_folder(tmp_path_factory.mktemp("images"), train_per_class=12, val_per_class=3)
+    make_bad_files(root / "train" / "bee")
+    (root / "train" / "ant" / "extra.png").write_bytes((root / "train" / "ant" / "000.jpg").read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_run(folder, tmp_path_factory) -> Path:
+    """Two epochs of the full DeiT recipe (RandAugment, Mixup/CutMix, random erasing,
+    label smoothing, drop path, EMA) on the tiny folder."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert cli("--data", folder, "--output", out, "--epochs", 2, "--drop-path", 0.1, "--ema-warmup") == 0
+    return out
+
+
+def test_full_recipe_run_folder(full_run, folder):
+    assert {"last.pth", "best.pth", "config.yaml", "metrics.csv", "model"} <= {p.name for p in full_run.iterdir()}
+    assert list((full_run / "tensorboard").glob("events.out.tfevents.*"))
+    config = yaml.safe_load((full_run / "config.yaml").read_text())
+    assert config["mixup"] == 0.8 and config["aa"].startswith("rand-m9-mstd0.5") and config["drop_path"] == 0.1
+    rows = list(csv.DictReader(open(full_run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(int(r["bad_files"]) == 3 for r in rows)  # corrupt, truncated, not an image
+    assert all(r["ema_top1"] != "" for r in rows)
+    state = load(full_run / "last.pth")
+    assert (state["epoch"], state["epoch_step"]) == (2, 0)
+    assert state["global_step"] == 16
+    assert state["class_names"] == ["ant", "bee"] and state["config"]["model"] == "efficientmod_xxs"
+    assert {"model", "ema", "optimizer", "scheduler", "rng"} <= set(state)
+    assert state["optimizer"]["state"] and state["scheduler"]["t_initial"] == 16
+    assert not torch.equal(state["model"]["head.weight"], state["ema"]["head.weight"])
+
+
+def test_existing_run_is_never_overwritten(full_run, folder):
+    with pytest.raises(ValueError, match="--resume auto"):
+        Trainer(resolve_config(build_parser().parse_args(
+            ["train", *TINY, "--data", str(folder), "--output", str(full_run)])))
+
+
+def test_eval_command_matches_the_validation_of_the_run(full_run, folder, capsys):
+    last_top1 = float(list(csv.DictReader(open(full_run / "metrics.csv")))[-1]["val_top1"])
+    assert main(["eval", "--model", "efficientmod_xxs", "--checkpoint", str(full_run / "last.pth"),
+                 "--data", str(folder), "--workers", "0"]) == 0  # the training size (32) from the checkpoint
+    out = capsys.readouterr().out
+    assert f"top-1 {last_top1:.2f}%" in out and "(6 images)" in out and "top-5 100.00%" in out
+    assert main(["eval", "--model", "efficientmod_xxs", "--checkpoint", str(full_run / "model"),
+                 "--data", str(folder), "--img-size", "32", "--workers", "0"]) == 0
+    assert f"top-1 {last_top1:.2f}%" in capsys.readouterr().out
+
+
+def _weights_after_run(out: Path) -> dict:
+    return load(out / "last.pth")["model"]
+
+
+def test_sigkill_mid_epoch_then_resume_repeats_the_uninterrupted_run(folder, tmp_path):
+    args = [*TINY, "--data", str(folder), "--epochs", "2", "--ckpt-steps", "2", "--drop-path", "0.1",
+            "--no-tensorboard"]
+    reference = tmp_path / "reference"
+    assert main(["train", *args, "--output", str(reference)]) == 0
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    process = subprocess.Popen([sys.executable, "-c", "import torch, sys; torch.set_num_threads(1); "
+                                "from efficientmod.cli import main; sys.exit(main(sys.argv[1:]))",
+                                "train", *args, "--output", str(killed)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "last.pth").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = load(killed / "last.pth")
+    assert interrupted["epoch"] == 0 and 0 < interrupted["epoch_step"] < 8  # killed mid-epoch 1
+
+    assert main(["train", *args, "--output", str(killed), "--resume", "auto"]) == 0
+    assert_same_weights(_weights_after_run(killed), _weights_after_run(reference))
+    assert_same_weights(load(killed / "last.pth")["ema"], load(reference / "last.pth")["ema"])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_path, capsys):
+    out = tmp_path / "nan"
+    status = cli("--data", folder, "--output", out, "--epochs", 1, "--lr", 1e30, "--warmup-epochs", 0,
+                 "--ckpt-steps", 1, "--log-interval", 1, "--mixup", 0, "--cutmix", 0, "--no-tensorboard")
+    assert status == 3
+    assert "NaN/inf" in capsys.readouterr().err
+    state = load(out / "last.pth")
+    assert 1 <= state["global_step"] < 8
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_fine_tuning_loads_pretrained_weights_replaces_head_and_decays_layers(full_run, tmp_path):
+    three = make_image_folder(tmp_path / "three", classes=("a", "b", "c"), train_per_class=2, val_per_class=1)
+    cfg = TrainConfig(model="efficientmod_xxs", data=str(three), output=str(tmp_path / "ft"), img_size=32,
+                      batch_size=2, workers=0, pretrained=str(full_run / "last.pth"), layer_decay=0.5,
+                      tensorboard=False)
+    with pytest.warns(UserWarning, match="classifier ignored"):
+        trainer = Trainer(cfg)
+    pretrained = load(full_run / "last.pth")["model"]
+    own = trainer.model.state_dict()
+    assert own["head.weight"].shape == (3, 256)
+    for key in ("stem.conv.weight", "stages.3.blocks.2.attn.qkv.weight"):
+        if key in own:
+            assert torch.equal(own[key], pretrained[key]), key
+    scales = sorted({group["lr_scale"] for group in trainer.optimizer.param_groups})
+    assert len(scales) > 3 and scales[-1] == 1.0 and scales[0] < 0.01
+
+
+def test_distillation_losses():
+    student = torch.randn(6, 5)
+    targets = torch.randint(0, 5, (6,))
+    images = torch.randn(6, 3)
+    teacher = torch.nn.Linear(3, 5)
+    base = torch.nn.CrossEntropyLoss()
+    copy = DistillationLoss(base, lambda x: student, "soft", tau=2.0, alpha=1.0)
+    assert copy(images, student, targets).abs().item() < 1e-6  # the student already is the teacher
+    hard = DistillationLoss(base, teacher, "hard", alpha=1.0)
+    expected = torch.nn.functional.cross_entropy(student, teacher(images).argmax(1))
+    torch.testing.assert_close(hard(images, student, targets), expected)
+    half = DistillationLoss(base, teacher, "soft", tau=1.0, alpha=0.5)
+    assert half(images, student, targets) > 0.5 * base(student, targets)
+
+
+def test_training_with_a_teacher_folder(full_run, folder, tmp_path):
+    out = tmp_path / "distilled"
+    assert cli("--data", folder, "--output", out, "--epochs", 1, "--teacher", full_run / "model",
+               "--distill", "hard", "--no-ema", "--no-tensorboard") == 0
+    assert load(out / "last.pth")["config"]["teacher"] == str(full_run / "model")
+
+
+def test_config_precedence_and_errors(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base-lr: 1.0e-3\nepochs: 7\nmixup: 0.0\n")
+    args = build_parser().parse_args(["train", "--config", str(recipe), "--epochs", "3"])
+    cfg = resolve_config(args, preset=dict(epochs=50, smoothing=0.2))
+    assert (cfg.base_lr, cfg.epochs, cfg.mixup, cfg.smoothing, cfg.cutmix) == (1e-3, 3, 0.0, 0.2, 1.0)
+    recipe.write_text("bogus: 1\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        load_yaml(recipe)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        replace(cfg, img_size=40)
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for f in fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "torchrun" in text
+
+
+def test_synthetic_benchmark_measures_images_per_second(tmp_path):
+    cfg = TrainConfig(model="efficientmod_xxs", img_size=32, batch_size=2, synthetic=True, num_classes=4,
+                      benchmark_steps=2, output=str(tmp_path / "bench"))
+    result = Trainer(cfg).fit()
+    assert result["img_per_s"] > 0 and result["data"] == "synthetic"
+    assert not (tmp_path / "bench").exists()  # measuring writes no run folder
+
+
+def test_bad_folder_fails_before_training(tmp_path, capsys):
+    (tmp_path / "train" / "ant").mkdir(parents=True)
+    (tmp_path / "val" / "ant").mkdir(parents=True)
+    assert cli("--data", tmp_path, "--output", tmp_path / "out") == 2
+    assert "empty class folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_is_built_with_the_variants_drop_path(folder, tmp_path):
+    cfg = TrainConfig(model="efficientmod_s", data=str(folder), output=str(tmp_path / "s"), img_size=32,
+                      batch_size=2, workers=0, tensorboard=False, ema=False)
+    trainer = Trainer(cfg)
+    rates = [m.drop_prob for m in trainer.model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.02)  # efficientmod_s: the paper's 0.02
+    assert create_model("efficientmod_xxs").num_classes == 1000
+
+
+def test_shipped_deit_config_is_the_default_recipe():
+    config = Path(__file__).parents[1] / "configs" / "deit_imagenet.yaml"
+    assert TrainConfig(**load_yaml(config)) == TrainConfig()
+
+
+@pytest.mark.parametrize("name", ["efficientmod_xxs", "efficientvit_m0", "mobilevitv2_050"])
+def test_every_family_trains_with_layer_decay_and_drop_path(name):
+    cfg = TrainConfig(model=name, img_size=64, batch_size=2, synthetic=True, num_classes=3, benchmark_steps=1,
+                      layer_decay=0.8, drop_path=0.05, ema=False)
+    trainer = Trainer(cfg)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    loss = trainer.train_step(torch.randn(2, 3, 64, 64), torch.tensor([0, 2]))
+    assert torch.isfinite(loss)
+    assert len({group["lr_scale"] for group in trainer.optimizer.param_groups}) > 3
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_demo_life_cycle(tmp_path, capsys):
+    """One epoch of the digits demo (below its 95% target, so exit status 1): trained,
+    reloaded, evaluated, exported, checked in ONNX Runtime, benchmarked."""
+    assert main(["demo", "--epochs", "1", "--output", str(tmp_path / "demo")]) == 1
+    out = capsys.readouterr().out
+    top1 = out.split("validation     top-1 ")[1].split("%")[0]
+    assert float(top1) > 50 and "NOT reached" in out
+    assert f"ONNX Runtime top-1 {top1}%" in out and (tmp_path / "demo" / "model.onnx").exists()
+    assert "torch-cpu" in out and "M MACs per image" in out
+    config = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text())
+    assert [config[k] for k in ("model", "img_size", "in_chans", "threads")] == ["efficientmod_xxs", 32, 1, 1]
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_mixed_precision_channels_last_and_clipping(amp):
+    cfg = TrainConfig(model="efficientmod_xxs", img_size=32, batch_size=2, synthetic=True, num_classes=3,
+                      benchmark_steps=1, amp=amp, clip_grad=1.0, channels_last=True, ema=False)
+    trainer = Trainer(cfg)
+    assert torch.isfinite(trainer.train_step(torch.randn(2, 3, 32, 32), torch.tensor([0, 2])))
+    assert (trainer.scaler is not None) == (amp == "fp16")  # fp16 needs loss scaling, bf16 does not
+    assert trainer.model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
