@@ -20,8 +20,9 @@ REFERENCE = "efficientmod"
 
 def ablation_candidates(base: str = "efficientmod_xxs", names: Iterable[str] | None = None,
                         img_size: int | None = None) -> list[Candidate]:
-    """One :class:`Candidate` per ablation (all of them by default), labelled by its name."""
-    names = list(names or ABLATIONS)
+    """One :class:`Candidate` per ablation (all of them by default), labelled by its name;
+    the unmodified block (the reference of the ratios) always comes first."""
+    names = [REFERENCE] + [n for n in (names or ABLATIONS) if n != REFERENCE]
     info = model_info(base)
     input_size = info.input_size if img_size is None else (info.input_size[0], img_size, img_size)
     return [Candidate(name, info.family, create_ablation(name, base), tuple(input_size)) for name in names]

@@ -8,7 +8,7 @@ from efficientmod.models import create_model, list_models, model_info
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    models = subparsers.add_parser("models", help="list the models with parameters and MACs")
+    models = subparsers.add_parser("models", help="list the models with parameters, MACs (at their input size) and paper top-1")
     models.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'efficientvit_m*'")
     models.add_argument("--family", default=None, help="only this family")
     models.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")
@@ -23,13 +23,14 @@ def run_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern, family=args.family)
     if not names:
         raise ValueError(f"no model matches {args.pattern!r}")
-    print(f"{'model':<24} {'family':<14} {'params (M)':>10} {'GMACs@224':>10} {'top-1 (paper)':>14}")
+    print(f"{'model':<24} {'family':<14} {'params (M)':>10} {'GMACs':>10} {'input':>7} {'top-1 (paper)':>14}")
     for name in names:
         info = model_info(name)
         model = create_model(name)
         macs = "-" if args.no_macs else f"{count_macs(model, info.input_size) / 1e9:.3f}"
         top1 = f"{info.top1:.1f}" if info.top1 is not None else "-"
-        print(f"{name:<24} {info.family:<14} {count_params(model) / 1e6:>10.3f} {macs:>10} {top1:>14}")
+        side = f"{info.input_size[1]}²"
+        print(f"{name:<24} {info.family:<14} {count_params(model) / 1e6:>10.3f} {macs:>10} {side:>7} {top1:>14}")
     return 0
 
 

@@ -14,7 +14,7 @@ def test_models_lists_every_registered_model_with_params_and_macs(capsys):
     assert out[0].split()[:2] == ["model", "family"]
     rows = {line.split()[0]: line.split() for line in out[1:]}
     assert set(rows) == set(efficientmod.list_models("efficientmod_*"))
-    assert rows["efficientmod_s"][2:4] == ["12.897", "1.317"]  # params (M), GMACs at 224
+    assert rows["efficientmod_s"][2:5] == ["12.897", "1.317", "224²"]  # params (M), GMACs, input
     assert rows["efficientmod_xxs"][2:4] == ["4.736", "0.557"]
 
 
