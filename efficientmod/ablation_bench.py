@@ -21,8 +21,9 @@ REFERENCE = "efficientmod"
 def ablation_candidates(base: str = "efficientmod_xxs", names: Iterable[str] | None = None,
                         img_size: int | None = None) -> list[Candidate]:
     """One :class:`Candidate` per ablation (all of them by default), labelled by its name;
-    the unmodified block (the reference of the ratios) always comes first."""
-    names = [REFERENCE] + [n for n in (names or ABLATIONS) if n != REFERENCE]
+    the unmodified block (the reference of the ratios) always comes first; a name given
+    twice is measured once."""
+    names = list(dict.fromkeys([REFERENCE, *(names or ABLATIONS)]))
     info = model_info(base)
     input_size = info.input_size if img_size is None else (info.input_size[0], img_size, img_size)
     return [Candidate(name, info.family, create_ablation(name, base), tuple(input_size)) for name in names]
@@ -67,11 +68,12 @@ def format_ablation_table(report: BenchReport, base: str, statistic: str = "medi
         lines.append("| " + " | ".join(cells) + " |")
     env, settings = report.environment, report.settings
     input_size = report.rows[0].input_size if report.rows else model_info(base).input_size
+    load = env["load_average_1m"]  # None where the OS has no load average
     lines += [
         "",
         f"base {base}, input {input_size[1]}x{input_size[2]}, batch 1, {statistic} of {settings.runs} runs "
         f"after {settings.warmup} warm-up calls, {settings.threads} CPU thread(s); "
-        f"{env['cpu']} ({env['logical_cpus']} logical CPUs, load {env['load_average_1m']:.2f})"
+        f"{env['cpu']} ({env['logical_cpus']} logical CPUs, load {'unknown' if load is None else f'{load:.2f}'})"
         + (f", GPU {env['gpu']}" if env["gpu"] else ", no GPU"),
     ]
     lines += [f"skipped {backend}: {reason}" for backend, reason in report.skipped.items()]
@@ -88,6 +90,9 @@ def run_ablation_command(args, settings: BenchSettings) -> int:
                 if used]
     if combined:
         raise ValueError(f"--ablation measures the ablations only; drop {', '.join(combined)}")
+    if args.ablation in ABLATIONS:  # `--ablation van` reads 'van' as BASE
+        raise ValueError(f"--ablation takes the BASE model first, then ablation names: "
+                         f"--ablation efficientmod_xxs {' '.join([args.ablation, *args.models])}")
     unknown = [n for n in args.models if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation(s) {unknown}; with --ablation, name ablations from "

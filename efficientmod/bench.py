@@ -2,12 +2,18 @@
 
 The protocol, the same for every model and backend:
 
-* **latency** at batch 1: ``warmup`` untimed calls (they absorb ONNX export, ``torch.compile``,
-  CUDA-graph capture and cache warm-up), then ``runs`` calls timed one by one with
-  ``time.perf_counter``; GPU calls are closed by ``torch.cuda.synchronize`` so the time is
-  the kernels', not the launch's. Reported: median, p90, mean and min in milliseconds.
-* **throughput** at batch ``batch``: ``min(warmup, 3)`` (at least one) untimed batches, then
-  ``throughput_runs`` batches timed together (synchronised once at the end): images/s.
+* **latency** at batch 1: the backend is prepared (copy, ONNX export, ``torch.compile``
+  wrapping), then ``warmup`` untimed calls absorb what the first calls pay once (compilation,
+  CUDA-graph capture, lazy CUDA initialisation, cache warm-up) — never fewer than the
+  backend's ``min_warmup`` (1 on ``torch-cuda`` and ``compile-cuda``, 3 on ``cudagraph-cuda``),
+  so a ``--warmup 0`` cannot put compilation into the figures; then ``runs`` calls are timed
+  one by one with ``time.perf_counter``. On the GPU each timed call ends with
+  ``torch.cuda.synchronize``, so a time covers the kernels' execution, not only their
+  launch. Reported: median, p90 (linear interpolation, ``numpy.percentile``), mean and min
+  in milliseconds, and the warm-up count actually used.
+* **throughput** at batch ``batch``: ``min(warmup, 3)`` untimed batches (at least one, and at
+  least the backend's ``min_warmup``: a new batch size recompiles / recaptures), then
+  ``throughput_runs`` batches timed together (synchronised before and once after): images/s.
 * parameters and MACs (``torch.utils.flop_counter``, FLOPs / 2) at the model's input size.
 
 Models are given as :class:`Candidate` (label, family, module, input size, paper top-1), so
@@ -217,6 +223,7 @@ class Backend:
     device: str  # "cpu" or "cuda"
     help: str
     prepare: Callable[[nn.Module, tuple[int, int, int], BenchSettings], StepFactory]
+    min_warmup: int = 0  # untimed calls the first call's one-off work needs, whatever --warmup says
 
 
 def _torch_steps(model: nn.Module, input_size, settings: BenchSettings, device: str,
@@ -266,12 +273,15 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
             lambda m, s, cfg: _torch_steps(m, s, cfg, "cpu")),
     Backend("ort-cpu", "cpu", "ONNX export run by ONNX Runtime on the CPU, --threads intra-op threads",
             _ort_steps),
+    # the first CUDA call loads kernels and creates cuBLAS / cuDNN handles
     Backend("torch-cuda", "cuda", "eager PyTorch on the GPU (--dtype autocast)",
-            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda")),
+            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda"), min_warmup=1),
+    # the first call compiles
     Backend("compile-cuda", "cuda", "torch.compile (default mode) on the GPU",
-            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda", compile_mode="default")),
+            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda", compile_mode="default"), min_warmup=1),
+    # the first call compiles and is CUDA-graph trees' warm-up run, the second records, replays follow (+1 spare)
     Backend("cudagraph-cuda", "cuda", "torch.compile(mode='reduce-overhead'): CUDA graphs on the GPU",
-            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda", compile_mode="reduce-overhead")),
+            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda", compile_mode="reduce-overhead"), min_warmup=3),
 ]}
 
 
@@ -319,19 +329,20 @@ def _measure(candidate: Candidate, backend: str, settings: BenchSettings, params
     row = _new_row(candidate, backend, settings, params, macs)
     sync = _no_sync if on_cpu else torch.cuda.synchronize
     threads = _torch_threads(settings.threads) if on_cpu else contextlib.nullcontext()
+    warmup = max(settings.warmup, spec.min_warmup)
     batch = 1
     try:
         with threads:
             start = time.perf_counter()
             make_step = spec.prepare(candidate.model, candidate.input_size, settings)
             step = make_step(1)
-            time_calls(step, 0, settings.warmup, sync)
-            row.setup_s, row.warmup_runs = time.perf_counter() - start, settings.warmup
+            time_calls(step, 0, warmup, sync)
+            row.setup_s, row.warmup_runs = time.perf_counter() - start, warmup
             _record_latency(row, time_calls(step, settings.runs, 0, sync))
             batch = settings.batch_for(backend)
             if batch:
                 step = make_step(batch)
-                time_calls(step, 0, max(1, min(settings.warmup, THROUGHPUT_WARMUP_MAX)), sync)
+                time_calls(step, 0, max(1, spec.min_warmup, min(settings.warmup, THROUGHPUT_WARMUP_MAX)), sync)
                 seconds = _time_batches(step, settings.throughput_runs, sync)
                 row.throughput_batch, row.throughput_runs = batch, settings.throughput_runs
                 row.throughput_img_s = batch * settings.throughput_runs / seconds
@@ -655,10 +666,12 @@ def plot_accuracy_latency(report: BenchReport, path: str | os.PathLike) -> None:
 
     rows = [r for r in report.rows if r.top1 is not None and r.latency_ms_median is not None]
     if not rows:
-        raise ValueError("nothing to plot: no measured model has a published top-1")
+        raise ValueError("nothing to plot: no model has both a published top-1 and a measured latency "
+                         "(every backend skipped or failed, or only models without a top-1)")
     backends = list(dict.fromkeys(r.backend for r in rows))
     families = list(dict.fromkeys(r.family for r in rows))
-    colours = dict(zip(families, plt.get_cmap("tab10").colors))
+    palette = plt.get_cmap("tab10").colors
+    colours = {family: palette[i % len(palette)] for i, family in enumerate(families)}
     fig, axes = plt.subplots(1, len(backends), figsize=(7 * len(backends), 5.5), squeeze=False)
     for ax, backend in zip(axes[0], backends):
         panel = [r for r in rows if r.backend == backend]

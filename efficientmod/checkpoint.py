@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 __all__ = [
-    "CheckpointError", "register_layout", "load_weights_only", "read_state_dict", "load_checkpoint",
+    "CheckpointError", "register_layout", "rename_keys", "load_weights_only", "read_state_dict", "load_checkpoint",
     "save_pretrained", "from_pretrained", "atomic_write",
 ]
 
@@ -52,6 +53,17 @@ def register_layout(family: str, name: str, detect, convert) -> None:
     _LAYOUTS.append(Layout(family, name, detect, convert))
 
 
+def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict:
+    """Every key with each ``(pattern, replacement)`` regex substitution of ``rules``
+    applied in turn (a foreign layout's renaming); tensors untouched."""
+    converted = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    return converted
+
+
 # -- reading -------------------------------------------------------------------------
 def load_weights_only(path: str | os.PathLike):
     """``torch.load(path, weights_only=True)`` on CPU: tensors and plain containers only,
@@ -63,6 +75,14 @@ def load_weights_only(path: str | os.PathLike):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused, or a corrupt / truncated file
         raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors; a corrupt or truncated file is a :class:`CheckpointError`."""
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors' own error type for a bad header or size
+        raise CheckpointError(f"cannot read {path} as a safetensors file: {error}") from error
 
 
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
@@ -77,10 +97,9 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
             path = path / "model.safetensors"
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = load_weights_only(path)
+        state = _load_safetensors(path) if path.suffix == ".safetensors" else load_weights_only(path)
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
     for key in WRAPPER_KEYS:
         if isinstance(state.get(key), Mapping):
             state = dict(state[key])
@@ -118,12 +137,16 @@ def to_own_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dic
     )
 
 
-def _classifier_keys(model: nn.Module) -> list[str]:
+def _unfitting_head_keys(model: nn.Module, state: Mapping[str, torch.Tensor], own: Mapping) -> list[str]:
+    """The checkpoint's classifier entries that do not fit ``model``: another class count,
+    or any at all when the model has no classifier (``num_classes=0``, an ``nn.Identity``
+    head that may stand where the checkpoint has a norm + linear head)."""
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if classifier is None:
+    name = next((n for n, m in model.named_modules() if m is classifier), None) if classifier is not None else None
+    if not name:
         return []
-    ids = {id(p) for p in list(classifier.parameters()) + list(classifier.buffers())}
-    return [k for k, v in model.state_dict(keep_vars=True).items() if id(v) in ids]
+    prefix = name + "."
+    return [k for k, v in state.items() if k.startswith(prefix) and (k not in own or v.shape != own[k].shape)]
 
 
 def load_checkpoint(
@@ -137,14 +160,15 @@ def load_checkpoint(
     Args:
         strict: missing or unexpected keys raise one :class:`CheckpointError` naming them.
         ignore_head: a classifier whose shape differs from the model's (another class
-            count) is dropped with a warning and the model keeps its fresh head.
+            count, or none at all for ``num_classes=0``) is dropped with a warning and the
+            model keeps its fresh head.
     """
     target = getattr(model, "model", model)  # a features_only wrapper
     state, layout = to_own_layout(target, read_state_dict(path_or_state_dict))
     own = target.state_dict()
     dropped = []
     if ignore_head:
-        dropped = [k for k in _classifier_keys(target) if k in state and state[k].shape != own[k].shape]
+        dropped = _unfitting_head_keys(target, state, own)
         if dropped:
             warnings.warn(f"checkpoint classifier ignored (shape differs from the model's): {dropped}")
             state = {k: v for k, v in state.items() if k not in dropped}
@@ -199,6 +223,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
 
     if not model.registry_name:
         raise ValueError("save_pretrained needs a model built by efficientmod.create_model")
+    if getattr(model, "deployed", False):  # its fused layers cannot be rebuilt by create_model
+        raise ValueError("save_pretrained needs the model as built, not its deployed (fused) form: "
+                         "save it before efficientmod.deploy")
     info = model_info(model.registry_name)
     directory = Path(directory)
     config = dict(
@@ -220,6 +247,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
 
 
 def read_config(directory: str | os.PathLike) -> dict:
+    """The ``config.json`` of a ``save_pretrained`` folder."""
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{directory} is not a save_pretrained folder (no config.json)")
@@ -228,13 +256,16 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
     """Rebuild a model written by ``save_pretrained``: same architecture arguments (e.g.
-    EfficientViT's ``img_size``), same weights; extra ``kwargs`` go to the model."""
+    EfficientViT's ``img_size``), same weights; extra ``kwargs`` go to the model. Another
+    ``num_classes`` (fine-tuning) keeps the trunk's weights and a fresh classifier, with
+    no saved class names."""
     from efficientmod.models.registry import create_model
 
     config = read_config(directory)
-    model_kwargs = {**config.get("model_kwargs", {}), **kwargs}
-    model = create_model(config["architecture"], num_classes=config["num_classes"],
-                         in_chans=config["in_chans"], **model_kwargs)
-    load_checkpoint(model, directory, strict=True)
-    model.class_names = config.get("class_names")
+    build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], **config.get("model_kwargs", {}))
+    build.update(kwargs)
+    new_head = build["num_classes"] != config["num_classes"]
+    model = create_model(config["architecture"], **build)
+    load_checkpoint(model, directory, strict=True, ignore_head=new_head)
+    model.class_names = None if new_head else config.get("class_names")
     return model

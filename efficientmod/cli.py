@@ -2,12 +2,15 @@
 
 Each command module exposes ``add_parser(subparsers)``, which adds its sub-command(s) and
 sets ``func`` (called with the parsed arguments; its return value is the exit status).
+Exit status 2: a usage or input error (clear message, no traceback); 3: training diverged.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from efficientmod.train import TrainingDiverged
 
 COMMAND_MODULES = [
     "efficientmod.cli_models",
@@ -36,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except TrainingDiverged as error:  # the last good checkpoint is left as it was
+        print(f"efficientmod {args.command}: training stopped: {error}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError) as error:
         print(f"efficientmod {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -48,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="CPU intra-op threads of torch-cpu and ort-cpu (default 4, as the EfficientMod paper)")
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per model and backend (default 50)")
     parser.add_argument("--warmup", type=int, default=10,
-                        help="untimed calls before timing; they absorb export/compilation (default 10)")
+                        help="untimed calls before timing; they absorb compilation and first-call set-up "
+                        "(default 10; raised to 1 on torch-cuda and compile-cuda, 3 on cudagraph-cuda)")
     parser.add_argument("--batch", type=int, default=None,
                         help="throughput batch size (default 16 on CPU backends, 256 on GPU; 0 skips throughput)")
     parser.add_argument("--throughput-runs", type=int, default=10,

@@ -15,8 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Deploy MODEL (fold BatchNorm and layer scales, merge projections), export it to "
         "ONNX with a dynamic batch axis, then run the file in ONNX Runtime on random inputs of "
         "several batch sizes and compare with PyTorch. Prints the max abs difference; above "
-        "--tolerance the file is removed and the exit status is 1. Preprocessing and class names "
-        "are stored in the file's metadata (what `efficientmod predict FILE.onnx` reads).",
+        "--tolerance no file is written (an existing one is kept) and the exit status is 1. "
+        "Preprocessing and class names are stored in the file's metadata (what "
+        "`efficientmod predict FILE.onnx` reads).",
     )
     _add_model_args(export)
     export.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file to write")
@@ -94,7 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
         worst = export_verified(model, args.output, input_size, args.opset, not args.static_batch, metadata,
                                 args.verify_batch_sizes, args.tolerance, args.save_optimized)
     except ExportVerificationError as error:
-        print(f"efficientmod export: verification FAILED, {args.output} removed: {error}", file=sys.stderr)
+        print(f"efficientmod export: verification FAILED, {args.output} not written: {error}", file=sys.stderr)
         return 1
     batches = [1] if args.static_batch else args.verify_batch_sizes
     print(f"verified: ONNX Runtime vs PyTorch max abs diff {worst:.2e} (<= {args.tolerance:g}) "
@@ -102,6 +103,19 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} ({'undeployed' if args.no_deploy else 'deployed'} {model.registry_name}, "
           f"input {'N' if not args.static_batch else 1}x{'x'.join(map(str, input_size))}, opset {args.opset})")
     return 0
+
+
+def _torch_device(name: str):
+    """``torch.device(name)``, refused with a clear message when it is not usable here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a torch device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -114,11 +128,10 @@ def run_predict(args: argparse.Namespace) -> int:
             raise ValueError("an .onnx file holds its weights: drop --checkpoint")
         predictor = Predictor.from_onnx(args.model, args.threads)
     else:
-        import torch
-
         if args.checkpoint is None and not Path(args.model).is_dir():
             raise ValueError(f"predicting with random weights makes no sense: pass --checkpoint for {args.model}")
-        model = load_model(args.model, args.checkpoint).to(torch.device(args.device))
+        device = _torch_device(args.device)
+        model = load_model(args.model, args.checkpoint).to(device)
         predictor = Predictor.from_model(model)
     failed = []
 

@@ -10,7 +10,8 @@ from efficientmod.models import create_model, list_models, model_info
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     models = subparsers.add_parser("models", help="list the models with parameters, MACs (at their input size) and paper top-1")
     models.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'efficientvit_m*'")
-    models.add_argument("--family", default=None, help="only this family")
+    families = sorted({model_info(name).family for name in list_models()})
+    models.add_argument("--family", default=None, choices=families, help="only this family")
     models.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")
     models.set_defaults(func=run_models)
 
@@ -22,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern, family=args.family)
     if not names:
-        raise ValueError(f"no model matches {args.pattern!r}")
+        family = f" in family {args.family}" if args.family else ""
+        raise ValueError(f"no model matches {args.pattern!r}{family}; `efficientmod models` lists them all")
     print(f"{'model':<24} {'family':<14} {'params (M)':>10} {'GMACs':>10} {'input':>7} {'top-1 (paper)':>14}")
     for name in names:
         info = model_info(name)

@@ -59,24 +59,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=run_eval)
 
 
-def _train(cfg) -> dict | None:
-    """Run the engine; None (after a clear message) when the loss diverged."""
-    from efficientmod.train import TrainingDiverged, train
-
-    try:
-        return train(cfg)
-    except TrainingDiverged as error:
-        print(f"efficientmod: training stopped: {error}", file=sys.stderr)
-        return None
-
-
 def run_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if cfg.data is None and not cfg.synthetic:
         print("efficientmod train: no --data given: training the digits demo "
               "(`efficientmod demo` also evaluates, exports and benchmarks it)", file=sys.stderr)
         cfg = resolve_config(args, preset=DEMO_PRESET)
-    return 3 if _train(cfg) is None else 0
+    from efficientmod.train import train
+
+    train(cfg)
+    return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -95,6 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from efficientmod.demo import DEMO_TARGET_TOP1, demo_report
+    from efficientmod.train import train
 
     preset = dict(DEMO_PRESET, output=f"runs/demo-{datetime.now():%Y%m%d-%H%M%S}")  # never an old run
     cfg = resolve_config(args, preset=preset)
@@ -103,7 +96,5 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print(f"demo: training {cfg.model} on the digits at {cfg.img_size}x{cfg.img_size}, {cfg.epochs} epochs, "
           f"{cfg.threads or torch.get_num_threads()} CPU thread(s); run folder {cfg.output}", file=sys.stderr)
-    result = _train(cfg)
-    if result is None:
-        return 3
+    result = train(cfg)
     return demo_report(cfg, result, time.perf_counter() - started, DEMO_TARGET_TOP1)

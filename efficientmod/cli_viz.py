@@ -45,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="draw an ablation variant of an EfficientMod MODEL: "
                         f"{', '.join(ABLATIONS)} (docs/ablations.md)")
     parser.add_argument("--img-size", type=int, default=None, metavar="N",
-                        help="square input side, a multiple of the model's total stride (32 for EfficientMod; "
-                        "default: the model's own, 224)")
+                        help="square input side, a multiple of the model's total stride (32 for EfficientMod "
+                        "and MobileViTv2, 16 for EfficientViT; default: the model's own, 224 or 256 for MobileViTv2)")
     parser.add_argument("--query", default="mean", metavar="Y,X",
                         help="attention of the query at (y, x), fractions of the height and width, "
                         "e.g. 0.5,0.5; 'mean' (default) averages over all queries")
@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="class whose activation map is drawn (default: the predicted class)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed of the random initialisation (what remains random after --checkpoint; default 0)")
-    parser.add_argument("--alpha", type=float, default=0.5, metavar="A", help="opacity of the maps over the image (default 0.5)")
+    parser.add_argument("--alpha", type=float, default=0.5, metavar="A",
+                        help="opacity of the maps over the image, in [0, 1] (default 0.5)")
     parser.set_defaults(func=run_viz)
 
 
@@ -95,6 +96,11 @@ def _stems(images: list[str]) -> list[str]:
 
 def run_viz(args: argparse.Namespace) -> int:
     query = parse_query(args.query)
+    if not 0 <= args.alpha <= 1:
+        raise ValueError(f"--alpha must be in [0, 1]; got {args.alpha}")
+    missing = [path for path in args.images if not Path(path).is_file()]
+    if missing:  # before any work, so that no image's maps are left half written
+        raise FileNotFoundError(f"no image file {', '.join(missing)}")
     info = model_info(args.model)
     torch.manual_seed(args.seed)
     model, class_names = load_model(args)

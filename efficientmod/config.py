@@ -100,10 +100,16 @@ class TrainConfig:
     tensorboard: bool = option(True, "write TensorBoard logs to the run folder", bool, group="run")
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # a YAML file reaches here without argparse's checks
+            choices, value = f.metadata["choices"], getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
         if self.img_size is not None and self.img_size % 32:
             raise ValueError(f"--img-size must be a multiple of 32 (the networks' total stride), got {self.img_size}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("--batch-size and --epochs must be positive")
+        if self.batch_size < 1 or self.epochs < 1 or self.log_interval < 1:
+            raise ValueError("--batch-size, --epochs and --log-interval must be positive")
+        if self.ckpt_steps < 0 or self.benchmark_steps < 0 or self.workers < 0:
+            raise ValueError("--ckpt-steps, --benchmark-steps and --workers cannot be negative")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,11 +137,28 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of recipe keys to values")
     values = {key.replace("-", "_"): value for key, value in values.items()}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    kinds = {f.name: f.metadata["type"] for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(kinds))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-    return values
+        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(kinds)}")
+    return {key: _typed(path, key, value, kinds[key]) for key, value in values.items()}
+
+
+def _typed(path: Path, key: str, value: Any, kind: type) -> Any:
+    """``value`` as the field's type, as its flag would parse it: YAML reads ``4e-3`` (no
+    dot) as a string, which must still be the float 0.004; ``2.5`` is no epoch count."""
+    if value is None or kind is str or (kind is bool and isinstance(value, bool)):
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (int, float) and (number or isinstance(value, str)):
+        try:
+            converted = kind(value)
+        except ValueError:
+            pass
+        else:
+            if converted == float(value):  # int(2.5) would silently truncate
+                return converted
+    raise ValueError(f"{path}: {key} must be of type {kind.__name__}, got {value!r}")
 
 
 def save_yaml(config: TrainConfig, path: str | Path) -> None:

@@ -14,8 +14,9 @@ inference form:
   MobileViTv2: GroupNorm affines folded into the next 1×1 conv, keys pooled before
   their projection.
 
-Fused blocks also write their reshapes with constant sizes (batch −1), so an ONNX export
-has no shape-computing nodes. The rewrites are exact up to float rounding (outputs agree
+EfficientMod's and EfficientViT's fused blocks also write their reshapes with constant
+sizes (batch −1), so their ONNX exports have no shape-computing nodes (MobileViTv2's
+patch unfold / fold still computes its shapes). The rewrites are exact up to float rounding (outputs agree
 to ~1e-6 in float32; the tests hold every variant to 1e-4). Deployed modules keep plain
 ``nn.Linear`` / ``nn.Conv2d`` parameters, so ``.to(device / dtype)``, ``torch.compile``
 and ONNX export work as before; they are for inference only (no BatchNorm statistics,

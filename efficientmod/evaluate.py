@@ -113,8 +113,11 @@ def evaluate_checkpoint(
         load_checkpoint(model, own["ema"] if use_ema else own["model"])
     else:
         load_checkpoint(model, checkpoint)
-    run_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                              ("cpu" if device == "auto" else device))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run_device = torch.device(device)
+    if run_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}, but no CUDA device is available")
     model.to(run_device)
     size = img_size or (own or {}).get("config", {}).get("img_size") or info.input_size[-1]
     transform = eval_transform(size, info.mean, info.std, info.crop_pct, info.interpolation)

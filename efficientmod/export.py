@@ -2,7 +2,7 @@
 
 :func:`export_onnx` writes the file (atomically), :func:`verify_onnx` runs it in ONNX
 Runtime against PyTorch on random inputs of several batch sizes, and
-:func:`export_verified` does both and removes the file when the outputs disagree — what
+:func:`export_verified` does both, writing the file only when the outputs agree — what
 ``efficientmod export`` runs.
 """
 from __future__ import annotations
@@ -47,31 +47,38 @@ def export_onnx(
     model's ``metadata_props`` (strings kept, anything else JSON-encoded); see
     :func:`read_onnx_metadata`.
     """
+    _check_opset(opset)
+    path = Path(path)
+    atomic_write(path, lambda tmp: _write_onnx(model, tmp, input_size, opset, dynamic_batch, metadata))
+    return path
+
+
+def _check_opset(opset: int) -> None:
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
-    path = Path(path)
+
+
+def _write_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], opset: int,
+                dynamic_batch: bool, metadata: dict[str, object] | None) -> None:
+    """The export itself (not atomic): ``model`` in eval mode meanwhile, the tracer's
+    expected warnings silenced."""
     was_training = model.training
     model.eval()
     example = torch.zeros(1, *input_size)
     dynamic_axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-
-    def write(tmp: str) -> None:
-        torch.onnx.export(
-            model, (example,), tmp, input_names=["input"], output_names=["output"],
-            opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False,
-        )
-        if metadata:
-            _add_metadata(tmp, metadata)
-
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # crops of padded maps
-            atomic_write(path, write)
+            torch.onnx.export(
+                model, (example,), path, input_names=["input"], output_names=["output"],
+                opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False,
+            )
     finally:
         model.train(was_training)
-    return path
+    if metadata:
+        _add_metadata(path, metadata)
 
 
 def _add_metadata(path: str, metadata: dict[str, object]) -> None:
@@ -85,13 +92,17 @@ def _add_metadata(path: str, metadata: dict[str, object]) -> None:
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, object]:
-    """The ``metadata_props`` of an ONNX file, JSON values decoded (plain strings kept)."""
+    """The ``metadata_props`` of an ONNX file, JSON values decoded (plain strings kept); a
+    file that is not ONNX is a ``ValueError``."""
     import onnx
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {path}")
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError for a file that is not ONNX
+        raise ValueError(f"cannot read {path} as an ONNX model: {error}") from error
     decoded = {}
     for entry in proto.metadata_props:
         try:
@@ -121,7 +132,6 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_p
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-@torch.no_grad()
 def verify_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -137,9 +147,15 @@ def verify_onnx(
     Raises :class:`ExportVerificationError` when it exceeds ``tolerance`` (or the output
     shapes differ).
     """
+    return _compare(model, session or ort_session(path), str(path), input_size, batch_sizes, tolerance, seed)
+
+
+@torch.no_grad()
+def _compare(model: nn.Module, session, label: str, input_size: tuple[int, int, int],
+             batch_sizes: Sequence[int], tolerance: float, seed: int = 0) -> float:
+    """:func:`verify_onnx` on an open ``session``; ``label`` names the file in errors."""
     was_training = model.training
     model.eval()
-    session = session or ort_session(path)
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     try:
@@ -149,14 +165,14 @@ def verify_onnx(
             (actual,) = session.run(None, {"input": x.numpy()})
             if actual.shape != expected.shape:
                 raise ExportVerificationError(
-                    f"{path}: ONNX Runtime output shape {actual.shape} != PyTorch {expected.shape} at batch {batch}"
+                    f"{label}: ONNX Runtime output shape {actual.shape} != PyTorch {expected.shape} at batch {batch}"
                 )
             worst = max(worst, float(np.abs(actual - expected).max()))
     finally:
         model.train(was_training)
     if not worst <= tolerance:  # also catches NaN
         raise ExportVerificationError(
-            f"{path}: ONNX Runtime differs from PyTorch by {worst:.3g} (max abs) > tolerance {tolerance:g}"
+            f"{label}: ONNX Runtime differs from PyTorch by {worst:.3g} (max abs) > tolerance {tolerance:g}"
         )
     return worst
 
@@ -172,19 +188,25 @@ def export_verified(
     tolerance: float = 1e-4,
     optimized_path: str | os.PathLike | None = None,
 ) -> float:
-    """:func:`export_onnx` then :func:`verify_onnx`; the file is removed when verification
-    fails (or anything else goes wrong after it was written). Returns the max abs difference.
+    """:func:`export_onnx` and :func:`verify_onnx` on a temporary file, which replaces
+    ``path`` only once verified: when verification fails (or anything else goes wrong)
+    ``path`` is left as it was. Then ONNX Runtime's optimized graph goes to
+    ``optimized_path`` when given. Returns the max abs difference.
 
     Without ``dynamic_batch`` only batch size 1 is checked.
     """
+    _check_opset(opset)
     path = Path(path)
-    export_onnx(model, path, input_size, opset, dynamic_batch, metadata)
-    try:
-        session = ort_session(path, optimized_path=optimized_path)
-        return verify_onnx(model, path, input_size, batch_sizes if dynamic_batch else (1,), tolerance,
-                           session=session)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        if optimized_path is not None:
-            Path(optimized_path).unlink(missing_ok=True)
-        raise
+    checked_batches = batch_sizes if dynamic_batch else (1,)
+    if not checked_batches or min(checked_batches) < 1:
+        raise ValueError(f"verification batch sizes must be positive, got {list(checked_batches)}")
+    worst = []
+
+    def export_and_verify(tmp: str) -> None:
+        _write_onnx(model, tmp, input_size, opset, dynamic_batch, metadata)
+        worst.append(_compare(model, ort_session(tmp), str(path), input_size, checked_batches, tolerance))
+
+    atomic_write(path, export_and_verify)
+    if optimized_path is not None:
+        ort_session(path, optimized_path=optimized_path)  # writes the file while building the session
+    return worst[0]

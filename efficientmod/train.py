@@ -419,10 +419,17 @@ class Trainer:
             self._say(f"no checkpoint in {self.run_dir}; starting a new run")
             return
         state = load_weights_only(path)
-        if state.get("format") != TRAIN_CHECKPOINT_FORMAT:
+        if not isinstance(state, dict) or state.get("format") != TRAIN_CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a training checkpoint of this library (use --pretrained to fine-tune)")
         if list(state["class_names"]) != self.class_names:
             raise ValueError(f"{path} was trained on other classes than the data now given")
+        saved_batch = state["config"]["batch_size"] * state["world_size"]
+        if state["epoch_step"] and saved_batch != self.cfg.batch_size * self.rt.world:
+            # the sampler skips the epoch's first epoch_step global batches: only exact at the same size
+            raise ValueError(f"{path} was written mid-epoch at a global batch of {saved_batch} "
+                             f"({state['config']['batch_size']} x {state['world_size']} process(es)); resume it with "
+                             f"the same global batch (now {self.cfg.batch_size} x {self.rt.world}), or from a "
+                             "checkpoint written at the end of an epoch")
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])

@@ -330,7 +330,8 @@ def load_image(path: str | Path, size: int, crop_pct: float, mean, std) -> tuple
     if not path.is_file():
         raise FileNotFoundError(f"no image file {path}")
     try:
-        image = Image.open(path).convert("RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image PIL can read") from None
     image = TF.center_crop(TF.resize(image, int(size / crop_pct), antialias=True), [size, size])

@@ -185,3 +185,13 @@ def test_bench_cli_ablation_flag_writes_the_figures(tmp_path, capsys):
     assert main(["bench", "--ablation", "efficientmod_xxs", "no_such_ablation", "-b", "torch-cpu"]) == 2
     assert main(["bench", "--ablation", "--paper", "-b", "torch-cpu"]) == 2
     assert "--ablation measures the ablations only; drop --paper" in capsys.readouterr().err
+    assert main(["bench", "--ablation", "van", "mbconv", "-b", "torch-cpu"]) == 2  # 'van' is not a BASE
+    assert "--ablation efficientmod_xxs van mbconv" in capsys.readouterr().err
+
+
+def test_ablation_candidates_start_with_the_reference_and_repeat_nothing():
+    from efficientmod.ablation_bench import ablation_candidates
+
+    candidates = ablation_candidates("efficientmod_xxs", ["van", "efficientmod", "van"], img_size=64)
+    assert [c.label for c in candidates] == ["efficientmod", "van"]
+    assert candidates[1].model.cfg.block == "van" and candidates[1].input_size == (3, 64, 64)

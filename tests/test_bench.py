@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+import efficientmod.bench as bench
 from efficientmod.bench import (
     BenchReport, BenchRow, BenchSettings, Candidate, benchmark, check_claims, count_macs,
-    count_params, expand_specs, pareto_front, resolve_models, time_calls,
+    count_params, expand_specs, pareto_front, plot_accuracy_latency, resolve_models, time_calls,
 )
 from efficientmod.cli import main
 
@@ -60,6 +61,72 @@ def test_time_calls_times_each_call_after_untimed_warmup():
     times = time_calls(step, runs=5, warmup=2)
     assert len(calls) == 7 and len(times) == 5
     assert all(0.0095 <= t < 0.25 for t in times), times  # the 0.3 s first call is not among them
+
+
+def test_time_calls_synchronises_before_timing_and_after_every_timed_call():
+    events = []
+    time_calls(lambda: events.append("step"), runs=3, warmup=2, sync=lambda: events.append("sync"))
+    assert events == ["step", "step", "sync"] + ["step", "sync"] * 3
+
+
+class FakeClock:
+    """``time.perf_counter`` that only moves when a model call says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class Ticker(nn.Module):
+    """Each call advances the fake clock by the next of ``costs_s``, after one free call
+    (the MAC count's). The backends' copies share the clock and the costs."""
+
+    def __init__(self, clock: FakeClock, costs_s: list[float]):
+        super().__init__()
+        self.clock, self.costs_s = clock, iter([0.0, *costs_s])
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.now += next(self.costs_s)
+        return x
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(
+        perf_counter=fake.perf_counter, strftime=time.strftime, gmtime=time.gmtime))
+    return fake
+
+
+def test_latency_statistics_of_known_call_times(clock):
+    """Warm-up calls (a 60 s "compilation") stay out; median, p90, mean and min are those of
+    the timed calls, p90 by linear interpolation."""
+    timed_ms = [7, 3, 10, 1, 5, 9, 2, 8, 4, 6]
+    ticker = Ticker(clock, [60.0, 0.5] + [t / 1e3 for t in timed_ms])
+    settings = BenchSettings(**CPU, runs=10, warmup=2, batch=0)
+    (row,) = benchmark([Candidate("ticker", "test", ticker, (3, 4, 4))], settings).rows
+    assert row.error == ""
+    assert row.latency_ms_median == pytest.approx(5.5)
+    assert row.latency_ms_p90 == pytest.approx(9.1)  # 9 + 0.1 × (10 − 9)
+    assert (row.latency_ms_mean, row.latency_ms_min) == (pytest.approx(5.5), pytest.approx(1.0))
+    assert row.setup_s == pytest.approx(60.5) and (row.warmup_runs, row.latency_runs) == (2, 10)
+
+
+def test_a_backend_minimum_warmup_keeps_compilation_out_of_the_figures(clock, monkeypatch):
+    """With --warmup 0, a backend whose first calls compile still gets its untimed calls."""
+    compiled = bench.Backend("fake-compiled", "cpu", "test", bench.BACKENDS["torch-cpu"].prepare, min_warmup=2)
+    monkeypatch.setitem(bench.BACKENDS, compiled.name, compiled)
+    ticker = Ticker(clock, [30.0, 1.0] + [0.002] * 3 + [5.0, 1.0] + [0.008] * 2)
+    settings = BenchSettings(backends=(compiled.name,), threads=1, runs=3, warmup=0, batch=4, throughput_runs=2)
+    (row,) = benchmark([Candidate("ticker", "test", ticker, (3, 4, 4))], settings).rows
+    assert row.error == "" and row.warmup_runs == 2
+    assert (row.latency_ms_median, row.latency_ms_p90) == (pytest.approx(2.0), pytest.approx(2.0))
+    assert row.throughput_img_s == pytest.approx(4 / 0.008)  # the 5 s and 1 s batches were warm-up
 
 
 def test_known_sleep_cost_is_measured_within_tolerance():
@@ -122,6 +189,18 @@ def test_pareto_front_keeps_undominated_models_fastest_first():
 def _row(model: str, backend: str, latency: float, throughput: float | None) -> BenchRow:
     return BenchRow(model, "f", backend, "fp32", 1, (3, 8, 8), 1, 1, None, "",
                     latency_ms_median=latency, throughput_img_s=throughput)
+
+
+def test_plot_takes_more_families_than_colours(tmp_path):
+    rows = [dataclasses.replace(_row(f"m{i}", "torch-cpu", 1.0 + i, None), family=f"family{i}", top1=60.0 + i)
+            for i in range(12)]
+    report = BenchReport(rows, BenchSettings(), bench.environment(1))
+    plot_accuracy_latency(report, tmp_path / "plot.png")
+    assert matplotlib.image.imread(tmp_path / "plot.png").ndim == 3
+    unmeasured = dataclasses.replace(report, rows=[dataclasses.replace(r, latency_ms_median=None) for r in rows])
+    with pytest.raises(ValueError, match="no model has both a published top-1 and a measured latency"):
+        plot_accuracy_latency(unmeasured, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_claims_compare_measured_speedups_with_the_papers():

@@ -149,3 +149,46 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("name", ["efficientmod_xxs", "efficientvit_m0"])
+def test_headless_model_loads_a_checkpoint_with_a_classifier(name, tmp_path):
+    """num_classes=0 (feature extraction): the checkpoint's whole head is dropped with a
+    warning — for EfficientViT also its BatchNorm, which sits where the model has none."""
+    full = efficientmod.create_model(name).eval()
+    torch.save({"model": full.state_dict()}, tmp_path / "full.pth")
+    with pytest.warns(UserWarning, match=r"classifier ignored.*head\."):
+        headless = efficientmod.create_model(name, num_classes=0, checkpoint_path=str(tmp_path / "full.pth"))
+    trunk = {k: v for k, v in full.state_dict().items() if not k.startswith("head.")}
+    assert trunk.keys() == headless.state_dict().keys()
+    assert all(torch.equal(v, headless.state_dict()[k]) for k, v in trunk.items())
+    with pytest.raises(CheckpointError, match="unexpected keys"):  # without ignore_head: strict
+        efficientmod.load_checkpoint(headless, tmp_path / "full.pth")
+
+
+def test_unreadable_files_are_checkpoint_errors(tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    with pytest.raises(CheckpointError, match="holds a Tensor, not a dict"):
+        read_state_dict(tmp_path / "tensor.pth")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read .*broken.safetensors"):
+        read_state_dict(tmp_path / "broken.safetensors")
+
+
+def test_from_pretrained_with_another_class_count_keeps_the_trunk(tmp_path):
+    model = efficientmod.create_model("efficientmod_xxs", num_classes=4).eval()
+    model.save_pretrained(tmp_path, class_names=list("abcd"))
+    with pytest.warns(UserWarning, match="classifier ignored"):
+        tuned = efficientmod.from_pretrained(tmp_path, num_classes=6).eval()
+    assert tuned.num_classes == 6 and tuned.class_names is None
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), tuned.forward_features(x))
+        assert tuned(x).shape == (1, 6)
+
+
+def test_deployed_model_is_not_saved_in_a_form_that_cannot_be_reloaded(tmp_path):
+    model = efficientmod.deploy(efficientmod.create_model("efficientmod_xxs"))
+    with pytest.raises(ValueError, match="before efficientmod.deploy"):
+        model.save_pretrained(tmp_path / "run")
+    assert not (tmp_path / "run").exists()

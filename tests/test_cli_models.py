@@ -20,8 +20,18 @@ def test_models_lists_every_registered_model_with_params_and_macs(capsys):
 
 def test_models_lists_all_families(capsys):
     assert main(["models", "--no-macs"]) == 0
-    families = {line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
-    assert families == {efficientmod.model_info(n).family for n in efficientmod.list_models()}
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [row[0] for row in rows] == efficientmod.list_models()
+    assert {row[1] for row in rows} == {"efficientmod", "efficientvit", "mobilevitv2"}
+    assert all(row[3] == "-" for row in rows)  # --no-macs
+
+
+def test_models_filters_by_family_and_says_when_nothing_matches(capsys):
+    assert main(["models", "--family", "efficientvit", "--no-macs"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert names == efficientmod.list_models(family="efficientvit") and len(names) == 6
+    assert main(["models", "efficientmod_*", "--family", "mobilevitv2"]) == 2
+    assert "no model matches 'efficientmod_*' in family mobilevitv2" in capsys.readouterr().err
 
 
 def test_info_describes_one_model(capsys):

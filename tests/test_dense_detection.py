@@ -91,6 +91,8 @@ def test_det_train_resumes_from_its_checkpoint(trained, shapes, tmp_path):
     (images, annotations), _ = shapes
     shutil.copy(trained / "last.pt", tmp_path / "last.pt")
     assert main(["det", "train", "--images", str(images), "--annotations", str(annotations), *TINY_DETECTOR,
+                 "--output", str(tmp_path)]) == 2  # without --resume, a run folder is never overwritten
+    assert main(["det", "train", "--images", str(images), "--annotations", str(annotations), *TINY_DETECTOR,
                  "--epochs", "6", "--max-steps", "64", "--output", str(tmp_path), "--resume"]) == 0
     log = _log(tmp_path)
     assert len(log) == 1 and log[0]["epoch"] == 6 and log[0]["step"] == 64

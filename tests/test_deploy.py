@@ -135,7 +135,16 @@ def test_gpu_deploy_bf16_channels_last_matches_float32():
 def test_efficientvit_attention_caches_biases_and_folds_the_token_interaction_residual():
     from efficientmod.deploy import FusedCascadedGroupAttention, FusedInteractionFFN
 
-    deployed = efficientmod.deploy(random_model("efficientvit_m0"))
+    model = random_model("efficientvit_m0")
+    block = model.stages[0].blocks[0]
+    dim = block.attn.proj.conv.out_channels
+    x = torch.randn(2, dim, 10, 9)  # not whole 7×7 windows: the padded path
+    fused_attention = FusedCascadedGroupAttention(copy.deepcopy(block.attn))
+    assert torch.equal(fused_attention.attention_bias, block.attn.attention_biases[:, block.attn.bias_index])
+    assert max_diff(block.attn, fused_attention, x) <= 1e-5
+    fused_interaction = FusedInteractionFFN(copy.deepcopy(block.pre))
+    assert max_diff(block.pre, fused_interaction, x) <= 1e-5
+    deployed = efficientmod.deploy(model)
     attentions = [m for m in deployed.modules() if isinstance(m, FusedCascadedGroupAttention)]
     interactions = [m for m in deployed.modules() if isinstance(m, FusedInteractionFFN)]
     assert attentions and interactions

@@ -86,3 +86,25 @@ def test_cli_export_bad_arguments(tmp_path, capsys, argv, message):
     assert main(["export", "efficientmod_xxs", "-o", str(tmp_path / "m.onnx"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_failed_verification_keeps_an_existing_file(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"the previous, good export")
+    with pytest.raises(ExportVerificationError, match=r"model\.onnx: ONNX Runtime differs"):
+        export_verified(ExportsSomethingElse(), path, SMALL)
+    assert path.read_bytes() == b"the previous, good export"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_export_verified_writes_the_optimized_graph(tmp_path):
+    model = efficientmod.deploy(random_model("efficientmod_xxs"))
+    optimized = tmp_path / "optimized.onnx"
+    export_verified(model, tmp_path / "m.onnx", SMALL, batch_sizes=(2,), optimized_path=optimized)
+    assert len(onnx.load(str(optimized)).graph.node) < len(onnx.load(str(tmp_path / "m.onnx")).graph.node)
+
+
+def test_export_verified_rejects_empty_batches(tmp_path):
+    with pytest.raises(ValueError, match="batch sizes must be positive"):
+        export_verified(ExportsSomethingElse(), tmp_path / "m.onnx", SMALL, batch_sizes=(0, 2))
+    assert list(tmp_path.iterdir()) == []

@@ -107,6 +107,7 @@ def test_thousand_class_model_predicts_imagenet_names(images):
 @pytest.mark.parametrize("argv, message", [
     (["efficientmod_xxs", "x.jpg"], "pass --checkpoint"),
     (["nonexistent_model", "--checkpoint", "w.pth", "x.jpg"], "Unknown model"),
+    (["efficientmod_xxs", "--checkpoint", "w.pth", "--device", "tpu9", "x.jpg"], "not a torch device"),
 ])
 def test_cli_predict_bad_arguments(capsys, argv, message):
     assert main(["predict", *argv]) == 2
@@ -119,3 +120,16 @@ def test_onnx_without_metadata_is_refused(tmp_path, capsys):
     path = export_onnx(torch.nn.Conv2d(3, 4, 1), tmp_path / "plain.onnx", (3, 8, 8))
     assert main(["predict", str(path), "x.jpg"]) == 2
     assert "no efficientmod metadata" in capsys.readouterr().err
+
+
+def test_file_that_is_not_onnx_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not a protobuf")
+    assert main(["predict", str(path), "x.jpg"]) == 2
+    assert f"cannot read {path} as an ONNX model" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+def test_cli_predict_on_cuda_without_cuda_is_a_clear_error(capsys):
+    assert main(["predict", "efficientmod_xxs", "--checkpoint", "w.pth", "--device", "cuda", "x.jpg"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err

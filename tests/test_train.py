@@ -122,6 +122,19 @@ def test_sigkill_mid_epoch_then_resume_repeats_the_uninterrupted_run(folder, tmp
     assert_same_weights(load(killed / "last.pth")["ema"], load(reference / "last.pth")["ema"])
 
 
+def test_mid_epoch_resume_needs_the_same_global_batch(folder, tmp_path):
+    """The sampler skips the epoch's first steps x global batch samples: another global
+    batch would skip the wrong images, so it is refused with a clear error."""
+    args = ["train", *TINY, "--data", str(folder), "--output", str(tmp_path / "run"), "--no-tensorboard"]
+    trainer = Trainer(resolve_config(build_parser().parse_args(args)))
+    trainer.epoch_step = trainer.global_step = 3
+    trainer.save("last.pth")
+    with pytest.raises(ValueError, match="global batch of 4"):
+        Trainer(resolve_config(build_parser().parse_args([*args, "--resume", "auto", "--batch-size", "2"])))
+    resumed = Trainer(resolve_config(build_parser().parse_args([*args, "--resume", "auto"])))
+    assert (resumed.epoch_step, resumed.global_step) == (3, 3)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_path, capsys):
     out = tmp_path / "nan"
     status = cli("--data", folder, "--output", out, "--epochs", 1, "--lr", 1e30, "--warmup-epochs", 0,
@@ -183,6 +196,24 @@ def test_config_precedence_and_errors(tmp_path):
         load_yaml(recipe)
     with pytest.raises(ValueError, match="multiple of 32"):
         replace(cfg, img_size=40)
+
+
+def test_yaml_values_get_the_types_and_choices_of_their_flags(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base_lr: 4e-3\nepochs: '7'\nema: false\n")  # YAML reads 4e-3 (no dot) as a string
+    assert load_yaml(recipe) == dict(base_lr=4e-3, epochs=7, ema=False)
+    for bad, message in [("epochs: 2.5", "epochs must be of type int"), ("base_lr: fast", "base_lr must be"),
+                         ("ema: 'yes'", "ema must be of type bool")]:
+        recipe.write_text(bad + "\n")
+        with pytest.raises(ValueError, match=message):
+            load_yaml(recipe)
+    for bad in ("log_interval: 0", "ckpt_steps: -1"):  # 0 would divide by zero mid-run
+        recipe.write_text(bad + "\n")
+        with pytest.raises(ValueError, match="--log-interval must be positive|cannot be negative"):
+            resolve_config(build_parser().parse_args(["train", "--config", str(recipe)]))
+    recipe.write_text("amp: fp32\n")
+    with pytest.raises(ValueError, match="amp must be one of auto, bf16, fp16, none"):
+        resolve_config(build_parser().parse_args(["train", "--config", str(recipe)]))
 
 
 def test_help_documents_every_option(capsys):

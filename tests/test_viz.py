@@ -188,8 +188,15 @@ def compute_input(path) -> torch.Tensor:
     (["efficientmod_xxs", "{photo}", "--img-size", "100"], "multiple of 32"),
     (["efficientvit_m0", "{photo}", "--ablation", "van"], "applies to EfficientMod models"),
     (["efficientmod_xxs", "{photo}", "--class", "1000"], "does not exist"),
+    (["efficientmod_xxs", "{photo}", "--alpha", "1.5"], "--alpha must be in [0, 1]"),
 ])
 def test_cli_errors_are_clear(argv, message, photo, tmp_path, capsys):
     argv = [a.replace("{photo}", str(photo)) for a in argv]
     assert main(["viz", *argv, "-o", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_checks_every_image_before_writing_any_map(photo, tmp_path, capsys):
+    out = tmp_path / "maps"
+    assert main(["viz", "efficientmod_xxs", str(photo), str(tmp_path / "missing.png"), "-o", str(out)]) == 2
+    assert "no image file" in capsys.readouterr().err and not out.exists()

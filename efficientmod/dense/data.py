@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from efficientmod.data import DECODE_ERRORS, load_rgb
+
 __all__ = ["Skipped", "SkipCounter", "read_rgb", "to_tensor", "collate", "make_loader"]
 
 
@@ -32,13 +34,13 @@ class SkipCounter(Counter):
 
 
 def read_rgb(path: str | Path) -> Image.Image | Skipped:
-    """The image as RGB, or :class:`Skipped` when the file is missing or cannot be decoded."""
+    """The image as RGB (decoded as :func:`efficientmod.data.load_rgb` decodes it), or
+    :class:`Skipped` when the file is missing or cannot be decoded."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return load_rgb(path)
     except FileNotFoundError:
         return Skipped("missing image file", str(path))
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except DECODE_ERRORS:
         return Skipped("unreadable image file", str(path))
 
 
@@ -55,16 +57,19 @@ def collate(batch: list) -> tuple[list, list, list[Skipped]]:
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 2, seed: int = 0) -> DataLoader:
-    """A loader of :func:`collate` batches; shuffled for training, sharded across ranks
-    (``DistributedSampler``) when ``torch.distributed`` is initialised."""
+    """A loader of :func:`collate` batches. For training, a ``DistributedSampler`` (one
+    replica when ``torch.distributed`` is not initialised) shuffles by ``seed + epoch`` —
+    call ``loader.sampler.set_epoch(epoch)`` — and shards across ranks, so a resumed run
+    draws the epoch order an uninterrupted one draws."""
     sampler = None
-    if train and torch.distributed.is_available() and torch.distributed.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
+    if train:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        replicas = dict(num_replicas=1, rank=0) if not distributed else {}
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **replicas)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate,

@@ -4,9 +4,14 @@ One straight line per step: batch → device → ``compute_loss`` → AdamW step
 rate of timm's scheduler (:func:`build_scheduler`). Around it: a progress bar on stderr, skipped samples counted by
 reason, an atomic training-state checkpoint (``last.pt``: model, optimizer, epoch, step and
 what is needed to rebuild the model) written after every epoch and when stopped early, and
-resuming from it (random states included); ``torchrun`` starts distributed data-parallel
-training (one process per GPU, or gloo on CPU). Process setup, seeding and random states
-are the classification engine's (:mod:`efficientmod.train`).
+resuming from it (every rank's random states included, the epoch order and the loader
+workers' seeds fixed by seed and epoch, so a run resumed at an epoch boundary repeats the
+uninterrupted one); ``torchrun`` starts distributed data-parallel training (one process per
+GPU, or gloo on CPU), whose ranks agree before each step that every one of them has a
+usable batch and after it that every loss is finite. Process setup, seeding and random
+states are the classification engine's (:mod:`efficientmod.train`); the rest is not
+shared with it because Mixup, EMA, loss scaling and the per-step checkpoints of
+classification have no use here and the batches are lists of differently sized images.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from tqdm import tqdm
 
 from efficientmod.checkpoint import atomic_write, load_weights_only
 from efficientmod.dense.data import SkipCounter, make_loader
-from efficientmod.train import Runtime, init_runtime, rng_state, seed_everything, set_rng_state
+from efficientmod.train import Runtime, TrainingDiverged, init_runtime, rng_state, seed_everything, set_rng_state
 
 __all__ = ["DenseTrainConfig", "build_scheduler", "train", "read_training_state", "load_trained", "to_device"]
 
@@ -96,6 +101,25 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _on_every_rank(flag: bool, runtime: Runtime) -> bool:
+    """Whether ``flag`` holds on every process: a collective in a distributed run, so that
+    the ranks take (or skip) each DDP step together and stop together."""
+    if not runtime.distributed:
+        return flag
+    agreed = torch.tensor(float(flag), device=runtime.device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
+def _all_rng_states(runtime: Runtime) -> list[dict]:
+    """Every rank's random states, in rank order (a collective in a distributed run)."""
+    if not runtime.distributed:
+        return [rng_state()]
+    states = [None] * runtime.world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
 def to_device(obj, device: torch.device):
     """Tensors inside lists / dicts moved to ``device``."""
     if isinstance(obj, torch.Tensor):
@@ -108,14 +132,16 @@ def to_device(obj, device: torch.device):
 
 
 # -- checkpoints ------------------------------------------------------------------------
-def save_training_state(path: Path, model: nn.Module, optimizer, epoch: int, step: int, config: DenseTrainConfig) -> None:
-    """Atomically write ``path``: everything :func:`train` needs to resume."""
+def save_training_state(path: Path, model: nn.Module, optimizer, epoch: int, step: int, config: DenseTrainConfig,
+                        rng: list[dict]) -> None:
+    """Atomically write ``path``: everything :func:`train` needs to resume (``rng``: each
+    rank's random states, see :func:`_all_rng_states`)."""
     state = dict(
         model=model.state_dict(),
         optimizer=optimizer.state_dict(),
         epoch=epoch,
         step=step,
-        rng=rng_state(),
+        rng=rng,
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
     )
     atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -163,6 +189,9 @@ def train(
     """
     runtime = runtime or init_runtime()
     device, output = runtime.device, Path(output)
+    if resume is None and (output / "last.pt").exists():
+        raise ValueError(f"{output} already holds a run ({output / 'last.pt'}); continue it with --resume "
+                         "or choose another --output")
     seed_everything(config.seed + runtime.rank)
     if runtime.distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -175,7 +204,9 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
-        set_rng_state(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == runtime.world:
+            set_rng_state(rngs[runtime.rank])  # else: this rank keeps its fresh seed
     wrapped = model
     if runtime.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -190,8 +221,8 @@ def train(
     for epoch in range(start_epoch, epochs):
         if step >= last_step:
             break
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
+        loader.generator.manual_seed(config.seed + 1009 * epoch + runtime.rank)  # the workers' seeds
         wrapped.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not main,
                    dynamic_ncols=True, leave=False)
@@ -203,14 +234,15 @@ def train(
                 last_usable = inputs, targets
             elif runtime.distributed and last_usable:  # ranks must step together: redo the last batch
                 inputs, targets = last_usable
-            else:
+            if not _on_every_rank(bool(inputs), runtime):  # a rank has nothing to train on: all skip
                 continue
             scheduler.step_update(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
                 losses = compute_loss(wrapped, to_device(inputs, device), to_device(targets, device))
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}: {_fmt(losses)}; lower --lr?")
+            if not _on_every_rank(bool(torch.isfinite(loss)), runtime):  # all ranks stop, none waits forever
+                raise TrainingDiverged(f"the loss is not finite at step {step} (this rank's losses: {_fmt(losses)}); "
+                                         "lower --lr?")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad:
@@ -223,8 +255,9 @@ def train(
                 break
         bar.close()
         finished_epoch = epoch + 1 if batches == steps_per_epoch else epoch  # a cut-short epoch is redone on resume
+        rng = _all_rng_states(runtime)
         if main:
-            save_training_state(output / "last.pt", model, optimizer, finished_epoch, step, config)
+            save_training_state(output / "last.pt", model, optimizer, finished_epoch, step, config, rng)
             recent = history[epoch_start:]
             mean = sum(h["loss"] for h in recent) / max(len(recent), 1)
             line = dict(epoch=epoch + 1, step=step, loss=mean, lr=optimizer.param_groups[0]["lr"],

@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from efficientmod.data import DECODE_ERRORS
 from efficientmod.dense.backbone import BackboneFPN, build_backbone_fpn
 from efficientmod.dense.data import SkipCounter, Skipped, make_loader, read_rgb, to_tensor
 from efficientmod.models import model_info
@@ -178,7 +179,7 @@ class AdeSegmentation(Dataset):
         try:
             with Image.open(path) as label:
                 array = np.asarray(label)
-        except (OSError, ValueError):
+        except DECODE_ERRORS:
             return Skipped("unreadable label map", str(path))
         if array.ndim != 2:
             return Skipped("label map is not single-channel", str(path))

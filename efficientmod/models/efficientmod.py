@@ -29,6 +29,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from efficientmod.checkpoint import register_layout
 from efficientmod.models.base import Backbone
+from efficientmod.models.layers import Stage
 from efficientmod.models.registry import ModelInfo, register_variant
 
 __all__ = ["EfficientModCfg", "EfficientMod", "ModulationBlock", "AttentionBlock", "convert_official"]
@@ -201,18 +202,6 @@ class ConvEmbed(nn.Module):
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
 
 
-class Stage(nn.Module):
-    """Optional downsampling, the modulation blocks, then the attention blocks."""
-
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
-
-
 class EfficientMod(Backbone):
     """The EfficientMod network (channels-last inside, NCHW in and out)."""
 
@@ -302,6 +291,7 @@ _OFFICIAL_ATTENTION_BLOCK = re.compile(r"^(layers\.\d+\.blocks\.\d+)\.attn\.")
 
 
 def is_official_layout(state_dict: dict) -> bool:
+    """Whether ``state_dict`` uses the official release's names (its ``context_layer`` keys)."""
     return any(_OFFICIAL_MARKER.match(k) for k in state_dict)
 
 

@@ -25,7 +25,6 @@ The module layout holds timm's ``efficientvit_m*`` weights; :func:`convert_timm`
 """
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -34,10 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, SqueezeExcite
 
-from efficientmod.checkpoint import register_layout
+from efficientmod.checkpoint import register_layout, rename_keys
 from efficientmod.models.base import Backbone
-from efficientmod.models.efficientmod import Stage
-from efficientmod.models.layers import ConvNorm, LinearNorm
+from efficientmod.models.layers import ConvNorm, LinearNorm, Stage
 from efficientmod.models.registry import ModelInfo, register_variant
 
 __all__ = ["EfficientViTCfg", "EfficientViT", "CascadedGroupAttention", "SandwichBlock", "convert_timm"]
@@ -294,6 +292,7 @@ _TIMM_KEY_RULES = [
 
 
 def is_timm_layout(state_dict: dict) -> bool:
+    """Whether ``state_dict`` uses timm's names (its ``mixer.m.attn`` keys)."""
     return any(".mixer.m.attn." in k for k in state_dict)
 
 
@@ -301,14 +300,8 @@ def convert_timm(state_dict: dict) -> dict:
     """Rename a timm ``efficientvit_m*`` state dict to this module's layout; tensors are
     untouched. ``attention_bias_idxs`` (saved by older timm versions) is dropped: this module
     recomputes its ``bias_index`` (a non-persistent buffer) from the window size."""
-    converted = {}
-    for key, value in state_dict.items():
-        if key.endswith("attention_bias_idxs"):
-            continue
-        for pattern, replacement in _TIMM_KEY_RULES:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value
-    return converted
+    kept = {k: v for k, v in state_dict.items() if not k.endswith("attention_bias_idxs")}
+    return rename_keys(kept, _TIMM_KEY_RULES)
 
 
 register_layout("efficientvit", "timm", is_timm_layout, convert_timm)

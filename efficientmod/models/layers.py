@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["check_image_input", "ConvNorm", "ConvNormAct", "LinearNorm", "fuse_conv_bn"]
+__all__ = ["check_image_input", "ConvNorm", "ConvNormAct", "LinearNorm", "Stage", "fuse_conv_bn"]
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, multiple: int) -> None:
@@ -95,6 +95,7 @@ class ConvNormAct(ConvNorm):
     def fuse(self) -> nn.Sequential:
         return nn.Sequential(super().fuse(), self.act)
 
+
 class LinearNorm(nn.Sequential):
     """BatchNorm1d, optional dropout, then Linear (a classifier head); :meth:`fuse` folds
     the norm into the linear layer: W(s·x + t) + b = (W·diag(s))x + (Wt + b)."""
@@ -116,6 +117,20 @@ class LinearNorm(nn.Sequential):
         shift = bn.bias - bn.running_mean * scale
         fused = nn.Linear(linear.in_features, linear.out_features, device=scale.device, dtype=scale.dtype)
         fused.weight.copy_(linear.weight * scale[None, :])
-        base = linear.bias if linear.bias is not None else torch.zeros(linear.out_features, dtype=scale.dtype)
+        base = linear.bias if linear.bias is not None else torch.zeros_like(fused.bias)
         fused.bias.copy_(F.linear(shift, linear.weight) + base)
         return fused
+
+
+class Stage(nn.Module):
+    """One stage of a network: an optional downsampling (``nn.Identity`` for none), then
+    its blocks (EfficientMod: modulation then attention blocks; EfficientViT: sandwich
+    blocks)."""
+
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))

@@ -23,7 +23,6 @@ The module layout holds timm's ``mobilevitv2_*`` weights; :func:`convert_timm` r
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvMlp, DropPath, make_divisible
 
-from efficientmod.checkpoint import register_layout
+from efficientmod.checkpoint import register_layout, rename_keys
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import ConvNorm, ConvNormAct
 from efficientmod.models.registry import ModelInfo, register_variant
@@ -251,17 +250,13 @@ _TIMM_KEY_RULES = [
 
 
 def is_timm_layout(state_dict: dict) -> bool:
+    """Whether ``state_dict`` uses timm's names (its ``conv1_1x1`` / ``conv_kxk`` keys)."""
     return any(".conv1_1x1." in k or ".conv_kxk." in k for k in state_dict)
 
 
 def convert_timm(state_dict: dict) -> dict:
     """Rename a timm ``mobilevitv2_*`` state dict to this module's layout; tensors are untouched."""
-    converted = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in _TIMM_KEY_RULES:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value
-    return converted
+    return rename_keys(state_dict, _TIMM_KEY_RULES)
 
 
 register_layout("mobilevitv2", "timm", is_timm_layout, convert_timm)

@@ -1,0 +1,129 @@
+"""The dense training engine on a toy regression task (exact resume; distributed runs
+whose ranks stay in step when one of them has no usable sample or a non-finite loss) and
+the dense data sets' image reading."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+from efficientmod.dense.data import Skipped, read_rgb
+from efficientmod.dense.engine import DenseTrainConfig, train
+from efficientmod.train import Runtime
+from synthetic_images import make_bad_files
+
+
+class NoisyPoints(torch.utils.data.Dataset):
+    """``(x, 2x)`` pairs; ``x`` gets noise from the global ``random`` (as the dense data
+    sets' flips), so the data order and the restored random states both show in the weights."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int):
+        x = torch.full((3,), float(index)) + random.random()
+        return x, 2 * x
+
+
+def squared_error(model: nn.Module, inputs: list, targets: list) -> dict:
+    return dict(mse=(model(torch.stack(inputs)) - torch.stack(targets)).pow(2).mean())
+
+
+def _run(tmp_path, epochs: int, resume=None) -> dict:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3)
+    config = DenseTrainConfig(epochs=epochs, batch_size=4, lr=1e-2, warmup_steps=0, workers=0, seed=1)
+    train(model, NoisyPoints(), config, squared_error, tmp_path, resume=resume,
+          runtime=Runtime(0, 1, torch.device("cpu")))
+    return torch.load(tmp_path / "last.pt", weights_only=True)
+
+
+def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
+    whole = _run(tmp_path / "whole", epochs=3)
+    _run(tmp_path / "split", epochs=1)
+    resumed = _run(tmp_path / "split", epochs=3, resume=tmp_path / "split" / "last.pt")
+    assert (resumed["epoch"], resumed["step"]) == (whole["epoch"], whole["step"]) == (3, 9)
+    for key, value in whole["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    with pytest.raises(ValueError, match="already holds a run"):  # a new run never overwrites an old one
+        _run(tmp_path / "whole", epochs=3)
+
+
+DISTRIBUTED_SCRIPT = textwrap.dedent("""
+    import pathlib, sys, torch, torch.distributed as dist, torch.nn as nn
+    from efficientmod.dense.engine import DenseTrainConfig, train
+    from efficientmod.train import TrainingDiverged, init_runtime
+    sys.path.insert(0, {tests!r})
+    from test_dense_engine import RankTrap, squared_error
+
+    runtime = init_runtime("cpu")
+    torch.manual_seed(0)
+    config = DenseTrainConfig(epochs=1, batch_size=1, lr=1e-2, warmup_steps=0, workers=0)
+    try:
+        summary = train(nn.Linear(3, 3), RankTrap(sys.argv[1]), config, squared_error, sys.argv[2], runtime=runtime)
+        result = f"steps {{summary['steps']}}"
+    except TrainingDiverged as error:
+        result = f"stopped: {{error}}"
+    pathlib.Path(sys.argv[3], f"rank{{runtime.rank}}.txt").write_text(result)  # one file each: no interleaving
+    dist.destroy_process_group()
+""")
+
+
+class RankTrap(torch.utils.data.Dataset):
+    """Four points; on rank 1 the first one it draws is ``trap``: unreadable or NaN."""
+
+    def __init__(self, trap: str):
+        self.trap, self.drawn = trap, 0
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        self.drawn += 1
+        x = torch.full((3,), float(index))
+        if torch.distributed.get_rank() == 1 and self.drawn == 1:
+            if self.trap == "unreadable":
+                return Skipped("unreadable image file", f"{index}.jpg")
+            x = x * float("nan")
+        return x, 2 * x
+
+
+def _torchrun(tmp_path, trap: str) -> list[str]:
+    script = tmp_path / "run.py"
+    script.write_text(DISTRIBUTED_SCRIPT.format(tests=os.path.dirname(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    finished = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         trap, str(tmp_path / "out"), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=180)  # a hang (ranks out of step) fails here
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
+
+
+def test_ranks_skip_together_when_one_has_nothing_to_train_on(tmp_path):
+    """Rank 1's first batch is empty and it has no earlier batch to repeat: both ranks skip
+    that step (before, rank 0 waited forever in DDP's all-reduce)."""
+    assert _torchrun(tmp_path, "unreadable") == ["steps 1", "steps 1"]
+    state = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
+    assert len(state["rng"]) == 2  # every rank's random states, for an exact resume
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    lines = _torchrun(tmp_path, "nan")
+    assert len(lines) == 2 and all(line.startswith("stopped: the loss is not finite at step 0") for line in lines)
+
+
+def test_read_rgb_converts_odd_modes_and_skips_what_it_cannot_decode(tmp_path):
+    files = make_bad_files(tmp_path)
+    for path in files["convert"]:
+        image = read_rgb(path)
+        assert image.mode == "RGB" and image.size == (40, 40), path
+    assert [read_rgb(path).reason for path in files["skip"]] == ["unreadable image file"] * 3
+    assert read_rgb(tmp_path / "gone.jpg") == Skipped("missing image file", str(tmp_path / "gone.jpg"))
