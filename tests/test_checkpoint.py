@@ -192,3 +192,14 @@ def test_deployed_model_is_not_saved_in_a_form_that_cannot_be_reloaded(tmp_path)
     with pytest.raises(ValueError, match="before efficientmod.deploy"):
         model.save_pretrained(tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_save_pretrained_restores_an_ablation_configuration(tmp_path):
+    model = efficientmod.create_model("efficientmod_xxs", num_classes=2, block="van",
+                                      attention_depths=(0, 0, 0, 1)).eval()
+    model.save_pretrained(tmp_path)
+    restored = efficientmod.from_pretrained(tmp_path).eval()
+    assert restored.cfg == model.cfg and hash(restored.cfg) == hash(model.cfg)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), restored(x))

@@ -42,10 +42,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp
+from timm.layers import Mlp
 
 from efficientmod.models.efficientmod import MODULATION_BLOCKS, EfficientModCfg
-from efficientmod.models.layers import ConvNorm
+from efficientmod.models.layers import ConvNorm, drop_path_or_identity
 from efficientmod.models.registry import create_model, model_info
 
 __all__ = ["ABLATIONS", "create_ablation", "VANBlock", "FocalNetBlock", "MBConvBlock"]
@@ -53,10 +53,6 @@ __all__ = ["ABLATIONS", "create_ablation", "VANBlock", "FocalNetBlock", "MBConvB
 
 def _layer_scale(shape: tuple[int, ...], init: float) -> nn.Parameter:
     return nn.Parameter(torch.full(shape, init))
-
-
-def _drop_path(rate: float) -> nn.Module:
-    return DropPath(rate) if rate > 0 else nn.Identity()
 
 
 # -- VAN ---------------------------------------------------------------------------------
@@ -106,7 +102,7 @@ class VANBlock(nn.Module):
         self.norm2 = nn.BatchNorm2d(dim)
         self.mlp = DWConvMlp(dim, dim * mlp_ratio)
         self.layer_scale2 = _layer_scale((dim, 1, 1), layer_scale_init)
-        self.drop_path = _drop_path(drop_path)
+        self.drop_path = drop_path_or_identity(drop_path)
 
     @classmethod
     def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> "VANBlock":
@@ -168,7 +164,7 @@ class FocalNetBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, dim * mlp_ratio, act_layer=nn.GELU)
         self.layer_scale2 = _layer_scale((dim,), layer_scale_init)
-        self.drop_path = _drop_path(drop_path)
+        self.drop_path = drop_path_or_identity(drop_path)
 
     @classmethod
     def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> "FocalNetBlock":
@@ -199,7 +195,7 @@ class MBConvBlock(nn.Module):
             nn.ReLU6(),
             ConvNorm(hidden, dim, 1),
         )
-        self.drop_path = _drop_path(drop_path)
+        self.drop_path = drop_path_or_identity(drop_path)
 
     @classmethod
     def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> "MBConvBlock":

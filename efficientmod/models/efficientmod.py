@@ -25,11 +25,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 
 from efficientmod.checkpoint import register_layout
 from efficientmod.models.base import Backbone
-from efficientmod.models.layers import Stage
+from efficientmod.models.layers import Stage, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, register_variant
 
 __all__ = ["EfficientModCfg", "EfficientMod", "ModulationBlock", "AttentionBlock", "convert_official"]
@@ -106,7 +106,7 @@ class ModulationBlock(nn.Module):
         self.v_act = nn.GELU() if expansion_ratio > 1 else nn.Identity()
         self.proj = nn.Linear(dim * expansion_ratio, dim)
         self.layer_scale = nn.Parameter(torch.full((dim,), layer_scale_init))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def modulate(self, x: torch.Tensor) -> torch.Tensor:
         """ctx(x) repeated r times along channels, times v(x) (before the projection p).
@@ -134,13 +134,19 @@ def _efficientmod_block(cfg: EfficientModCfg, dim: int, expansion_ratio: int, dr
 MODULATION_BLOCKS: dict[str, Callable[..., nn.Module]] = {"efficientmod": _efficientmod_block}
 
 
+def _frozen(value):
+    """Lists (e.g. read back from a save_pretrained config.json) as tuples, nested too, so
+    that the configuration stays hashable and compares equal to the original."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def override_cfg(cfg: EfficientModCfg, overrides: dict) -> EfficientModCfg:
     """``cfg`` with the fields named in ``overrides`` replaced (how ablations are built)."""
     names = [f.name for f in fields(cfg)]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise ValueError(f"unknown EfficientMod option(s) {unknown}; the configuration fields are {names}")
-    cfg = replace(cfg, **overrides)
+    cfg = replace(cfg, **{k: _frozen(v) for k, v in overrides.items()})
     if cfg.block not in MODULATION_BLOCKS:
         raise ValueError(f"unknown block {cfg.block!r}; choose from {sorted(MODULATION_BLOCKS)}")
     return cfg
@@ -177,7 +183,7 @@ class AttentionBlock(nn.Module):
         self.attn = MultiHeadSelfAttention(dim, heads, min_head_dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, dim = x.shape

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, SqueezeExcite
+from timm.layers import SqueezeExcite
 
 from efficientmod.checkpoint import register_layout, rename_keys
 from efficientmod.models.base import Backbone
-from efficientmod.models.layers import ConvNorm, LinearNorm, Stage
+from efficientmod.models.layers import ConvNorm, LinearNorm, Stage, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, register_variant
 
 __all__ = ["EfficientViTCfg", "EfficientViT", "CascadedGroupAttention", "SandwichBlock", "convert_timm"]
@@ -77,7 +77,7 @@ class InteractionFFN(nn.Module):
         super().__init__()
         self.dw = ConvNorm(dim, dim, 3, groups=dim, bn_weight_init=dw_bn_weight_init)
         self.ffn = FeedForward(dim, dim * ffn_ratio)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.dw(x))
@@ -150,7 +150,7 @@ class SandwichBlock(nn.Module):
         self.pre = InteractionFFN(dim, cfg.ffn_ratio, drop_path)
         self.attn = CascadedGroupAttention(dim, cfg.key_dim, heads, window, cfg.query_kernels)
         self.post = InteractionFFN(dim, cfg.ffn_ratio, drop_path)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre(x)

@@ -8,8 +8,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 
-__all__ = ["check_image_input", "ConvNorm", "ConvNormAct", "LinearNorm", "Stage", "fuse_conv_bn"]
+__all__ = ["drop_path_or_identity", "check_image_input", "ConvNorm", "ConvNormAct", "LinearNorm", "Stage", "fuse_conv_bn"]
+
+
+def drop_path_or_identity(rate: float) -> nn.Module:
+    """Stochastic depth (timm's DropPath) on a residual branch, or nothing at rate 0."""
+    return DropPath(rate) if rate > 0 else nn.Identity()
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, multiple: int) -> None:

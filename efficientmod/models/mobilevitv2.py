@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvMlp, DropPath, make_divisible
+from timm.layers import ConvMlp, make_divisible
 
 from efficientmod.checkpoint import register_layout, rename_keys
 from efficientmod.models.base import Backbone
-from efficientmod.models.layers import ConvNorm, ConvNormAct
+from efficientmod.models.layers import ConvNorm, ConvNormAct, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, register_variant
 
 __all__ = ["MobileViTv2Cfg", "MobileViTv2", "SeparableSelfAttention", "MobileViTv2Block", "convert_timm"]
@@ -77,7 +77,7 @@ class InvertedResidual(nn.Module):
         self.depthwise = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden)
         self.project = ConvNorm(hidden, out_chs)
         self.has_residual = in_chs == out_chs and stride == 1
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.depthwise(self.expand(x)))
@@ -112,7 +112,7 @@ class LinearTransformerLayer(nn.Module):
         self.attn = SeparableSelfAttention(dim)
         self.norm2 = nn.GroupNorm(1, dim)
         self.mlp = ConvMlp(dim, int(dim * ffn_ratio), act_layer=nn.SiLU)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
