@@ -28,6 +28,15 @@ class Backbone(nn.Module):
     registry_name: str = ""  # set by the registry when built through it
     build_kwargs: dict = {}  # architecture arguments it was built with (set by the registry)
 
+    def __init__(self, cfg, num_classes: int, in_chans: int, num_features: int):
+        """Record what every family's network is built from: its variant ``cfg``, the
+        classifier width, the input channels and the width of the final feature map."""
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = num_features
+
     def check_input(self, x: torch.Tensor) -> None:
         check_image_input(x, self.in_chans, self.input_multiple)
 

@@ -221,11 +221,8 @@ class EfficientMod(Backbone):
         **cfg_overrides,
     ):
         """``cfg_overrides`` replace fields of ``cfg`` (``block="van"``, ``context_kernel=5`` ...)."""
-        super().__init__()
-        self.cfg = cfg = override_cfg(cfg, cfg_overrides)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.num_features = self.head_hidden_size = cfg.dims[-1]
+        cfg = override_cfg(cfg, cfg_overrides)
+        super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1])
 
         self.stem = ConvEmbed(in_chans, cfg.dims[0], cfg.stem_kernel, stride=4, channels_last_in=False)
         total_blocks = sum(cfg.depths) + sum(cfg.attention_depths)

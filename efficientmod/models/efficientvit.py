@@ -213,12 +213,8 @@ class EfficientViT(Backbone):
         drop_path_rate: float = 0.0,
         img_size: int = 224,
     ):
-        super().__init__()
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.in_chans = in_chans
+        super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1])
         self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = cfg.dims[-1]
 
         self.stem = patch_embedding(in_chans, cfg.dims[0])
         drop_paths = iter(torch.linspace(0, drop_path_rate, sum(cfg.depths)).tolist())

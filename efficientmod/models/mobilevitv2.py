@@ -181,11 +181,7 @@ class MobileViTv2(Backbone):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
     ):
-        super().__init__()
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.num_features = self.head_hidden_size = cfg.widths[-1]
+        super().__init__(cfg, num_classes, in_chans, num_features=cfg.widths[-1])
 
         self.stem = ConvNormAct(in_chans, cfg.stem_width, 3, stride=2)
         blocks_per_stage = [d + (a > 0) for d, a in zip(cfg.depths, cfg.attention_depths)]
