@@ -2,7 +2,6 @@
 :class:`~efficientmod.data.Batch`), synchronised over the processes of a distributed run."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -13,25 +12,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from efficientmod.checkpoint import load_weights_only
+from efficientmod.runtime import TRAIN_CHECKPOINT_FORMAT, amp_dtype, autocast
 from efficientmod.data import ImageFolder, ShardSampler, check_image_folders, collate_skipping_bad, eval_transform
 
-__all__ = ["evaluate", "evaluate_checkpoint", "amp_dtype", "autocast", "TRAIN_CHECKPOINT_FORMAT"]
-
-TRAIN_CHECKPOINT_FORMAT = "efficientmod-train-v1"
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto`` is bf16 on a GPU and full precision on a CPU."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "none"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
+__all__ = ["evaluate", "evaluate_checkpoint"]
 
 @torch.no_grad()
 def evaluate(

@@ -2,7 +2,7 @@
 
 The straight line: :func:`load_model` (a registered name + checkpoint, or a
 ``save_pretrained`` folder) → :func:`~efficientmod.deploy.deploy` → :class:`Predictor`
-(or :meth:`Predictor.from_onnx`, which reads what it needs from the file's metadata) →
+(or :meth:`Predictor.from_file`, which reads what it needs from the file's metadata) →
 :meth:`Predictor.predict_files`. Each model brings its own preprocessing (input size,
 mean / std, interpolation, crop fraction from the registry) and its class names: those
 saved with the weights, else ImageNet's for 1000 classes, else the class indices.
@@ -134,7 +134,7 @@ def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = 
 
 
 def onnx_metadata(model: nn.Module, preprocessing: Preprocessing) -> dict[str, object]:
-    """What :meth:`Predictor.from_onnx` needs, stored in an exported file's metadata."""
+    """What :meth:`Predictor.from_file` needs, stored in an exported file's metadata."""
     return dict(
         producer="efficientmod",
         architecture=getattr(model, "registry_name", "") or type(model).__name__,
@@ -176,21 +176,22 @@ class Predictor:
         return cls(run, Preprocessing.of_model(model, input_size), names)
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, threads: int | None = None) -> "Predictor":
-        """An exported file run by ONNX Runtime, preprocessing and classes from its metadata
-        (written by ``efficientmod export``)."""
-        from efficientmod.export import ort_session, read_onnx_metadata
+    def from_file(cls, path: str | os.PathLike, threads: int | None = None) -> "Predictor":
+        """An exported file (ONNX, or any format of :data:`efficientmod.export.FORMATS`) run
+        in its runtime, preprocessing and classes from its metadata (written by
+        ``efficientmod export``)."""
+        from efficientmod.export import load_runtime
 
-        meta = read_onnx_metadata(path)
+        runtime = load_runtime(path, threads)
+        meta = runtime.metadata
         if meta.get("producer") != "efficientmod":
             raise ValueError(f"{path} has no efficientmod metadata (its preprocessing is unknown): "
                              "export it with `efficientmod export`")
         preprocessing = Preprocessing(tuple(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
                                       meta["interpolation"], meta["crop_pct"])
-        session = ort_session(path, threads)
 
         def run(batch: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {"input": batch.numpy()})[0])
+            return torch.from_numpy(runtime.run(batch.numpy()))
 
         return cls(run, preprocessing, _class_names_for(meta["num_classes"], meta.get("class_names")))
 

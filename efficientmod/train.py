@@ -18,8 +18,6 @@ uninterrupted one step for step.
 from __future__ import annotations
 
 import csv
-import os
-import random
 import sys
 import time
 import warnings
@@ -27,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -42,79 +39,14 @@ from efficientmod.data import (
     ImageFolder, ShardSampler, TrainSampler, check_image_folders, collate_skipping_bad, digits_datasets,
     eval_transform, train_transform,
 )
-from efficientmod.evaluate import TRAIN_CHECKPOINT_FORMAT, amp_dtype, autocast, evaluate
+from efficientmod.evaluate import evaluate
 from efficientmod.models import create_model, model_info
+from efficientmod.runtime import (
+    TRAIN_CHECKPOINT_FORMAT, Runtime, TrainingDiverged, amp_dtype, autocast, init_runtime, rng_state,
+    seed_everything, set_rng_state,
+)
 
-__all__ = ["Trainer", "TrainingDiverged", "DistillationLoss", "Runtime", "init_runtime", "train"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss (or the weights) became NaN/inf; the last good checkpoint is left intact."""
-
-
-# -- processes -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Runtime:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def init_runtime(device: str = "auto") -> Runtime:
-    """Join the process group that ``torchrun`` describes in the environment (NCCL on GPUs,
-    gloo on CPUs); a plain process is rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but no CUDA device is available")
-    run_device = torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device(device)
-    if run_device.type == "cuda":
-        torch.cuda.set_device(run_device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if run_device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    return Runtime(rank, world, run_device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """This process's random states as tensors and lists (loadable with weights_only)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(
-        python=list(random.getstate()[1]),
-        numpy=torch.from_numpy(keys.astype(np.int64)), numpy_pos=int(pos),
-        numpy_gauss=[int(has_gauss), float(cached)],
-        torch=torch.get_rng_state(),
-        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    )
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate((3, tuple(state["python"]), None))
-    has_gauss, cached = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
-                         int(has_gauss), cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+__all__ = ["Trainer", "DistillationLoss", "train"]
 
 
 # -- losses ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from efficientmod.dense.data import Skipped, read_rgb
 from efficientmod.dense.engine import DenseTrainConfig, train
-from efficientmod.train import Runtime
+from efficientmod.runtime import Runtime
 from synthetic_images import make_bad_files
 
 
@@ -58,7 +58,7 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
 DISTRIBUTED_SCRIPT = textwrap.dedent("""
     import pathlib, sys, torch, torch.distributed as dist, torch.nn as nn
     from efficientmod.dense.engine import DenseTrainConfig, train
-    from efficientmod.train import TrainingDiverged, init_runtime
+    from efficientmod.runtime import TrainingDiverged, init_runtime
     sys.path.insert(0, {tests!r})
     from test_dense_engine import RankTrap, squared_error
 

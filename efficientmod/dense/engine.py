@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from efficientmod.checkpoint import atomic_write, load_weights_only
 from efficientmod.dense.data import SkipCounter, make_loader
-from efficientmod.train import Runtime, TrainingDiverged, init_runtime, rng_state, seed_everything, set_rng_state
+from efficientmod.runtime import Runtime, TrainingDiverged, init_runtime, rng_state, seed_everything, set_rng_state
 
 __all__ = ["DenseTrainConfig", "build_scheduler", "train", "read_training_state", "load_trained", "to_device"]
 

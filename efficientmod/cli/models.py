@@ -45,7 +45,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"parameters:    {count_params(model) / 1e6:.3f} M")
     print(f"MACs:          {count_macs(model, info.input_size) / 1e9:.3f} G at {info.input_size}")
     print(f"input:         {info.input_size}, mean {info.mean}, std {info.std}, {info.interpolation}")
-    print(f"features:      " + ", ".join(
+    print("features:      " + ", ".join(
         f"stride {f['reduction']}: {f['num_chs']} ch" for f in model.feature_info))
     if info.top1 is not None:
         print(f"top-1 (paper): {info.top1:.1f}%  [{info.top1_source}]")

@@ -148,7 +148,7 @@ def run_det_train(args: argparse.Namespace) -> int:
     from efficientmod.dense.coco import CocoInstances
     from efficientmod.dense.detection import build_detector, detection_loss, detector_meta
     from efficientmod.dense.engine import train
-    from efficientmod.train import init_runtime
+    from efficientmod.runtime import init_runtime
 
     runtime = init_runtime()
     dataset = CocoInstances(args.images, args.annotations, train=True, masks=args.detector == "mask_rcnn")
@@ -287,7 +287,7 @@ def _seg_evaluate(model, dataset, args: argparse.Namespace, output: Path | None)
 def run_seg_train(args: argparse.Namespace) -> int:
     from efficientmod.dense.engine import train
     from efficientmod.dense.segmentation import build_segmenter, segmentation_loss, segmenter_meta
-    from efficientmod.train import init_runtime
+    from efficientmod.runtime import init_runtime
 
     runtime = init_runtime()
     meta = segmenter_meta(args.model, args.num_classes, args.reduce_zero_label, args.resize,

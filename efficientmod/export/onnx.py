@@ -21,7 +21,7 @@ from efficientmod.checkpoint import atomic_write
 
 __all__ = [
     "MIN_OPSET", "ExportVerificationError", "export_onnx", "verify_onnx", "export_verified",
-    "ort_session", "read_onnx_metadata",
+    "ort_session", "read_onnx_metadata", "OnnxRuntime", "open_runtime",
 ]
 
 MIN_OPSET = 17  # the first opset with LayerNormalization, which ONNX Runtime runs as one kernel
@@ -210,3 +210,19 @@ def export_verified(
     if optimized_path is not None:
         ort_session(path, optimized_path=optimized_path)  # writes the file while building the session
     return worst[0]
+
+
+class OnnxRuntime:
+    """An ONNX file in an ONNX Runtime CPU session (see :func:`efficientmod.load_runtime`)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        self.path = path
+        self.metadata = read_onnx_metadata(path)
+        self.session = ort_session(path, threads)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def open_runtime(path: str | os.PathLike, threads: int | None = None) -> OnnxRuntime:
+    return OnnxRuntime(Path(path), threads)

@@ -10,15 +10,15 @@ import argparse
 import importlib
 import sys
 
-from efficientmod.train import TrainingDiverged
+from efficientmod.runtime import TrainingDiverged
 
 COMMAND_MODULES = [
-    "efficientmod.cli_models",
-    "efficientmod.cli_bench",
-    "efficientmod.cli_viz",
-    "efficientmod.cli_train",
-    "efficientmod.cli_deploy",
-    "efficientmod.cli_dense",
+    "efficientmod.cli.models",
+    "efficientmod.cli.bench",
+    "efficientmod.cli.viz",
+    "efficientmod.cli.train",
+    "efficientmod.cli.deploy",
+    "efficientmod.cli.dense",
 ]
 
 

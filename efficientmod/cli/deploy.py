@@ -118,15 +118,21 @@ def _torch_device(name: str):
     return device
 
 
+def _is_exported(path: str) -> bool:
+    from efficientmod.export import FORMATS
+
+    return any(path.lower().endswith(suffix) for fmt in FORMATS.values() for suffix in fmt.suffixes)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from efficientmod.predict import Predictor, load_model
 
     if args.topk < 1 or args.batch_size < 1:
         raise ValueError("--topk and --batch-size must be positive")
-    if args.model.endswith(".onnx"):
+    if _is_exported(args.model):
         if args.checkpoint is not None:
-            raise ValueError("an .onnx file holds its weights: drop --checkpoint")
-        predictor = Predictor.from_onnx(args.model, args.threads)
+            raise ValueError(f"an exported file ({args.model}) holds its weights: drop --checkpoint")
+        predictor = Predictor.from_file(args.model, args.threads)
     else:
         if args.checkpoint is None and not Path(args.model).is_dir():
             raise ValueError(f"predicting with random weights makes no sense: pass --checkpoint for {args.model}")
