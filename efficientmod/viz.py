@@ -5,12 +5,16 @@
   context module (EfficientMod's ``ContextBranch``, and the ablation blocks' VAN
   large-kernel attention and FocalNet focal context) and reduces its C-channel output to
   one value per position (``reduce``: channel mean, mean absolute value or L2 norm).
-* **Attention maps** — per attention layer (:data:`ATTENTION_READERS`: the hybrid
-  EfficientMod blocks' multi-head self-attention, EfficientViT's cascaded group attention
-  in its windows, MobileViTv2's separable self-attention), the attention weights averaged
-  over heads, read for one query position (``query=(y, x)`` in [0, 1]) or averaged over
-  all queries (the attention each position receives). They are built from what the
-  layer's own projections produced (forward hooks), never by changing its forward.
+* **Attention maps** — per attention layer (the hybrid EfficientMod blocks' multi-head
+  self-attention, EfficientViT's cascaded group attention in its windows, MobileViTv2's
+  separable self-attention), the attention weights averaged over heads, read for one
+  query position (``query=(y, x)`` in [0, 1]) or averaged over all queries (the attention
+  each position receives). They are built from what the layer's own projections produced
+  (forward hooks), never by changing its forward.
+
+This module imports no model family: each family registers its context modules with
+:func:`register_context_module` and the hooks that read its attention layers with
+:func:`register_attention_reader`, in the "visualisation" section of its own file.
 * **Class-activation map** — Grad-CAM (Selvaraju et al., 2017) on the last feature map:
   ReLU(Σ_c α_c F_c) with α_c the spatial mean of ∂logit/∂F_c; for a global-average-pool +
   linear head this is the CAM of Zhou et al. (2016) up to a positive factor.
@@ -30,32 +34,36 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efficientmod.models.ablations import FocalContext, LargeKernelContext
-from efficientmod.models.efficientmod import AttentionBlock, ContextBranch
-from efficientmod.models.efficientvit import CascadedGroupAttention
-from efficientmod.models.mobilevitv2 import MobileViTv2Block, fold_patches
-
-__all__ = ["ModelMaps", "compute_maps", "CONTEXT_MODULES", "ATTENTION_READERS", "reduce_channels",
-           "attention_map", "overlay", "stage_of", "last_per_stage"]
+__all__ = ["ModelMaps", "compute_maps", "register_context_module", "register_attention_reader", "reduce_channels",
+           "attention_map", "check_query", "overlay", "stage_of", "last_per_stage"]
 
 REDUCTIONS = ("mean", "abs", "norm")
 Query = tuple[float, float] | None  # (y, x) in [0, 1], or None for the mean over queries
+Emit = Callable[..., None]  # emit(map (B, h, w), suffix="") files the map under module name + suffix
+# install(module, emit, query) -> hook handles
+AttentionReader = Callable[[nn.Module, Emit, Query], list]
+
+# module type → the layout of its output ("NHWC" or "NCHW"); read by _register_hooks
+CONTEXT_MODULES: dict[type[nn.Module], str] = {}
+# module type → the reader that installs its attention hooks
+ATTENTION_READERS: dict[type[nn.Module], AttentionReader] = {}
 
 
-def _channels_last(output: torch.Tensor) -> torch.Tensor:
-    return output
+def register_context_module(module_type: type[nn.Module], output_fmt: str = "NHWC") -> None:
+    """Make :func:`compute_maps` read the output of every ``module_type`` module as a
+    context map; ``output_fmt`` is that output's layout, (B, h, w, C) or (B, C, h, w)."""
+    if output_fmt not in ("NHWC", "NCHW"):
+        raise ValueError(f"output_fmt must be 'NHWC' or 'NCHW', got {output_fmt!r}")
+    CONTEXT_MODULES[module_type] = output_fmt
 
 
-def _channels_first(output: torch.Tensor) -> torch.Tensor:
-    return output.permute(0, 2, 3, 1)
-
-
-# module type → its output as a channels-last (B, h, w, C) context
-CONTEXT_MODULES: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
-    ContextBranch: _channels_last,
-    FocalContext: _channels_last,
-    LargeKernelContext: _channels_first,
-}
+def register_attention_reader(module_type: type[nn.Module], install: AttentionReader) -> None:
+    """Make :func:`compute_maps` call ``install(module, emit, query)`` on every
+    ``module_type`` module before the forward pass: it registers the forward hooks that
+    rebuild the layer's attention weights, passes each map (B, h, w) to
+    ``emit(map, suffix="")`` (:func:`attention_map` turns (B, heads, N, N) weights into
+    one) and returns the hook handles."""
+    ATTENTION_READERS[module_type] = install
 
 
 def reduce_channels(context: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
@@ -90,119 +98,6 @@ def attention_map(weights: torch.Tensor, grid: tuple[int, int], query: Query = N
     return row.reshape(-1, height, width)
 
 
-Emit = Callable[..., None]  # emit(map (B, h, w), suffix="") files the map under module name + suffix
-
-
-def _mhsa_weights(block: AttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """softmax(QKᵀ/√d) of a hybrid EfficientMod block on its (B, H, W, C) input, from the
-    block's own norm and qkv projection."""
-    batch, height, width, dim = x.shape
-    attn = block.attn
-    tokens = block.norm1(x.reshape(batch, height * width, dim))
-    qkv = attn.qkv(tokens).reshape(batch, height * width, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    query, key = qkv[0], qkv[1]
-    weights = (query @ key.transpose(-2, -1)) * attn.head_dim**-0.5
-    return weights.softmax(dim=-1), (height, width)
-
-
-def _hook_mhsa(block: AttentionBlock, emit: Emit, query: Query) -> list:
-    def on_input(module, inputs):
-        with torch.no_grad():
-            emit(attention_map(*_mhsa_weights(module, inputs[0].detach()), query))
-
-    return [block.register_forward_pre_hook(on_input)]
-
-
-def _windows_to_dense(windows: torch.Tensor, batch: int, height: int, width: int, window: int) -> torch.Tensor:
-    """(B·rows·cols, heads, w², w²) per-window attention → (B, heads, N, N) over the h×w
-    tokens (zero between windows; the padding tokens of partial windows dropped)."""
-    rows, cols = -(-height // window), -(-width // window)
-    heads, area = windows.shape[1], window * window
-    padded = rows * window * cols * window
-    token_ids = torch.arange(padded).reshape(rows, window, cols, window).permute(0, 2, 1, 3).reshape(-1, area)
-    dense = windows.new_zeros(batch, heads, padded, padded)
-    windows = windows.reshape(batch, rows * cols, heads, area, area)
-    for n, ids in enumerate(token_ids):
-        dense[:, :, ids[:, None], ids[None, :]] = windows[:, n]
-    inside = ((torch.arange(rows * window) < height)[:, None] & (torch.arange(cols * window) < width)[None, :]).flatten()
-    return dense[:, :, inside][:, :, :, inside]
-
-
-def _hook_cascaded_group_attention(attention: CascadedGroupAttention, emit: Emit, query: Query) -> list:
-    """EfficientViT's cascaded group attention: head j's softmax(QᵀK/√d_k + B_j) in each
-    window, from the queries (after the query DW conv) and keys its own layers produced
-    during the forward pass (head j's input depends on head j − 1, so they are read, not
-    recomputed)."""
-    queries: dict[int, torch.Tensor] = {}
-    keys: dict[int, torch.Tensor] = {}
-    key_dim = attention.key_dim
-
-    def saver(store: dict, head: int, channels: slice):
-        def save(_module, _inputs, output):
-            store[head] = output[:, channels].detach().flatten(2)  # (B', d_k, w²)
-        return save
-
-    handles = [layer.register_forward_hook(saver(keys, j, slice(key_dim, 2 * key_dim)))
-               for j, layer in enumerate(attention.qkv)]
-    handles += [layer.register_forward_hook(saver(queries, j, slice(None)))
-                for j, layer in enumerate(attention.query_dw)]
-
-    def assemble(module, inputs, _output):
-        batch, _, height, width = inputs[0].shape
-        with torch.no_grad():
-            biases = module.attention_biases[:, module.bias_index]
-            logits = [queries[j].transpose(1, 2) @ keys[j] * key_dim**-0.5 + biases[j] for j in range(module.heads)]
-            windows = torch.stack(logits, dim=1).softmax(dim=-1)
-            emit(attention_map(_windows_to_dense(windows, batch, height, width, module.window), (height, width), query))
-
-    handles.append(attention.register_forward_hook(assemble))
-    return handles
-
-
-def _separable_map(scores: torch.Tensor, patch: int, height: int, width: int, query: Query) -> torch.Tensor:
-    """MobileViTv2's context scores c_s (B, 1, P, N), softmax over the N patches separately
-    for each of the P pixel positions, as attention on the h×w map: token (p, n) gives
-    weight c_s(p, n') to every token (p, n'). The mean over queries is c_s / P; a query
-    sees the tokens of its own pixel position p."""
-    received = fold_patches(scores, patch, height, width)[:, 0]
-    if query is None:
-        return received / (patch * patch)
-    y, x = check_query(query)
-    row, col = round(y * (height - 1)), round(x * (width - 1))
-    rows, cols = torch.arange(height)[:, None], torch.arange(width)[None, :]
-    same_position = (rows % patch == row % patch) & (cols % patch == col % patch)
-    return received * same_position
-
-
-def _hook_mobilevitv2(block: MobileViTv2Block, emit: Emit, query: Query) -> list:
-    """The context scores of each separable self-attention layer of a MobileViTv2 block,
-    read from its qkv projection (channel 0 = x W_I); the block's pre-hook gives the map size."""
-    grid: dict[str, int] = {}
-
-    def on_input(module, inputs):
-        patch = module.patch_size
-        grid["height"], grid["width"] = (-(-side // patch) * patch for side in inputs[0].shape[2:])
-
-    def scores_saver(index: int):
-        def save(_module, _inputs, output):
-            scores = output[:, :1].detach().softmax(dim=-1)
-            emit(_separable_map(scores, block.patch_size, grid["height"], grid["width"], query),
-                 f".transformer.{index}.attn")
-        return save
-
-    handles = [block.register_forward_pre_hook(on_input)]
-    handles += [layer.attn.qkv.register_forward_hook(scores_saver(i)) for i, layer in enumerate(block.transformer)]
-    return handles
-
-
-# module type → install(module, emit, query) → hook handles
-ATTENTION_READERS: dict[type[nn.Module], Callable[[nn.Module, Emit, Query], list]] = {
-    AttentionBlock: _hook_mhsa,
-    CascadedGroupAttention: _hook_cascaded_group_attention,
-    MobileViTv2Block: _hook_mobilevitv2,
-}
-
-
 @dataclass
 class ModelMaps:
     """The maps of one batch; every map is (B, h, w) at its layer's own resolution."""
@@ -222,10 +117,11 @@ def _parent_name(name: str) -> str:
 def _register_hooks(model: nn.Module, maps: ModelMaps, reduce: str, query) -> list:
     handles = []
     for name, module in model.named_modules():
-        to_channels_last = CONTEXT_MODULES.get(type(module))
-        if to_channels_last is not None:
-            def save_context(_module, _inputs, output, key=_parent_name(name), convert=to_channels_last):
-                maps.context[key] = reduce_channels(convert(output.detach()), reduce)
+        output_fmt = CONTEXT_MODULES.get(type(module))
+        if output_fmt is not None:
+            def save_context(_module, _inputs, output, key=_parent_name(name), nchw=output_fmt == "NCHW"):
+                context = output.detach()
+                maps.context[key] = reduce_channels(context.permute(0, 2, 3, 1) if nchw else context, reduce)
 
             handles.append(module.register_forward_hook(save_context))
         install = ATTENTION_READERS.get(type(module))

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 import efficientmod
-from efficientmod.deploy import FusedAttentionBlock, FusedModulationBlock, is_deployed
-from efficientmod.models.efficientmod import AttentionBlock, ModulationBlock
+from efficientmod.deploy import is_deployed
+from efficientmod.models.efficientmod import AttentionBlock, FusedAttentionBlock, FusedModulationBlock, ModulationBlock
 
 ALL_MODELS = efficientmod.list_models()
 TOLERANCE = 1e-4  # the bound, float32
@@ -133,7 +133,7 @@ def test_gpu_deploy_bf16_channels_last_matches_float32():
 
 
 def test_efficientvit_attention_caches_biases_and_folds_the_token_interaction_residual():
-    from efficientmod.deploy import FusedCascadedGroupAttention, FusedInteractionFFN
+    from efficientmod.models.efficientvit import FusedCascadedGroupAttention, FusedInteractionFFN
 
     model = random_model("efficientvit_m0")
     block = model.stages[0].blocks[0]
@@ -155,7 +155,7 @@ def test_efficientvit_attention_caches_biases_and_folds_the_token_interaction_re
 
 
 def test_mobilevitv2_attention_pools_keys_before_projecting_them():
-    from efficientmod.deploy import FusedSeparableSelfAttention
+    from efficientmod.models.mobilevitv2 import FusedSeparableSelfAttention
 
     model = random_model("mobilevitv2_050")
     original = [m.attn for m in model.modules() if type(m).__name__ == "LinearTransformerLayer"]

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import efficientmod
 from efficientmod.cli import main
-from efficientmod.deploy import FusedModulationBlock
+from efficientmod.models.efficientmod import FusedModulationBlock
 from efficientmod.export import (
     ExportVerificationError, export_onnx, export_verified, read_onnx_metadata, verify_onnx,
 )

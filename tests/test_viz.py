@@ -63,7 +63,7 @@ def test_context_map_is_the_channel_reduced_ctx_branch(xxs):
 
 def test_attention_weights_reproduce_the_layer_output(xxs):
     """The recomputed softmax(QKᵀ/√d), applied to V, gives what the layer itself computed."""
-    from efficientmod.viz import _mhsa_weights
+    from efficientmod.models.efficientmod import _mhsa_weights
 
     block = xxs.stages[3].blocks[2]
     x = torch.randn(2, 2, 3, block.norm1.normalized_shape[0])

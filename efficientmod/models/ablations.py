@@ -47,6 +47,7 @@ from timm.layers import Mlp
 from efficientmod.models.efficientmod import MODULATION_BLOCKS, EfficientModCfg
 from efficientmod.models.layers import ConvNorm, drop_path_or_identity
 from efficientmod.models.registry import create_model, model_info
+from efficientmod.viz import register_context_module
 
 __all__ = ["ABLATIONS", "create_ablation", "VANBlock", "FocalNetBlock", "MBConvBlock"]
 
@@ -206,6 +207,11 @@ class MBConvBlock(nn.Module):
 
 
 MODULATION_BLOCKS.update(van=VANBlock.from_cfg, focalnet=FocalNetBlock.from_cfg, mbconv=MBConvBlock.from_cfg)
+
+
+# the context maps of efficientmod.viz: VAN's attention map (NCHW), FocalNet's aggregated context (NHWC)
+register_context_module(LargeKernelContext, output_fmt="NCHW")
+register_context_module(FocalContext, output_fmt="NHWC")
 
 
 # -- the named ablations -----------------------------------------------------------------

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 
 from efficientmod.checkpoint import register_layout
+from efficientmod.deploy import register_fuser, scaled_linear, stacked_linear, stacked_outputs, static_hwc
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import Stage, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, register_variant
+from efficientmod.viz import Emit, Query, attention_map, register_attention_reader, register_context_module
 
 __all__ = ["EfficientModCfg", "EfficientMod", "ModulationBlock", "AttentionBlock", "convert_official"]
 
@@ -274,6 +276,112 @@ class EfficientMod(Backbone):
     def final_map(self, x: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm, then NCHW: the map whose average is the paper's pooled feature."""
         return self.norm(x).permute(0, 3, 1, 2)
+
+
+# -- deployment: the fused inference forms (efficientmod.deploy) ---------------------
+class FusedModulationBlock(nn.Module):
+    """:class:`ModulationBlock` for inference.
+
+    With y = LN(x), the block x + γ ⊙ p(repeat_r(g(GELU(DWConv(f y)))) ⊙ act(v y)) becomes
+
+    * ``[f y, v y] = fv(y)``: f and v read the same y, so one (C → C + rC) matrix multiply
+      (in PyTorch; ONNX gets one Gemm per part, see :func:`~efficientmod.deploy.stacked_outputs`);
+    * ``p' = γ ⊙ p``: the layer scale folded into the rows of p;
+    * the repeat as a broadcast: (N, r, C) ⊙ (N, 1, C), no r× copy of the context.
+
+    Token-wise layers run on a 2-D (tokens × channels) matrix, which ONNX Runtime fuses
+    with the bias into one Gemm.
+    """
+
+    def __init__(self, block: ModulationBlock):
+        super().__init__()
+        self.expansion_ratio = block.expansion_ratio
+        self.norm = block.norm
+        self.fv = stacked_linear(block.ctx.f, block.v)
+        self.dwconv, self.ctx_act, self.g = block.ctx.dwconv, block.ctx.act, block.ctx.g
+        self.v_act = block.v_act
+        self.proj = scaled_linear(block.proj, block.layer_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        height, width, dim = static_hwc(x)
+        ratio = self.expansion_ratio
+        f, v = stacked_outputs(self.fv, self.norm(x).reshape(-1, dim), [dim, ratio * dim])
+        context = self.dwconv(f.reshape(-1, height, width, dim).permute(0, 3, 1, 2))
+        context = self.g(self.ctx_act(context).permute(0, 2, 3, 1).reshape(-1, dim))
+        v = self.v_act(v)
+        if ratio == 1:
+            modulated = context * v
+        else:
+            modulated = (context.unsqueeze(1) * v.reshape(-1, ratio, dim)).reshape(-1, ratio * dim)
+        return x + self.proj(modulated).reshape(-1, height, width, dim)
+
+
+class FusedAttentionBlock(nn.Module):
+    """:class:`AttentionBlock` for inference: the 1/√d of softmax(QKᵀ/√d)V folded into
+    the query rows of the qkv projection.
+
+    Eager / compiled runs use ``scaled_dot_product_attention`` (flash / memory-efficient
+    kernels on GPU); ONNX export writes the two matrix multiplies and the softmax out,
+    which ONNX Runtime runs without the scaling ops the generic exporter adds.
+    """
+
+    def __init__(self, block: AttentionBlock):
+        super().__init__()
+        attn = block.attn
+        self.heads, self.head_dim = attn.heads, attn.head_dim
+        inner = self.heads * self.head_dim
+        scale = torch.ones(3 * inner, device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype)
+        scale[:inner] = self.head_dim ** -0.5
+        self.norm1, self.norm2, self.mlp = block.norm1, block.norm2, block.mlp
+        self.qkv = scaled_linear(attn.qkv, scale)
+        self.proj = attn.proj
+
+    def attention(self, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """Multi-head attention of (B·N, C) tokens, N per image."""
+        heads, head_dim = self.heads, self.head_dim
+        q, k, v = (t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2)
+                   for t in stacked_outputs(self.qkv, tokens, [heads * head_dim] * 3))
+        if torch.onnx.is_in_onnx_export():
+            x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return self.proj(x.transpose(1, 2).reshape(-1, heads * head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        height, width, dim = static_hwc(x)
+        tokens = x.reshape(-1, dim)
+        tokens = tokens + self.attention(self.norm1(tokens), height * width)
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        return tokens.reshape(-1, height, width, dim)
+
+
+register_fuser(ModulationBlock, FusedModulationBlock)
+register_fuser(AttentionBlock, FusedAttentionBlock)
+
+
+# -- visualisation: context and attention maps (efficientmod.viz) ---------------------
+def _mhsa_weights(block: AttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """softmax(QKᵀ/√d) of a hybrid EfficientMod block on its (B, H, W, C) input, from the
+    block's own norm and qkv projection."""
+    batch, height, width, dim = x.shape
+    attn = block.attn
+    tokens = block.norm1(x.reshape(batch, height * width, dim))
+    qkv = attn.qkv(tokens).reshape(batch, height * width, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    query, key = qkv[0], qkv[1]
+    weights = (query @ key.transpose(-2, -1)) * attn.head_dim**-0.5
+    return weights.softmax(dim=-1), (height, width)
+
+
+def _hook_mhsa(block: AttentionBlock, emit: Emit, query: Query) -> list:
+    def on_input(module, inputs):
+        with torch.no_grad():
+            emit(attention_map(*_mhsa_weights(module, inputs[0].detach()), query))
+
+    return [block.register_forward_pre_hook(on_input)]
+
+
+register_context_module(ContextBranch, output_fmt="NHWC")
+register_attention_reader(AttentionBlock, _hook_mhsa)
 
 
 # -- the official release's checkpoint layout ------------------------------------------

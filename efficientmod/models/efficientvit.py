@@ -34,9 +34,11 @@ import torch.nn.functional as F
 from timm.layers import SqueezeExcite
 
 from efficientmod.checkpoint import register_layout, rename_keys
+from efficientmod.deploy import register_fuser
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import ConvNorm, LinearNorm, Stage, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, register_variant
+from efficientmod.viz import Emit, Query, attention_map, register_attention_reader
 
 __all__ = ["EfficientViTCfg", "EfficientViT", "CascadedGroupAttention", "SandwichBlock", "convert_timm"]
 
@@ -260,6 +262,137 @@ class EfficientViT(Backbone):
         """Global average pool, then BatchNorm1d → dropout → linear."""
         x = x.mean(dim=(2, 3))
         return x if pre_logits else self.head(x)
+
+
+# -- deployment: the fused inference forms (efficientmod.deploy) -------------------------
+class FusedCascadedGroupAttention(nn.Module):
+    """:class:`CascadedGroupAttention` for inference: BatchNorms folded, the 1/√d_k
+    folded into the query DW conv (Q ← DWConv(Q)/√d_k is still one conv), and the
+    relative-position biases B_j gathered once into a buffer instead of indexed from the
+    table at every call.
+
+    The windows hold 49 tokens of 16 channels, far below what fused attention kernels
+    pay off for, so QᵀK + B_j → softmax → V·Aᵀ is written out (also what ONNX gets),
+    in the layout that needs no transposes of Q, K or V.
+    """
+
+    def __init__(self, attn: CascadedGroupAttention):
+        super().__init__()
+        self.heads, self.key_dim, self.head_dim, self.window = attn.heads, attn.key_dim, attn.head_dim, attn.window
+        self.qkv = nn.ModuleList(conv.fuse() for conv in attn.qkv)
+        self.query_dw = nn.ModuleList(conv.fuse() for conv in attn.query_dw)
+        with torch.no_grad():
+            for conv in self.query_dw:
+                conv.weight.mul_(self.key_dim ** -0.5)
+                conv.bias.mul_(self.key_dim ** -0.5)
+        self.act, self.proj = attn.act, attn.proj.fuse()
+        self.register_buffer("attention_bias", attn.attention_biases[:, attn.bias_index].detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Window partition with constant shapes (batch -1), skipped when the map is one
+        window (the last two stages at 224²)."""
+        channels, height, width = (int(size) for size in x.shape[1:])
+        w = self.window
+        if height == width == w:
+            return self.attend(x)
+        pad_bottom, pad_right = (-height) % w, (-width) % w
+        if pad_bottom or pad_right:
+            x = F.pad(x, (0, pad_right, 0, pad_bottom))
+        rows, cols = (height + pad_bottom) // w, (width + pad_right) // w
+        windows = x.reshape(-1, channels, rows, w, cols, w).permute(0, 2, 4, 1, 3, 5)
+        windows = self.attend(windows.reshape(-1, channels, w, w))
+        x = windows.reshape(-1, rows, cols, channels, w, w).permute(0, 3, 1, 4, 2, 5)
+        x = x.reshape(-1, channels, rows * w, cols * w)
+        return x[:, :, :height, :width] if pad_bottom or pad_right else x
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The cascade on windows (B', C, w, w)."""
+        height, width = int(x.shape[2]), int(x.shape[3])
+        tokens = height * width
+        key_dim, head_dim = self.key_dim, self.head_dim
+        splits = x.split(head_dim, dim=1)  # constant sizes, unlike chunk's in ONNX
+        outputs, previous = [], None
+        for j in range(self.heads):
+            feature = splits[j] if previous is None else splits[j] + previous
+            q, k, v = self.qkv[j](feature).split([key_dim, key_dim, head_dim], dim=1)
+            q = self.query_dw[j](q).reshape(-1, key_dim, tokens)
+            k, v = k.reshape(-1, key_dim, tokens), v.reshape(-1, head_dim, tokens)
+            attention = (q.transpose(1, 2) @ k + self.attention_bias[j]).softmax(dim=-1)
+            previous = (v @ attention.transpose(1, 2)).reshape(-1, head_dim, height, width)
+            outputs.append(previous)
+        return self.proj(self.act(torch.cat(outputs, dim=1)))
+
+
+class FusedInteractionFFN(nn.Module):
+    """:class:`InteractionFFN` for inference: the residual of the token-interaction layer
+    folded into its kernel — x + DWConv(x) is one depth-wise conv whose centre tap is one
+    larger (exact for a 'same'-padded odd kernel)."""
+
+    def __init__(self, layer: InteractionFFN):
+        super().__init__()
+        self.dw = layer.dw.fuse()
+        center = tuple(k // 2 for k in self.dw.kernel_size)
+        with torch.no_grad():
+            self.dw.weight[(slice(None), 0, *center)] += 1
+        self.ffn = layer.ffn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dw(x)
+        return x + self.ffn(x)
+
+
+register_fuser(CascadedGroupAttention, FusedCascadedGroupAttention)
+register_fuser(InteractionFFN, FusedInteractionFFN)
+
+
+# -- visualisation: attention maps (efficientmod.viz) -----------------------------------
+def _windows_to_dense(windows: torch.Tensor, batch: int, height: int, width: int, window: int) -> torch.Tensor:
+    """(B·rows·cols, heads, w², w²) per-window attention → (B, heads, N, N) over the h×w
+    tokens (zero between windows; the padding tokens of partial windows dropped)."""
+    rows, cols = -(-height // window), -(-width // window)
+    heads, area = windows.shape[1], window * window
+    padded = rows * window * cols * window
+    token_ids = torch.arange(padded).reshape(rows, window, cols, window).permute(0, 2, 1, 3).reshape(-1, area)
+    dense = windows.new_zeros(batch, heads, padded, padded)
+    windows = windows.reshape(batch, rows * cols, heads, area, area)
+    for n, ids in enumerate(token_ids):
+        dense[:, :, ids[:, None], ids[None, :]] = windows[:, n]
+    inside = ((torch.arange(rows * window) < height)[:, None] & (torch.arange(cols * window) < width)[None, :]).flatten()
+    return dense[:, :, inside][:, :, :, inside]
+
+
+def _hook_cascaded_group_attention(attention: CascadedGroupAttention, emit: Emit, query: Query) -> list:
+    """EfficientViT's cascaded group attention: head j's softmax(QᵀK/√d_k + B_j) in each
+    window, from the queries (after the query DW conv) and keys its own layers produced
+    during the forward pass (head j's input depends on head j − 1, so they are read, not
+    recomputed)."""
+    queries: dict[int, torch.Tensor] = {}
+    keys: dict[int, torch.Tensor] = {}
+    key_dim = attention.key_dim
+
+    def saver(store: dict, head: int, channels: slice):
+        def save(_module, _inputs, output):
+            store[head] = output[:, channels].detach().flatten(2)  # (B', d_k, w²)
+        return save
+
+    handles = [layer.register_forward_hook(saver(keys, j, slice(key_dim, 2 * key_dim)))
+               for j, layer in enumerate(attention.qkv)]
+    handles += [layer.register_forward_hook(saver(queries, j, slice(None)))
+                for j, layer in enumerate(attention.query_dw)]
+
+    def assemble(module, inputs, _output):
+        batch, _, height, width = inputs[0].shape
+        with torch.no_grad():
+            biases = module.attention_biases[:, module.bias_index]
+            logits = [queries[j].transpose(1, 2) @ keys[j] * key_dim**-0.5 + biases[j] for j in range(module.heads)]
+            windows = torch.stack(logits, dim=1).softmax(dim=-1)
+            emit(attention_map(_windows_to_dense(windows, batch, height, width, module.window), (height, width), query))
+
+    handles.append(attention.register_forward_hook(assemble))
+    return handles
+
+
+register_attention_reader(CascadedGroupAttention, _hook_cascaded_group_attention)
 
 
 # -- timm's checkpoint layout -------------------------------------------------------------

@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from timm.layers import ConvMlp, make_divisible
 
 from efficientmod.checkpoint import register_layout, rename_keys
+from efficientmod.deploy import conv1x1_from, register_fuser
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import ConvNorm, ConvNormAct, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, register_variant
+from efficientmod.viz import Emit, Query, check_query, register_attention_reader
 
 __all__ = ["MobileViTv2Cfg", "MobileViTv2", "SeparableSelfAttention", "MobileViTv2Block", "convert_timm"]
 
@@ -228,6 +230,137 @@ class MobileViTv2(Backbone):
             stem=r"^stem",
             blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
         )
+
+
+# -- deployment: the fused inference forms (efficientmod.deploy) -------------------------
+class MapNorm(nn.Module):
+    """GroupNorm with one group and no affine: (x − mean) / std over all of (C, P, N),
+    written as ``layer_norm`` over those dimensions (one LayerNormalization node in ONNX,
+    instead of GroupNorm's reshape → InstanceNormalization → reshape)."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, [int(size) for size in x.shape[1:]], eps=self.eps)
+
+
+@torch.no_grad()
+def _fold_norm_affine(norm: nn.GroupNorm, conv: nn.Conv2d) -> tuple[MapNorm, nn.Conv2d]:
+    """conv(γ ⊙ n + β) = (W·diag γ) n + (W β + b): the per-channel affine of ``norm``
+    moved into the following 1×1 ``conv``."""
+    if conv.kernel_size != (1, 1) or conv.groups != 1:
+        raise ValueError("only a 1x1 dense conv can absorb a norm's affine")
+    bias = conv.weight[:, :, 0, 0] @ norm.bias + (conv.bias if conv.bias is not None else 0)
+    return MapNorm(norm.eps), conv1x1_from(conv.weight * norm.weight[None, :, None, None], bias)
+
+
+class FusedSeparableSelfAttention(nn.Module):
+    """:class:`SeparableSelfAttention` for inference, on an input ``n`` already normalised (its
+    norm's affine folded into the projections).
+
+    The context vector is linear in the keys and the scores sum to one, so
+    c_v = Σ_k c_s(k) (W_K n_k + b_K) = W_K (Σ_k c_s(k) n_k) + b_K: the key projection runs
+    on one pooled token per pixel position instead of on all N patches — the (d → 1 + 2d)
+    projection shrinks to (d → 1 + d).
+    """
+
+    def __init__(self, attn: SeparableSelfAttention, norm: nn.GroupNorm):
+        super().__init__()
+        dim = attn.dim
+        self.norm, qkv = _fold_norm_affine(norm, attn.qkv)
+        self.score_value = _conv_rows(qkv, [slice(0, 1), slice(1 + dim, 1 + 2 * dim)])
+        self.key = _conv_rows(qkv, [slice(1, 1 + dim)])
+        self.proj = attn.proj
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, d, P, N), not yet normalised
+        x = self.norm(x)
+        scores, value = self.score_value(x).split([1, self.dim], dim=1)
+        pooled = (x * scores.softmax(dim=-1)).sum(dim=-1, keepdim=True)
+        return self.proj(F.relu(value) * self.key(pooled))
+
+
+@torch.no_grad()
+def _conv_rows(conv: nn.Conv2d, rows: list[slice]) -> nn.Conv2d:
+    """A 1×1 conv computing the given output channels of ``conv``, concatenated."""
+    return conv1x1_from(torch.cat([conv.weight[r] for r in rows]), torch.cat([conv.bias[r] for r in rows]))
+
+
+class FusedLinearTransformerLayer(nn.Module):
+    """:class:`LinearTransformerLayer` for inference: both GroupNorms lose their affine (into
+    the attention's projections and the FFN's first 1×1 conv); the attention pools its keys
+    (see :class:`FusedSeparableSelfAttention`)."""
+
+    def __init__(self, layer: LinearTransformerLayer):
+        super().__init__()
+        self.attn = FusedSeparableSelfAttention(layer.attn, layer.norm1)  # normalises its input itself
+        self.norm2, fc1 = _fold_norm_affine(layer.norm2, layer.mlp.fc1)
+        self.mlp = layer.mlp
+        self.mlp.fc1 = fc1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(self.norm2(x))
+
+
+class FusedMobileViTv2Block(nn.Module):
+    """:class:`MobileViTv2Block` for inference: the last GroupNorm's affine folded into the
+    output projection (the patch fold between them only moves pixels, so the per-channel
+    affine commutes with it)."""
+
+    def __init__(self, block: MobileViTv2Block):
+        super().__init__()
+        self.patch_size = block.patch_size
+        self.local_dw, self.local_proj, self.transformer = block.local_dw, block.local_proj, block.transformer
+        self.norm, self.out_proj = _fold_norm_affine(block.norm, block.out_proj.fuse())
+
+    forward = MobileViTv2Block.forward  # the same computation on the folded parts
+
+
+register_fuser(LinearTransformerLayer, FusedLinearTransformerLayer)
+register_fuser(MobileViTv2Block, FusedMobileViTv2Block)
+
+
+# -- visualisation: attention maps (efficientmod.viz) -----------------------------------
+def _separable_map(scores: torch.Tensor, patch: int, height: int, width: int, query: Query) -> torch.Tensor:
+    """MobileViTv2's context scores c_s (B, 1, P, N), softmax over the N patches separately
+    for each of the P pixel positions, as attention on the h×w map: token (p, n) gives
+    weight c_s(p, n') to every token (p, n'). The mean over queries is c_s / P; a query
+    sees the tokens of its own pixel position p."""
+    received = fold_patches(scores, patch, height, width)[:, 0]
+    if query is None:
+        return received / (patch * patch)
+    y, x = check_query(query)
+    row, col = round(y * (height - 1)), round(x * (width - 1))
+    rows, cols = torch.arange(height)[:, None], torch.arange(width)[None, :]
+    same_position = (rows % patch == row % patch) & (cols % patch == col % patch)
+    return received * same_position
+
+
+def _hook_mobilevitv2(block: MobileViTv2Block, emit: Emit, query: Query) -> list:
+    """The context scores of each separable self-attention layer of a MobileViTv2 block,
+    read from its qkv projection (channel 0 = x W_I); the block's pre-hook gives the map size."""
+    grid: dict[str, int] = {}
+
+    def on_input(module, inputs):
+        patch = module.patch_size
+        grid["height"], grid["width"] = (-(-side // patch) * patch for side in inputs[0].shape[2:])
+
+    def scores_saver(index: int):
+        def save(_module, _inputs, output):
+            scores = output[:, :1].detach().softmax(dim=-1)
+            emit(_separable_map(scores, block.patch_size, grid["height"], grid["width"], query),
+                 f".transformer.{index}.attn")
+        return save
+
+    handles = [block.register_forward_pre_hook(on_input)]
+    handles += [layer.attn.qkv.register_forward_hook(scores_saver(i)) for i, layer in enumerate(block.transformer)]
+    return handles
+
+
+register_attention_reader(MobileViTv2Block, _hook_mobilevitv2)
 
 
 # -- timm's checkpoint layout -------------------------------------------------------------
