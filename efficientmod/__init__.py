@@ -17,21 +17,22 @@ _PUBLIC = {
     "list_models": "efficientmod.models",
     "model_info": "efficientmod.models",
     "load_checkpoint": "efficientmod.checkpoint",
-    "from_pretrained": "efficientmod.checkpoint",
+    "from_pretrained": "efficientmod.models.pretrained",
     "load_runtime": "efficientmod.export",
+    # the function shares its module's name; an `import efficientmod.deploy` that comes
+    # first binds the module here instead, and that module is callable (efficientmod.deploy)
+    "deploy": "efficientmod.deploy",
 }
 __all__ = [
     "create_model", "list_models", "model_info", "load_checkpoint", "from_pretrained", "deploy", "load_runtime",
 ]
 
-# eager: the function shadows its own module's name, which a later `import
-# efficientmod.deploy` would otherwise bind here
-from efficientmod.deploy import deploy  # noqa: E402
-
 if TYPE_CHECKING:
-    from efficientmod.checkpoint import from_pretrained, load_checkpoint
+    from efficientmod.checkpoint import load_checkpoint
+    from efficientmod.deploy import deploy
     from efficientmod.export import load_runtime
     from efficientmod.models import create_model, list_models, model_info
+    from efficientmod.models.pretrained import from_pretrained
 
 
 def __getattr__(name: str):

@@ -6,10 +6,13 @@
 foreign one registered by the family that knows it) → convert → load. Foreign layouts are
 registered with :func:`register_layout` next to the model code (e.g. the official
 EfficientMod release in ``models/efficientmod.py``).
+
+This module knows no model family and no registry (the families import it, never the
+reverse); the library's own folder format, which needs the registry to rebuild a model,
+is :mod:`efficientmod.models.pretrained`.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -20,11 +23,11 @@ from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 __all__ = [
     "CheckpointError", "register_layout", "rename_keys", "load_weights_only", "read_state_dict", "load_checkpoint",
-    "save_pretrained", "from_pretrained", "atomic_write",
+    "atomic_write",
 ]
 
 WRAPPER_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema", "ema")
@@ -37,20 +40,24 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Layout:
-    family: str
+    model_cls: type[nn.Module]
     name: str
     detect: Callable[[Mapping[str, torch.Tensor]], bool]
     convert: Callable[[dict], dict]
+
+    def describe(self) -> str:
+        return f"{self.model_cls.__name__}: {self.name}"
 
 
 _LAYOUTS: list[Layout] = []
 
 
-def register_layout(family: str, name: str, detect, convert) -> None:
-    """Teach :func:`load_checkpoint` a foreign layout of ``family``'s models:
+def register_layout(model_cls: type[nn.Module], name: str, detect, convert) -> None:
+    """Teach :func:`load_checkpoint` a foreign layout of ``model_cls``'s weights (the
+    family's network class; instances of it and of its subclasses):
     ``detect(state_dict) -> bool`` recognises it, ``convert(state_dict) -> state_dict``
     renames/reshapes it to the library's own layout."""
-    _LAYOUTS.append(Layout(family, name, detect, convert))
+    _LAYOUTS.append(Layout(model_cls, name, detect, convert))
 
 
 def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict:
@@ -113,27 +120,20 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
     return tensors
 
 
-def _family_of(model: nn.Module) -> str | None:
-    from efficientmod.models.registry import model_info
-
-    name = getattr(model, "registry_name", "")
-    return model_info(name).family if name else None
-
-
 def to_own_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, str]:
     """Convert ``state`` to ``model``'s own key names; returns it and the layout's name."""
     own_keys = set(model.state_dict())
     if set(state) & own_keys and len(set(state) & own_keys) >= len(own_keys) // 2:
         return state, "efficientmod"
-    family = _family_of(model)
-    for layout in _LAYOUTS:
-        if (family is None or layout.family == family) and layout.detect(state):
+    layouts = [layout for layout in _LAYOUTS if isinstance(model, layout.model_cls)]
+    for layout in layouts:
+        if layout.detect(state):
             return layout.convert(state), layout.name
     sample = ", ".join(sorted(state)[:6])
     raise CheckpointError(
-        f"unrecognised checkpoint layout for {getattr(model, 'registry_name', type(model).__name__)}: "
+        f"unrecognised checkpoint layout for {getattr(model, 'registry_name', '') or type(model).__name__}: "
         f"its keys ({sample}, ...) match neither this library's layout nor a known foreign one "
-        f"({', '.join(l.family + ':' + l.name for l in _LAYOUTS if family in (None, l.family)) or 'none'})"
+        f"({', '.join(layout.describe() for layout in layouts) or 'none'})"
     )
 
 
@@ -215,57 +215,3 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None) -> None:
-    """``model.safetensors`` + ``config.json`` (architecture, classes, input, mean/std)."""
-    from efficientmod.models.registry import model_info
-
-    if not model.registry_name:
-        raise ValueError("save_pretrained needs a model built by efficientmod.create_model")
-    if getattr(model, "deployed", False):  # its fused layers cannot be rebuilt by create_model
-        raise ValueError("save_pretrained needs the model as built, not its deployed (fused) form: "
-                         "save it before efficientmod.deploy")
-    info = model_info(model.registry_name)
-    directory = Path(directory)
-    config = dict(
-        architecture=info.name,
-        num_classes=model.num_classes,
-        in_chans=model.in_chans,
-        model_kwargs=dict(model.build_kwargs),
-        input_size=[model.in_chans, *info.input_size[1:]],
-        mean=list(info.mean),
-        std=list(info.std),
-        interpolation=info.interpolation,
-        crop_pct=info.crop_pct,
-        class_names=class_names,
-    )
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
-    atomic_write(directory / "config.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
-
-
-def read_config(directory: str | os.PathLike) -> dict:
-    """The ``config.json`` of a ``save_pretrained`` folder."""
-    path = Path(directory) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{directory} is not a save_pretrained folder (no config.json)")
-    return json.loads(path.read_text())
-
-
-def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
-    """Rebuild a model written by ``save_pretrained``: same architecture arguments (e.g.
-    EfficientViT's ``img_size``), same weights; extra ``kwargs`` go to the model. Another
-    ``num_classes`` (fine-tuning) keeps the trunk's weights and a fresh classifier, with
-    no saved class names."""
-    from efficientmod.models.registry import create_model
-
-    config = read_config(directory)
-    build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], **config.get("model_kwargs", {}))
-    build.update(kwargs)
-    new_head = build["num_classes"] != config["num_classes"]
-    model = create_model(config["architecture"], **build)
-    load_checkpoint(model, directory, strict=True, ignore_head=new_head)
-    model.class_names = None if new_head else config.get("class_names")
-    return model

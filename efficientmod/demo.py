@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from efficientmod.bench import BenchSettings, Candidate, benchmark, count_macs, count_params
-from efficientmod.checkpoint import from_pretrained
 from efficientmod.config import TrainConfig
 from efficientmod.data import collate_skipping_bad, digits_datasets
 from efficientmod.evaluate import evaluate
 from efficientmod.export import export_onnx
+from efficientmod.models.pretrained import from_pretrained
 
 __all__ = ["DEMO_TARGET_TOP1", "demo_report", "onnx_top1"]
 

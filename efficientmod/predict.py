@@ -104,8 +104,9 @@ def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     name) is anything :func:`efficientmod.load_checkpoint` reads; a training checkpoint's
     ``class_names`` set the classifier width. Without a checkpoint the weights are random.
     """
-    from efficientmod.checkpoint import from_pretrained, load_checkpoint, read_config
+    from efficientmod.checkpoint import load_checkpoint
     from efficientmod.models import create_model, model_info
+    from efficientmod.models.pretrained import from_pretrained, read_config
 
     if Path(model).is_dir():
         if checkpoint is not None:

@@ -93,7 +93,7 @@ def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Modul
     ``save_pretrained`` folder."""
     import timm
 
-    from efficientmod.checkpoint import from_pretrained
+    from efficientmod.models.pretrained import from_pretrained
     from efficientmod.models import list_models
 
     if Path(cfg.teacher).is_dir():

@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from efficientmod.checkpoint import from_pretrained, read_config
 from efficientmod.models import create_model, model_info
 from efficientmod.models.ablations import ABLATIONS
+from efficientmod.models.pretrained import from_pretrained, read_config
 from efficientmod.viz import REDUCTIONS, check_query, compute_maps, contact_sheet, load_image, panels_for, save_panels
 
 RANDOM_WEIGHTS_NOTE = ("no --checkpoint: the weights are random, so the maps show the architecture's "

@@ -8,6 +8,7 @@ import torch.nn as nn
 from timm.models._features import feature_take_indices
 
 from efficientmod.models.layers import check_image_input
+from efficientmod.models.pretrained import save_pretrained
 
 
 class Backbone(nn.Module):
@@ -129,6 +130,4 @@ class Backbone(nn.Module):
     def save_pretrained(self, directory, class_names: list[str] | None = None) -> None:
         """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically);
         :func:`efficientmod.from_pretrained` restores the model exactly."""
-        from efficientmod.checkpoint import save_pretrained
-
         save_pretrained(self, directory, class_names=class_names)

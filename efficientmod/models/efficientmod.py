@@ -427,7 +427,7 @@ def convert_official(state_dict: dict) -> dict:
     return converted
 
 
-register_layout("efficientmod", "official EfficientMod release", is_official_layout, convert_official)
+register_layout(EfficientMod, "official EfficientMod release", is_official_layout, convert_official)
 
 
 # -- variants -------------------------------------------------------------------------

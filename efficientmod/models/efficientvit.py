@@ -433,7 +433,7 @@ def convert_timm(state_dict: dict) -> dict:
     return rename_keys(kept, _TIMM_KEY_RULES)
 
 
-register_layout("efficientvit", "timm", is_timm_layout, convert_timm)
+register_layout(EfficientViT, "timm", is_timm_layout, convert_timm)
 
 
 # -- variants -----------------------------------------------------------------------------

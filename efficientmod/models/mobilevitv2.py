@@ -388,7 +388,7 @@ def convert_timm(state_dict: dict) -> dict:
     return rename_keys(state_dict, _TIMM_KEY_RULES)
 
 
-register_layout("mobilevitv2", "timm", is_timm_layout, convert_timm)
+register_layout(MobileViTv2, "timm", is_timm_layout, convert_timm)
 
 
 # -- variants -----------------------------------------------------------------------------

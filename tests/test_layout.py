@@ -1,0 +1,154 @@
+"""The package's house rules: no import cycle, deployment and visualisation free of the model
+families, a cheap ``import efficientmod``, and ``efficientmod.deploy`` usable in any import order."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "efficientmod"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imported_modules(tree: ast.AST, module: str, is_package: bool):
+    """Every module imported anywhere in ``tree`` (function bodies included, blocks under
+    ``if TYPE_CHECKING:`` left out), relative imports resolved. ``from a import b`` imports
+    the module ``a.b`` when there is one, else (a name defined in) ``a``; a string that is a
+    module's full name counts as an import of it (``importlib.import_module``, lazy tables)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if _is_type_checking_block(node):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Constant) and node.value in MODULES and "." in node.value:  # import_module("...")
+            yield node.value
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                yield f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module → the package's modules it imports. A submodule's implicit import of its
+    parent packages is not an edge: importing a sibling from a partly initialised package
+    works, so ``efficientmod.models`` importing its families, which import
+    ``efficientmod.models.registry``, is no cycle."""
+    graph = {}
+    for module, path in MODULES.items():
+        imported = _imported_modules(ast.parse(path.read_text()), module, path.name == "__init__.py")
+        graph[module] = {name for name in imported if name in MODULES and name != module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_import_graph_sees_function_level_and_relative_imports():
+    graph = import_graph()
+    assert "efficientmod.checkpoint" in graph["efficientmod.models.registry"]  # inside create_model
+    assert "efficientmod.models.registry" in graph["efficientmod.models.pretrained"]
+    assert "efficientmod.cli.train" in graph["efficientmod.cli"]
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("module", ["efficientmod.deploy", "efficientmod.viz", "efficientmod.checkpoint"])
+def test_generic_modules_import_no_model_family(module):
+    graph = import_graph()
+    seen, todo = set(), [module]
+    while todo:  # everything the module pulls in, directly or not
+        for target in graph[todo.pop()]:
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    assert not {m for m in seen if m.startswith("efficientmod.models")}, sorted(seen)
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=PACKAGE.parent)
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    names = sorted(name for name in MODULES if not name.endswith("__main__"))  # that one runs the command
+    result = _run("import importlib, sys\n"
+                  f"for name in {names!r}:\n"
+                  "    importlib.import_module(name)\n"
+                  "print('ok')")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_import_efficientmod_is_light():
+    result = _run("import sys, efficientmod\n"
+                  "heavy = sorted(m for m in ('timm', 'torchvision', 'efficientmod.models', 'efficientmod.deploy')"
+                  " if m in sys.modules)\n"
+                  "print(heavy, efficientmod.__version__)")
+    assert result.returncode == 0, result.stderr[-3000:]
+    heavy, version = result.stdout.rsplit(" ", 1)
+    assert heavy == "[]" and version.strip()
+
+
+@pytest.mark.parametrize("order", ["module_first", "function_first"])
+def test_deploy_function_works_in_either_import_order(order):
+    first = "import efficientmod.deploy" if order == "module_first" else "efficientmod.deploy"
+    result = _run("import torch, efficientmod\n"
+                  f"{first}\n"
+                  "import efficientmod.deploy\n"
+                  "from efficientmod.deploy import is_deployed\n"
+                  "model = efficientmod.create_model('efficientvit_m0', num_classes=3)\n"
+                  "x = torch.randn(1, 3, 64, 64)\n"
+                  "expected = model.eval()(x)\n"
+                  "assert callable(efficientmod.deploy), type(efficientmod.deploy)\n"
+                  "assert efficientmod.deploy(model) is model and is_deployed(model)\n"
+                  "assert (model(x) - expected).abs().max() < 1e-4\n"
+                  "print('ok')")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
