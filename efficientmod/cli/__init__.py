@@ -3,6 +3,10 @@
 Each command module exposes ``add_parser(subparsers)``, which adds its sub-command(s) and
 sets ``func`` (called with the parsed arguments; its return value is the exit status).
 Exit status 2: a usage or input error (clear message, no traceback); 3: training diverged.
+
+Printing help must stay as cheap as importing torch: command modules import their engines
+(and with them timm and the model registry) inside the functions that run a command, and
+option choices that need the registry are checked when the command runs.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from efficientmod import __version__
 from efficientmod.runtime import TrainingDiverged
 
 COMMAND_MODULES = [
@@ -28,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Efficient vision backbones (EfficientMod, EfficientViT, MobileViTv2): "
         "models, training, benchmarks, deployment.",
     )
+    parser.add_argument("--version", action="version", version=f"efficientmod {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(subparsers)

@@ -5,7 +5,6 @@ import argparse
 import os
 import sys
 
-from efficientmod.ablation_bench import run_ablation_command
 from efficientmod.bench import (
     BACKENDS, DTYPES, BenchReport, BenchSettings, ClaimCheck, benchmark, check_claims,
     paper_claims, plot_accuracy_latency, resolve_models, write_csv, write_json,
@@ -80,6 +79,8 @@ def run_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype, channels_last=args.channels_last,
     )
     if args.ablation:
+        from efficientmod.ablation_bench import run_ablation_command  # imports the model families
+
         return run_ablation_command(args, settings)
     if args.threads > (os.cpu_count() or args.threads):
         print(f"efficientmod bench: note: --threads {args.threads} exceeds the {os.cpu_count()} "
