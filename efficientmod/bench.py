@@ -47,7 +47,6 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from efficientmod.checkpoint import atomic_write
@@ -72,6 +71,8 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
     """Multiply-accumulates of one forward pass at batch 1, counted by
     ``torch.utils.flop_counter`` (matmuls, convolutions and attention; FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton: not at start-up
+
     param = next(model.parameters(), None)
     x = torch.zeros(1, *input_size, dtype=param.dtype if param is not None else torch.float32,
                     device=param.device if param is not None else "cpu")
