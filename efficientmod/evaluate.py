@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from efficientmod.checkpoint import load_weights_only
-from efficientmod.runtime import TRAIN_CHECKPOINT_FORMAT, amp_dtype, autocast
+from efficientmod.runtime import amp_dtype, autocast, is_train_checkpoint
 from efficientmod.data import ImageFolder, ShardSampler, check_image_folders, collate_skipping_bad, eval_transform
 
 __all__ = ["evaluate", "evaluate_checkpoint"]
@@ -63,7 +63,7 @@ def read_training_checkpoint(path: str | Path) -> dict | None:
     if path.is_dir() or path.suffix == ".safetensors" or not path.exists():
         return None
     state = load_weights_only(path)
-    return state if isinstance(state, dict) and state.get("format") == TRAIN_CHECKPOINT_FORMAT else None
+    return state if is_train_checkpoint(state, task="classification") else None
 
 
 def evaluate_checkpoint(

@@ -2,8 +2,10 @@
 
 One place for what every engine needs before its first step: joining the process group
 that ``torchrun`` describes, seeding and saving / restoring random states, mixed precision,
-the training-checkpoint format tag and the error types that the command line maps to exit
-statuses. Importing this module imports torch only.
+the training-checkpoint format (one for both engines: ``last.pth`` in the run folder, a
+format tag and the task, written atomically, read with ``weights_only=True``) and the
+error types that the command line maps to exit statuses. Importing this module imports
+torch (and safetensors) only.
 """
 from __future__ import annotations
 
@@ -11,21 +13,31 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from efficientmod.checkpoint import atomic_write, load_weights_only
+
 __all__ = [
-    "TRAIN_CHECKPOINT_FORMAT", "TrainingDiverged", "Runtime", "init_runtime", "seed_everything",
-    "rng_state", "set_rng_state", "amp_dtype", "autocast",
+    "TRAIN_CHECKPOINT_FORMAT", "LAST_CHECKPOINT", "AMP_CHOICES", "TrainingDiverged", "Runtime", "init_runtime",
+    "seed_everything", "rng_state", "set_rng_state", "amp_dtype", "autocast", "grad_scaler",
+    "save_train_checkpoint", "load_train_checkpoint", "is_train_checkpoint",
 ]
 
 TRAIN_CHECKPOINT_FORMAT = "efficientmod-train-v1"
+LAST_CHECKPOINT = "last.pth"  # the state a run resumes from, in its run folder (both engines)
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto`` is bf16 on a GPU and full precision on a CPU."""
+    """The autocast dtype of an ``--amp`` choice (:data:`AMP_CHOICES`); ``auto`` is bf16 on
+    a GPU and full precision on a CPU."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "none"
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
@@ -35,6 +47,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """A loss scaler for float16 autocast (whose small gradients would underflow), else None."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
 class TrainingDiverged(RuntimeError):
@@ -104,3 +121,37 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- training checkpoints ----------------------------------------------------------------------
+def save_train_checkpoint(path: str | os.PathLike, state: Mapping, task: str) -> None:
+    """Atomically write ``state`` (tensors, numbers, strings and containers of them) as a
+    training checkpoint of ``task`` ("classification", "detection", ...)."""
+    tagged = {**state, "format": TRAIN_CHECKPOINT_FORMAT, "task": task}
+    atomic_write(path, lambda tmp: torch.save(tagged, tmp))
+
+
+def _task_of(state: Mapping) -> str:
+    return state.get("task", "classification")  # v1 checkpoints written before dense training had one
+
+
+def is_train_checkpoint(state, task: str | None = None) -> bool:
+    """Whether ``state`` (a loaded dict) is a training checkpoint of this library (of ``task``)."""
+    if not isinstance(state, Mapping) or state.get("format") != TRAIN_CHECKPOINT_FORMAT:
+        return False
+    return task is None or _task_of(state) == task
+
+
+def load_train_checkpoint(path: str | os.PathLike, task: str) -> dict:
+    """A checkpoint written by :func:`save_train_checkpoint` for ``task`` (a run folder
+    stands for its :data:`LAST_CHECKPOINT`), read with ``weights_only=True``; anything else
+    is a ``ValueError`` that says what the file is."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST_CHECKPOINT
+    state = load_weights_only(path)
+    if not is_train_checkpoint(state):
+        raise ValueError(f"{path} is not a training checkpoint of this library")
+    if _task_of(state) != task:
+        raise ValueError(f"{path} is a {_task_of(state)!r} checkpoint, not a {task!r} one")
+    return state

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from efficientmod.checkpoint import atomic_write, load_checkpoint, load_weights_only
+from efficientmod.checkpoint import load_checkpoint
 from efficientmod.config import TrainConfig, save_yaml
 from efficientmod.data import (
     ImageFolder, ShardSampler, TrainSampler, check_image_folders, collate_skipping_bad, digits_datasets,
@@ -42,8 +42,8 @@ from efficientmod.data import (
 from efficientmod.evaluate import evaluate
 from efficientmod.models import create_model, model_info
 from efficientmod.runtime import (
-    TRAIN_CHECKPOINT_FORMAT, Runtime, TrainingDiverged, amp_dtype, autocast, init_runtime, rng_state,
-    seed_everything, set_rng_state,
+    Runtime, TrainingDiverged, amp_dtype, autocast, init_runtime, load_train_checkpoint, rng_state,
+    save_train_checkpoint, seed_everything, set_rng_state,
 )
 
 __all__ = ["Trainer", "DistillationLoss", "train"]
@@ -350,9 +350,10 @@ class Trainer:
                 raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
             self._say(f"no checkpoint in {self.run_dir}; starting a new run")
             return
-        state = load_weights_only(path)
-        if not isinstance(state, dict) or state.get("format") != TRAIN_CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a training checkpoint of this library (use --pretrained to fine-tune)")
+        try:
+            state = load_train_checkpoint(path, task="classification")
+        except ValueError as error:
+            raise ValueError(f"{error} (use --pretrained to fine-tune from its weights)") from None
         if list(state["class_names"]) != self.class_names:
             raise ValueError(f"{path} was trained on other classes than the data now given")
         saved_batch = state["config"]["batch_size"] * state["world_size"]
@@ -386,7 +387,6 @@ class Trainer:
             rng = [None] * self.rt.world
             dist.all_gather_object(rng, rng_state())
         return dict(
-            format=TRAIN_CHECKPOINT_FORMAT,
             model=self.model.state_dict(),
             ema=self.ema.module.state_dict() if self.ema is not None else None,
             optimizer=self.optimizer.state_dict(),
@@ -406,7 +406,7 @@ class Trainer:
         state = self.state_dict()
         if self.rt.main:
             for name in names:
-                atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
+                save_train_checkpoint(self.run_dir / name, state, task="classification")
 
     # -- training ----------------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:

@@ -71,7 +71,7 @@ def test_det_eval_cli_reproduces_the_training_evaluation(trained, shapes, tmp_pa
 def test_det_predict_writes_drawings_and_json(trained, shapes, tmp_path):
     _, (val_images, _) = shapes
     output = tmp_path / "predictions"
-    assert main(["det", "predict", "--checkpoint", str(trained / "last.pt"), "--input", str(val_images),
+    assert main(["det", "predict", "--checkpoint", str(trained / "last.pth"), "--input", str(val_images),
                  "--output", str(output), "--score-threshold", "0.3"]) == 0
     result = json.loads((output / "predictions.json").read_text())
     assert len(result["images"]) == 16 and result["skipped"] == {}
@@ -89,14 +89,14 @@ def test_det_predict_writes_drawings_and_json(trained, shapes, tmp_path):
 
 def test_det_train_resumes_from_its_checkpoint(trained, shapes, tmp_path):
     (images, annotations), _ = shapes
-    shutil.copy(trained / "last.pt", tmp_path / "last.pt")
+    shutil.copy(trained / "last.pth", tmp_path / "last.pth")
     assert main(["det", "train", "--images", str(images), "--annotations", str(annotations), *TINY_DETECTOR,
                  "--output", str(tmp_path)]) == 2  # without --resume, a run folder is never overwritten
     assert main(["det", "train", "--images", str(images), "--annotations", str(annotations), *TINY_DETECTOR,
                  "--epochs", "6", "--max-steps", "64", "--output", str(tmp_path), "--resume"]) == 0
     log = _log(tmp_path)
     assert len(log) == 1 and log[0]["epoch"] == 6 and log[0]["step"] == 64
-    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state = torch.load(tmp_path / "last.pth", weights_only=True)
     assert state["step"] == 64
     assert main(["det", "train", "--images", str(images), "--annotations", str(annotations), *TINY_DETECTOR,
                  "--output", str(tmp_path / "empty"), "--resume"]) == 2  # nothing to resume: a clear error

@@ -15,7 +15,9 @@ import torch.nn as nn
 
 from efficientmod.dense.data import Skipped, read_rgb
 from efficientmod.dense.engine import DenseTrainConfig, train
-from efficientmod.runtime import Runtime
+from efficientmod.runtime import (
+    TRAIN_CHECKPOINT_FORMAT, Runtime, is_train_checkpoint, load_train_checkpoint, save_train_checkpoint,
+)
 from synthetic_images import make_bad_files
 
 
@@ -41,18 +43,72 @@ def _run(tmp_path, epochs: int, resume=None) -> dict:
     config = DenseTrainConfig(epochs=epochs, batch_size=4, lr=1e-2, warmup_steps=0, workers=0, seed=1)
     train(model, NoisyPoints(), config, squared_error, tmp_path, resume=resume,
           runtime=Runtime(0, 1, torch.device("cpu")))
-    return torch.load(tmp_path / "last.pt", weights_only=True)
+    return torch.load(tmp_path / "last.pth", weights_only=True)
 
 
 def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
     whole = _run(tmp_path / "whole", epochs=3)
     _run(tmp_path / "split", epochs=1)
-    resumed = _run(tmp_path / "split", epochs=3, resume=tmp_path / "split" / "last.pt")
+    resumed = _run(tmp_path / "split", epochs=3, resume=tmp_path / "split" / "last.pth")
     assert (resumed["epoch"], resumed["step"]) == (whole["epoch"], whole["step"]) == (3, 9)
     for key, value in whole["model"].items():
         assert torch.equal(resumed["model"][key], value), key
     with pytest.raises(ValueError, match="already holds a run"):  # a new run never overwrites an old one
         _run(tmp_path / "whole", epochs=3)
+
+
+def test_checkpoint_is_the_classification_engines_format(tmp_path):
+    """One format for both engines: ``last.pth``, tagged with the format and the task,
+    and each engine refuses the other's checkpoint with a message that says what it is."""
+    state = _run(tmp_path, epochs=1)
+    assert (state["format"], state["task"]) == (TRAIN_CHECKPOINT_FORMAT, "dense")
+    assert is_train_checkpoint(state) and not is_train_checkpoint(state, task="classification")
+    with pytest.raises(ValueError, match="is a 'dense' checkpoint, not a 'classification' one"):
+        load_train_checkpoint(tmp_path, task="classification")
+    classification = tmp_path / "classification"
+    save_train_checkpoint(classification / "last.pth", dict(model={}), task="classification")
+    with pytest.raises(ValueError, match="is a 'classification' checkpoint, not a 'dense' one"):
+        _run(classification, epochs=2, resume=classification / "last.pth")
+    untagged = tmp_path / "old.pt"
+    torch.save(dict(model={}, config={}), untagged)
+    with pytest.raises(ValueError, match="not a training checkpoint of this library"):
+        load_train_checkpoint(untagged, task="dense")
+
+
+class AutocastProbe(nn.Module):
+    """A linear layer that records the dtype it computes in."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.dtypes = nn.Linear(3, 3), []
+
+    def forward(self, x):
+        y = self.linear(x)
+        self.dtypes.append(y.dtype)
+        return y.float()
+
+
+@pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("auto", torch.float32),
+                                        ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_amp_choice_sets_the_autocast_dtype_and_fp16_scales_the_loss(tmp_path, amp, dtype):
+    torch.manual_seed(0)
+    model = AutocastProbe()
+    config = DenseTrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=0, workers=0, seed=1, amp=amp)
+    train(model, NoisyPoints(), config, squared_error, tmp_path, runtime=Runtime(0, 1, torch.device("cpu")))
+    assert set(model.dtypes) == {dtype}  # auto: full precision on a CPU
+    state = load_train_checkpoint(tmp_path, task="dense")
+    assert (state["scaler"] is not None) == (amp == "fp16")  # saved for an exact resume
+    if amp == "fp16":
+        assert state["scaler"]["scale"] > 0
+    resumed = AutocastProbe()
+    train(resumed, NoisyPoints(), DenseTrainConfig(**{**config.__dict__, "epochs": 3}), squared_error, tmp_path,
+          resume=tmp_path / "last.pth", runtime=Runtime(0, 1, torch.device("cpu")))
+    assert load_train_checkpoint(tmp_path, task="dense")["epoch"] == 3
+
+
+def test_unknown_amp_choice_is_refused():
+    with pytest.raises(ValueError, match="amp must be one of"):
+        DenseTrainConfig(amp="fp8")
 
 
 DISTRIBUTED_SCRIPT = textwrap.dedent("""
@@ -110,7 +166,7 @@ def test_ranks_skip_together_when_one_has_nothing_to_train_on(tmp_path):
     """Rank 1's first batch is empty and it has no earlier batch to repeat: both ranks skip
     that step (before, rank 0 waited forever in DDP's all-reduce)."""
     assert _torchrun(tmp_path, "unreadable") == ["steps 1", "steps 1"]
-    state = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
+    state = torch.load(tmp_path / "out" / "last.pth", weights_only=True)
     assert len(state["rng"]) == 2  # every rank's random states, for an exact resume
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
 

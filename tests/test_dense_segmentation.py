@@ -129,7 +129,7 @@ def test_seg_cli_trains_evaluates_and_predicts(ade, tmp_path):
 
     output = tmp_path / "predictions"
     images = ade / "images" / "validation"
-    assert main(["seg", "predict", "--checkpoint", str(run / "last.pt"), "--input", str(images),
+    assert main(["seg", "predict", "--checkpoint", str(run / "last.pth"), "--input", str(images),
                  "--output", str(output)]) == 0
     result = json.loads((output / "predictions.json").read_text())
     assert len(result["images"]) == 8
@@ -152,7 +152,7 @@ def test_seg_train_runs_data_parallel_under_torchrun(ade, tmp_path):
     assert finished.returncode == 0, finished.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["step"] == 3  # 32 images / 2 ranks / batch 4 = 4 steps an epoch
-    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state = torch.load(tmp_path / "last.pth", weights_only=True)
     assert not any(key.startswith("module.") for key in state["model"])  # the unwrapped model is saved
 
 
@@ -171,7 +171,7 @@ def test_frozen_backbone_options_survive_the_checkpoint_round_trip(ade, tmp_path
     assert main(["seg", "train", "--data", str(ade), *TINY_SEGMENTER, "--model", name, "--crop-size", "128",
                  "--window", "128", "--frozen-bn", "--frozen-stages", "1", "--max-steps", "2",
                  "--output", str(tmp_path)]) == 0
-    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state = torch.load(tmp_path / "last.pth", weights_only=True)
     assert state["config"]["meta"]["frozen_bn"] and state["config"]["meta"]["frozen_stages"] == 1
     assert not any(key.endswith("num_batches_tracked") for key in state["model"] if key.startswith("backbone.body"))
     assert main(["seg", "eval", "--checkpoint", str(tmp_path), "--data", str(ade), "--workers", "0",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from efficientmod.checkpoint import atomic_write
+from efficientmod.runtime import AMP_CHOICES, LAST_CHECKPOINT
 
 DET_DEFAULT_MODEL = "efficientmod_s"
 
@@ -59,15 +60,17 @@ def _add_optim_options(parser: argparse.ArgumentParser, epochs: int | None, sche
     group.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
     group.add_argument("--warmup-steps", type=int, default=warmup, help="linear warm-up steps")
     group.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
-    group.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    group.add_argument("--amp", choices=AMP_CHOICES, nargs="?", const="bf16", default="none",
+                       help="mixed precision: auto (bf16 on GPU, none on CPU), bf16 (also a bare --amp), "
+                       "fp16 (with loss scaling) or none")
     group.add_argument("--seed", type=int, default=0, help="random seed")
     group.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    group.add_argument("--output", required=True, type=Path, help="run folder (last.pt, log.jsonl, eval.json)")
-    group.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
+    group.add_argument("--output", required=True, type=Path, help=f"run folder ({LAST_CHECKPOINT}, log.jsonl, eval.json)")
+    group.add_argument("--resume", action="store_true", help=f"continue the run in --output from its {LAST_CHECKPOINT}")
 
 
 def _add_checkpoint_option(parser: argparse.ArgumentParser, task: str) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help=f"last.pt of `{task} train` (or its run folder)")
+    parser.add_argument("--checkpoint", required=True, type=Path, help=f"{LAST_CHECKPOINT} of `{task} train` (or its run folder)")
 
 
 def _add_eval_outputs(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +97,7 @@ def _train_config(args: argparse.Namespace, meta: dict):
 def _resume_path(args: argparse.Namespace) -> Path | None:
     if not args.resume:
         return None
-    path = args.output / "last.pt"
+    path = args.output / LAST_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     return path

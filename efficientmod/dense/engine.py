@@ -1,17 +1,20 @@
 """The training loop shared by detection and segmentation.
 
-One straight line per step: batch → device → ``compute_loss`` → AdamW step at the learning
-rate of timm's scheduler (:func:`build_scheduler`). Around it: a progress bar on stderr, skipped samples counted by
-reason, an atomic training-state checkpoint (``last.pt``: model, optimizer, epoch, step and
-what is needed to rebuild the model) written after every epoch and when stopped early, and
+One straight line per step: batch → device → ``compute_loss`` (under ``--amp`` autocast) →
+AdamW step at the learning rate of timm's scheduler (:func:`build_scheduler`). Around it: a
+progress bar on stderr, skipped samples counted by reason, an atomic training-state
+checkpoint (``last.pth`` in the classification engine's format, see
+:func:`efficientmod.runtime.save_train_checkpoint`: model, optimizer, loss scaler, epoch,
+step and what is needed to rebuild the model) written after every epoch and when stopped early, and
 resuming from it (every rank's random states included, the epoch order and the loader
 workers' seeds fixed by seed and epoch, so a run resumed at an epoch boundary repeats the
 uninterrupted one); ``torchrun`` starts distributed data-parallel training (one process per
 GPU, or gloo on CPU), whose ranks agree before each step that every one of them has a
-usable batch and after it that every loss is finite. Process setup, seeding and random
-states are the classification engine's (:mod:`efficientmod.train`); the rest is not
-shared with it because Mixup, EMA, loss scaling and the per-step checkpoints of
-classification have no use here and the batches are lists of differently sized images.
+usable batch and after it that every loss is finite. Process setup, seeding, random
+states, mixed precision and the checkpoint format are shared with the classification
+engine (:mod:`efficientmod.runtime`); the rest is not, because Mixup, EMA and the per-step
+checkpoints of classification have no use here and the batches are lists of differently
+sized images.
 """
 from __future__ import annotations
 
@@ -30,9 +33,11 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRSchedu
 from timm.scheduler.scheduler import Scheduler
 from tqdm import tqdm
 
-from efficientmod.checkpoint import atomic_write, load_weights_only
 from efficientmod.dense.data import SkipCounter, make_loader
-from efficientmod.runtime import Runtime, TrainingDiverged, init_runtime, rng_state, seed_everything, set_rng_state
+from efficientmod.runtime import (
+    AMP_CHOICES, LAST_CHECKPOINT, Runtime, TrainingDiverged, amp_dtype, autocast, grad_scaler, init_runtime,
+    load_train_checkpoint, rng_state, save_train_checkpoint, seed_everything, set_rng_state,
+)
 
 __all__ = ["DenseTrainConfig", "build_scheduler", "train", "read_training_state", "load_trained", "to_device"]
 
@@ -58,12 +63,14 @@ class DenseTrainConfig:
     clip_grad: float | None = None
     workers: int = 2
     seed: int = 0
-    amp: bool = False  # bfloat16 autocast, on CUDA only
+    amp: str = "none"  # autocast: auto (bf16 on GPU, none on CPU), bf16, fp16 (with loss scaling) or none
     meta: dict = field(default_factory=dict)  # saved with the checkpoint to rebuild the model
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         if self.epochs is None and not self.max_steps:
             raise ValueError("give a number of epochs or of steps")
         if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.lr <= 0:
@@ -132,39 +139,39 @@ def to_device(obj, device: torch.device):
 
 
 # -- checkpoints ------------------------------------------------------------------------
-def save_training_state(path: Path, model: nn.Module, optimizer, epoch: int, step: int, config: DenseTrainConfig,
-                        rng: list[dict]) -> None:
+def task_of(config: DenseTrainConfig) -> str:
+    """The task a run's checkpoint is tagged with: its model description's (``detection``,
+    ``segmentation``), or ``dense`` for a model described by nothing."""
+    return config.meta.get("task", "dense")
+
+
+def save_training_state(path: Path, model: nn.Module, optimizer, scaler, epoch: int, step: int,
+                        config: DenseTrainConfig, rng: list[dict]) -> None:
     """Atomically write ``path``: everything :func:`train` needs to resume (``rng``: each
     rank's random states, see :func:`_all_rng_states`)."""
     state = dict(
         model=model.state_dict(),
         optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict() if scaler is not None else None,
         epoch=epoch,
         step=step,
         rng=rng,
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
     )
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    save_train_checkpoint(path, state, task=task_of(config))
 
 
-def read_training_state(path: str | Path) -> dict:
-    """A checkpoint written by :func:`train` (read with ``weights_only=True``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    state = load_weights_only(path)
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a dense training checkpoint (no 'model' / 'config')")
-    return state
+def read_training_state(path: str | Path, task: str) -> dict:
+    """A checkpoint written by :func:`train` for ``task`` (a run folder stands for its
+    ``last.pth``), read with ``weights_only=True``."""
+    return load_train_checkpoint(path, task)
 
 
 def load_trained(path: str | Path, task: str, build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
     """The model a :func:`train` checkpoint of ``task`` holds, rebuilt by ``build(meta)``
     from the description saved with it, and that description."""
-    state = read_training_state(path)
+    state = read_training_state(path, task)
     meta = state["config"].get("meta", {})
-    if meta.get("task") != task:
-        raise ValueError(f"{path} is a {meta.get('task', 'unknown')!r} checkpoint, not a {task!r} one")
     model = build(meta)
     model.load_state_dict(state["model"])
     return model.eval(), meta
@@ -183,14 +190,15 @@ def train(
     """Train ``model`` on ``dataset`` and return a summary (losses per step, skip counts).
 
     ``compute_loss(model, inputs, targets)`` returns named losses whose sum is minimised.
-    ``resume`` continues a run from its ``last.pt`` (model, optimizer, epoch, step, random
-    states). ``runtime`` defaults to :func:`efficientmod.train.init_runtime` (``torchrun``'s
-    process group, else one process on the GPU if there is one).
+    ``resume`` continues a run from its ``last.pth`` (model, optimizer, loss scaler, epoch,
+    step, random states). ``runtime`` defaults to :func:`efficientmod.runtime.init_runtime`
+    (``torchrun``'s process group, else one process on the GPU if there is one).
     """
     runtime = runtime or init_runtime()
     device, output = runtime.device, Path(output)
-    if resume is None and (output / "last.pt").exists():
-        raise ValueError(f"{output} already holds a run ({output / 'last.pt'}); continue it with --resume "
+    last = output / LAST_CHECKPOINT
+    if resume is None and last.exists():
+        raise ValueError(f"{output} already holds a run ({last}); continue it with --resume "
                          "or choose another --output")
     seed_everything(config.seed + runtime.rank)
     if runtime.distributed and device.type == "cuda":
@@ -198,11 +206,15 @@ def train(
     model.to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    dtype = amp_dtype(config.amp, device)
+    scaler = grad_scaler(device, dtype)
     start_epoch, step = 0, 0
     if resume is not None:
-        state = read_training_state(resume)
+        state = read_training_state(resume, task_of(config))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rngs) == runtime.world:
@@ -237,17 +249,13 @@ def train(
             if not _on_every_rank(bool(inputs), runtime):  # a rank has nothing to train on: all skip
                 continue
             scheduler.step_update(step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+            with autocast(device, dtype):
                 losses = compute_loss(wrapped, to_device(inputs, device), to_device(targets, device))
             loss = sum(losses.values())
             if not _on_every_rank(bool(torch.isfinite(loss)), runtime):  # all ranks stop, none waits forever
                 raise TrainingDiverged(f"the loss is not finite at step {step} (this rank's losses: {_fmt(losses)}); "
                                          "lower --lr?")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_grad:
-                nn.utils.clip_grad_norm_(parameters, config.clip_grad)
-            optimizer.step()
+            _optimizer_step(loss, optimizer, scaler, parameters, config.clip_grad)
             step += 1
             history.append(dict(step=step, loss=loss.item(), **{k: v.item() for k, v in losses.items()}))
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
@@ -257,7 +265,7 @@ def train(
         finished_epoch = epoch + 1 if batches == steps_per_epoch else epoch  # a cut-short epoch is redone on resume
         rng = _all_rng_states(runtime)
         if main:
-            save_training_state(output / "last.pt", model, optimizer, finished_epoch, step, config, rng)
+            save_training_state(last, model, optimizer, scaler, finished_epoch, step, config, rng)
             recent = history[epoch_start:]
             mean = sum(h["loss"] for h in recent) / max(len(recent), 1)
             line = dict(epoch=epoch + 1, step=step, loss=mean, lr=optimizer.param_groups[0]["lr"],
@@ -266,7 +274,26 @@ def train(
                 log.write(json.dumps(line) + "\n")
             print(f"epoch {epoch + 1}: loss {mean:.4f}, step {step}/{last_step}, {skipped}", file=sys.stderr)
         _barrier()
-    return dict(history=history, skipped=dict(skipped), steps=step, checkpoint=str(output / "last.pt"))
+    return dict(history=history, skipped=dict(skipped), steps=step, checkpoint=str(last))
+
+
+def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, parameters: list,
+                    clip_grad: float | None) -> None:
+    """Backward and step; with a float16 loss scaler, the gradients are unscaled before
+    clipping and a step whose gradients overflowed is skipped (the scale then shrinks)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def _fmt(losses: dict[str, torch.Tensor]) -> str:
