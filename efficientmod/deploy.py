@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -129,8 +129,9 @@ def scaled_linear(linear: nn.Linear, scale: torch.Tensor) -> nn.Linear:
 @torch.no_grad()
 def stacked_linear(*linears: nn.Linear) -> nn.Linear:
     """One linear layer computing ``cat([l(x) for l in linears], -1)``."""
-    weight = torch.cat([l.weight for l in linears])
-    biases = [l.bias if l.bias is not None else l.weight.new_zeros(l.out_features) for l in linears]
+    weight = torch.cat([linear.weight for linear in linears])
+    biases = [linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+              for linear in linears]
     return linear_from(weight, torch.cat(biases))
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch

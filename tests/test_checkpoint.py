@@ -67,6 +67,19 @@ def test_unrecognised_layout_names_its_keys():
         efficientmod.load_checkpoint(model, {"backbone.conv1.weight": torch.zeros(3)})
 
 
+def test_foreign_layouts_apply_to_their_own_network_class_only():
+    """Layouts are registered per network class (checkpoint.py knows no family): a timm
+    EfficientViT checkpoint is never converted for an EfficientMod model, and the error
+    lists the layouts that do apply to the model."""
+    import timm
+
+    timm_state = timm.create_model("efficientvit_m0", num_classes=10).state_dict()
+    efficientvit = efficientmod.create_model("efficientvit_m0", num_classes=10)
+    efficientmod.load_checkpoint(efficientvit, timm_state)  # detected and converted
+    with pytest.raises(CheckpointError, match=r"\(EfficientMod: official EfficientMod release\)$"):
+        efficientmod.load_checkpoint(efficientmod.create_model("efficientmod_xxs"), timm_state)
+
+
 def test_missing_and_unexpected_keys_are_named(official_state):
     state = dict(official_state)
     state.pop("layers.0.blocks.0.gamma_1")

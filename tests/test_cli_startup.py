@@ -25,7 +25,7 @@ def commands(parser, prefix=()):
                 yield prefix + (name,)
                 yield from commands(sub, prefix + (name,))
 
-heavy = %r
+heavy = {heavy!r}
 report = {}
 for argv in [()] + list(commands(build_parser())):
     try:
@@ -34,7 +34,7 @@ for argv in [()] + list(commands(build_parser())):
         code = done.code
     report[" ".join(argv) or "(top)"] = [code, [m for m in heavy if m in sys.modules]]
 print(json.dumps(report))
-""" % (HEAVY,)
+""".replace("{heavy!r}", repr(HEAVY))
 
 
 def test_help_of_every_command_imports_no_engine_nor_timm():

@@ -167,3 +167,34 @@ def test_mobilevitv2_attention_pools_keys_before_projecting_them():
         assert before.qkv.out_channels == 1 + 2 * dim
         assert after.score_value.out_channels == 1 + dim and after.key.out_channels == dim
     assert not any(isinstance(m, nn.GroupNorm) for m in deployed.modules())
+
+
+def test_a_family_registers_its_own_fuser():
+    """What a new family does: register the fused form of its block; deploy finds it by
+    exact type, fuses inside it afterwards, and refuses a second fuser for the same type."""
+    from efficientmod.deploy import register_fuser, scaled_linear
+    from efficientmod.models.layers import LinearNorm
+
+    class ScaledLinear(nn.Module):  # y = s ⊙ (W x + b), the layer scale pattern
+        def __init__(self):
+            super().__init__()
+            self.linear, self.scale = nn.Linear(4, 4), nn.Parameter(torch.randn(4))
+            self.head = LinearNorm(4, 2)
+
+        def forward(self, x):
+            return self.head(self.scale * self.linear(x))
+
+    def fuse(block: ScaledLinear) -> nn.Module:
+        return nn.Sequential(scaled_linear(block.linear, block.scale), block.head)
+
+    register_fuser(ScaledLinear, fuse)
+    with pytest.raises(ValueError, match="already registered"):
+        register_fuser(ScaledLinear, lambda block: block)
+    model = nn.Sequential(ScaledLinear(), nn.ReLU())
+    model[0].head.bn.running_mean.uniform_(-1, 1)
+    model = model.eval()
+    x = torch.randn(3, 4)
+    expected = model(x)
+    efficientmod.deploy(model)
+    assert [type(m) for m in model[0]] == [nn.Linear, nn.Linear]  # the LinearNorm inside was folded too
+    assert torch.allclose(model(x), expected, atol=1e-6)

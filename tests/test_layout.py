@@ -152,3 +152,15 @@ def test_deploy_function_works_in_either_import_order(order):
                   "assert (model(x) - expected).abs().max() < 1e-4\n"
                   "print('ok')")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_constructors_reach_their_parents_through_super():
+    """No class skips its parent's constructor by calling a grandparent's directly (as
+    fused blocks did with ``nn.Module.__init__(self)``)."""
+    direct = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "__init__"
+                    and not (isinstance(node.func.value, ast.Call) and ast.unparse(node.func.value) == "super()")):
+                direct.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+    assert direct == []

@@ -65,12 +65,15 @@ def _add_optim_options(parser: argparse.ArgumentParser, epochs: int | None, sche
                        "fp16 (with loss scaling) or none")
     group.add_argument("--seed", type=int, default=0, help="random seed")
     group.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    group.add_argument("--output", required=True, type=Path, help=f"run folder ({LAST_CHECKPOINT}, log.jsonl, eval.json)")
-    group.add_argument("--resume", action="store_true", help=f"continue the run in --output from its {LAST_CHECKPOINT}")
+    group.add_argument("--output", required=True, type=Path,
+                       help=f"run folder ({LAST_CHECKPOINT}, log.jsonl, eval.json)")
+    group.add_argument("--resume", action="store_true",
+                       help=f"continue the run in --output from its {LAST_CHECKPOINT}")
 
 
 def _add_checkpoint_option(parser: argparse.ArgumentParser, task: str) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help=f"{LAST_CHECKPOINT} of `{task} train` (or its run folder)")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help=f"{LAST_CHECKPOINT} of `{task} train` (or its run folder)")
 
 
 def _add_eval_outputs(parser: argparse.ArgumentParser) -> None:

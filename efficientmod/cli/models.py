@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    models = subparsers.add_parser("models", help="list the models with parameters, MACs (at their input size) and paper top-1")
+    models = subparsers.add_parser(
+        "models", help="list the models with parameters, MACs (at their input size) and paper top-1")
     models.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'efficientvit_m*'")
     models.add_argument("--family", default=None, help="only this family (efficientmod, efficientvit, mobilevitv2)")
     models.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")

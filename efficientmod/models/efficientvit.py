@@ -357,7 +357,8 @@ def _windows_to_dense(windows: torch.Tensor, batch: int, height: int, width: int
     windows = windows.reshape(batch, rows * cols, heads, area, area)
     for n, ids in enumerate(token_ids):
         dense[:, :, ids[:, None], ids[None, :]] = windows[:, n]
-    inside = ((torch.arange(rows * window) < height)[:, None] & (torch.arange(cols * window) < width)[None, :]).flatten()
+    inside = ((torch.arange(rows * window) < height)[:, None]
+              & (torch.arange(cols * window) < width)[None, :]).flatten()
     return dense[:, :, inside][:, :, :, inside]
 
 
