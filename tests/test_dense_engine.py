@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -53,6 +54,22 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
         assert torch.equal(resumed["model"][key], value), key
     with pytest.raises(ValueError, match="already holds a run"):  # a new run never overwrites an old one
         _run(tmp_path / "whole", epochs=3)
+
+
+class SomeUnreadable(NoisyPoints):
+    """NoisyPoints whose points 3 and 7 are unreadable files."""
+
+    def __getitem__(self, index: int):
+        return Skipped("unreadable image file", f"{index}.jpg") if index in (3, 7) else super().__getitem__(index)
+
+
+def test_the_run_counts_skipped_samples_and_names_the_first(tmp_path, capsys):
+    config = DenseTrainConfig(epochs=1, batch_size=4, lr=1e-2, warmup_steps=0, workers=0, seed=1)
+    summary = train(nn.Linear(3, 3), SomeUnreadable(), config, squared_error, tmp_path,
+                    runtime=Runtime(0, 1, torch.device("cpu")))
+    assert summary["skipped"] == {"unreadable image file": 2} and summary["steps"] == 3
+    # the epoch's line names the first of them to be drawn (the order is shuffled)
+    assert re.search(r"skipped: 2 × unreadable image file \(first: [37]\.jpg\)", capsys.readouterr().err)
 
 
 DISTRIBUTED_SCRIPT = textwrap.dedent("""

@@ -112,6 +112,28 @@ def test_ade_bad_entries_are_skipped_and_counted(tmp_path):
         AdeSegmentation(root, "validation", NUM_CLASSES)
 
 
+def test_ade_unreadable_or_multichannel_label_maps_are_skipped_and_named(tmp_path):
+    root = make_shapes_ade(tmp_path, 5, 64, seed=3, split="training")
+    labels = root / "annotations" / "training"
+    (labels / "00000.png").write_bytes(b"\x89PNG broken")  # unreadable
+    Image.new("RGB", (64, 64)).save(labels / "00001.png")  # three channels
+    (labels / "00002.png").write_bytes((labels / "00003.png").read_bytes()[:60])  # truncated
+    (root / "images" / "training" / "00004.jpg").unlink()  # a label map without an image
+    dataset = AdeSegmentation(root, "training", NUM_CLASSES, resize=(256, 64))
+    assert [dataset[i] for i in range(3)] == [
+        Skipped("unreadable label map", str(labels / "00000.png")),
+        Skipped("label map is not single-channel", str(labels / "00001.png")),
+        Skipped("unreadable label map", str(labels / "00002.png"))]
+    assert dataset.skipped.first == {"label map without an image": str(labels / "00004.png")}
+    model = build_segmenter("efficientmod_xxs", NUM_CLASSES, fpn_channels=16, head_channels=16)
+    report = evaluate_segmentation(model, dataset, workers=0)
+    assert report["images"] == 1 and report["skipped"] == {
+        "label map without an image": 1, "unreadable label map": 2, "label map is not single-channel": 1}
+    assert report["skipped_first"] == {
+        "label map without an image": str(labels / "00004.png"), "unreadable label map": str(labels / "00000.png"),
+        "label map is not single-channel": str(labels / "00001.png")}
+
+
 def test_seg_cli_trains_evaluates_and_predicts(ade, tmp_path):
     run = tmp_path / "run"
     assert main(["seg", "train", "--data", str(ade), "--val-split", "validation", *TINY_SEGMENTER,
