@@ -14,9 +14,9 @@ EFFICIENTMOD_VARIANTS = ["efficientmod_xxs", "efficientmod_xs", "efficientmod_s"
 
 
 def draw_reference_weights(layout, seed: int) -> dict[str, torch.Tensor]:
-    """The weight-drawing procedure of ``shared/reference/README.md``: one float64 normal
-    draw per ``[key, shape]`` in layout order, scaled by 1/sqrt(fan-in) for matrices,
-    1 + 0.1·r for norm weights and 0.1·r otherwise."""
+    """The weights the reference figures were computed with (``tests/reference/README.md``):
+    one float64 normal draw per ``[key, shape]`` in layout order, scaled by 1/sqrt(fan-in)
+    for matrices, 1 + 0.1·r for norm weights and 0.1·r otherwise."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in layout:

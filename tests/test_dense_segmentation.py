@@ -2,11 +2,13 @@
 with bad entries, and ``efficientmod seg train|eval|predict`` end to end on synthetic shapes."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -178,13 +180,37 @@ def test_seg_train_runs_data_parallel_under_torchrun(ade, tmp_path):
     assert not any(key.startswith("module.") for key in state["model"])  # the unwrapped model is saved
 
 
-@pytest.mark.parametrize("task", ["det", "seg"])
-def test_speed_script_measures_both_modes(task):
-    from efficientmod.dense.speed import measure
+@pytest.mark.parametrize("task", [pytest.param("det", marks=pytest.mark.slow), "seg"])
+def test_speed_script_measures_both_modes(task, monkeypatch):
+    """images/s = timed steps × batch / the seconds they took: the steps are counted (forward
+    passes of the model), the seconds come from a stand-in clock; training changes the
+    weights, inference does not."""
+    from efficientmod.dense import speed
 
-    for mode in ("train", "infer"):
-        result = measure(task, mode, "efficientmod_xxs", batch_size=1, size=(64, 96), steps=1, warmup=0, device="cpu")
-        assert result["images_per_second"] > 0 and result["size"] == [64, 96] and result["device"] == "cpu"
+    built, forwards = [], []
+
+    def counting(build):
+        def wrapped(*args, **kwargs):
+            model = build(*args, **kwargs)
+            model.register_forward_pre_hook(lambda *_: forwards.append(1))
+            built.append((model, copy.deepcopy(model.state_dict())))
+            return model
+        return wrapped
+
+    monkeypatch.setattr(speed, "build_detector", counting(speed.build_detector))
+    monkeypatch.setattr(speed, "build_segmenter", counting(speed.build_segmenter))
+    for mode, seconds in (("train", 2.5), ("infer", 0.5)):
+        clock = iter([100.0, 100.0 + seconds])
+        monkeypatch.setattr(speed, "time", SimpleNamespace(perf_counter=lambda clock=clock: next(clock)))
+        forwards.clear()
+        result = speed.measure(task, mode, "efficientmod_xxs", batch_size=1, size=(64, 96), steps=2, warmup=1,
+                               device="cpu")
+        assert len(forwards) == 1 + 2  # the warm-up step, then the timed ones
+        assert result["images_per_second"] == round(2 * 1 / seconds, 2)
+        assert result["size"] == [64, 96] and result["batch_size"] == 1 and result["device"] == "cpu"
+        model, initial = built[-1]
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])]
+        assert bool(changed) == (mode == "train")
 
 
 def test_frozen_backbone_options_survive_the_checkpoint_round_trip(ade, tmp_path):
