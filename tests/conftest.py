@@ -31,6 +31,20 @@ def draw_reference_weights(layout, seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
+def smallest_fast(names) -> list:
+    """``names`` as pytest parameters, all but the first (smallest: the registry lists each
+    family smallest first) variant of each family marked ``slow``: the fast tier sees every
+    family once, the full suite every variant."""
+    from efficientmod import model_info
+
+    seen, params = set(), []
+    for name in names:
+        family = model_info(name).family
+        params.append(pytest.param(name, marks=() if family not in seen else pytest.mark.slow))
+        seen.add(family)
+    return params
+
+
 def reference_input(shape, seed: int) -> torch.Tensor:
     return torch.randn(list(shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

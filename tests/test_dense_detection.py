@@ -51,6 +51,7 @@ def _log(run) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_det_train_lowers_the_loss_and_reaches_a_useful_map(trained):
     log = _log(trained)
     assert [row["epoch"] for row in log] == [1, 2, 3, 4, 5] and log[-1]["step"] == 60
@@ -61,6 +62,7 @@ def test_det_train_lowers_the_loss_and_reaches_a_useful_map(trained):
     assert report["bbox_mAP_50"] >= report["bbox_mAP"]
 
 
+@pytest.mark.slow
 def test_det_eval_cli_reproduces_the_training_evaluation(trained, shapes, tmp_path):
     _, (val_images, val_annotations) = shapes
     assert main(["det", "eval", "--checkpoint", str(trained), "--images", str(val_images), "--annotations",
@@ -70,6 +72,7 @@ def test_det_eval_cli_reproduces_the_training_evaluation(trained, shapes, tmp_pa
     assert again["segm_mAP"] == pytest.approx(first["segm_mAP"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_det_predict_writes_drawings_and_json(trained, shapes, tmp_path):
     _, (val_images, _) = shapes
     output = tmp_path / "predictions"
@@ -89,6 +92,7 @@ def test_det_predict_writes_drawings_and_json(trained, shapes, tmp_path):
             assert detection["mask_rle"]["size"] == [record["height"], record["width"]]
 
 
+@pytest.mark.slow
 def test_det_train_resumes_from_its_checkpoint(trained, shapes, tmp_path):
     (images, annotations), _ = shapes
     shutil.copy(trained / "last.pt", tmp_path / "last.pt")
@@ -273,6 +277,7 @@ def test_unusable_annotation_files_give_clear_errors(tmp_path):
                  "--output", str(tmp_path / "run")]) == 2
 
 
+@pytest.mark.slow
 def test_retinanet_trains_and_evaluates(shapes, tmp_path):
     (images, annotations), (val_images, val_annotations) = shapes
     torch.manual_seed(0)

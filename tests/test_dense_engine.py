@@ -123,6 +123,7 @@ def _torchrun(tmp_path, trap: str) -> list[str]:
     return [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
 
 
+@pytest.mark.slow
 def test_ranks_skip_together_when_one_has_nothing_to_train_on(tmp_path):
     """Rank 1's first batch is empty and it has no earlier batch to repeat: both ranks skip
     that step (before, rank 0 waited forever in DDP's all-reduce)."""
@@ -132,6 +133,7 @@ def test_ranks_skip_together_when_one_has_nothing_to_train_on(tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     lines = _torchrun(tmp_path, "nan")
     assert len(lines) == 2 and all(line.startswith("stopped: the loss is not finite at step 0") for line in lines)

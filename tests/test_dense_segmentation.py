@@ -166,6 +166,7 @@ def test_seg_cli_trains_evaluates_and_predicts(ade, tmp_path):
         assert record["class_fractions"]["0"] > 0.5  # mostly background
 
 
+@pytest.mark.slow
 def test_seg_train_runs_data_parallel_under_torchrun(ade, tmp_path):
     """Two gloo processes on the CPU: each trains on half the data, rank 0 writes the run."""
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -98,6 +98,7 @@ def _weights_after_run(out: Path) -> dict:
     return load(out / "last.pth")["model"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_repeats_the_uninterrupted_run(folder, tmp_path):
     args = [*TINY, "--data", str(folder), "--epochs", "2", "--ckpt-steps", "2", "--drop-path", "0.1",
             "--no-tensorboard"]
@@ -284,6 +285,7 @@ def test_every_family_trains_with_layer_decay_and_drop_path(name):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
+@pytest.mark.slow
 def test_demo_life_cycle(tmp_path, capsys):
     """One epoch of the digits demo (below its 95% target, so exit status 1): trained,
     reloaded, evaluated, exported, checked in ONNX Runtime, benchmarked."""
