@@ -206,7 +206,7 @@ def test_coco_malformed_fields_are_skipped_and_name_their_record(tmp_path):
     assert dict(dataset.skipped) == {
         "unusable mask (box used)": 5,
         "iscrowd is not 0 or 1": 1,
-        "area is not a finite number": 1,
+        "area is not a non-negative number": 1,
         "annotation without an integer id": 1,
         "annotation id listed twice": 1,
         "annotation of an unknown or missing image": 1,

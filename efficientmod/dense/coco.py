@@ -6,9 +6,9 @@ Checked when the data set is built, each problem skipped and counted in :attr:`s
 without an integer id, a file name or positive integer sizes, images whose file is missing,
 annotations without an integer id or with one already taken, annotations of unknown images,
 category ids not in ``categories`` (out of range), ``iscrowd`` other than 0 / 1, an ``area``
-that is not a finite number, boxes that are empty or degenerate once clipped to the image,
-unusable masks — polygons, or RLEs whose ``size`` is not the image's or whose ``counts`` do
-not cover it exactly — (the box is then used as the mask). What would change the meaning of
+that is not a finite non-negative number, boxes that are empty or degenerate once clipped to
+the image; an unusable mask (a malformed polygon, or an RLE whose ``size`` is not the image's
+or whose ``counts`` do not cover it exactly) is replaced by the box and counted. What would change the meaning of
 the rest is refused with a ``ValueError`` naming the file and the record: a category without
 an integer id, a category id or an image id listed twice. Images that cannot be decoded, or
 whose size is not their record's, are skipped when loaded
@@ -109,8 +109,6 @@ def _usable_segmentation(segmentation, height: int, width: int) -> bool:
         if segmentation.get("size") != [height, width]:
             return False
         counts = segmentation.get("counts")
-        if isinstance(counts, bytes):
-            counts = counts.decode("ascii", errors="replace")
         if isinstance(counts, str):
             counts = _rle_string_counts(counts)
         return (isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts)
@@ -135,14 +133,11 @@ def _check_categories(path: Path, categories: list) -> list[dict]:
     return sorted(categories, key=lambda c: c["id"])
 
 
-def _image_problem(image) -> str | None:
-    """Why an image entry cannot be used, or None."""
-    if not isinstance(image, dict) or not {"id", "file_name", "width", "height"} <= set(image):
-        return "malformed image entry"
-    if not (_is_int(image["id"]) and isinstance(image["file_name"], str)
-            and all(_is_int(image[k]) and image[k] > 0 for k in ("width", "height"))):
-        return "malformed image entry"
-    return None
+def _usable_image_entry(image) -> bool:
+    """An image record with an integer id, a file name and positive integer sizes."""
+    return (isinstance(image, dict) and {"id", "file_name", "width", "height"} <= set(image)
+            and _is_int(image["id"]) and isinstance(image["file_name"], str)
+            and all(_is_int(image[k]) and image[k] > 0 for k in ("width", "height")))
 
 
 def _record(kind: str, index: int, entry) -> str:
@@ -179,17 +174,17 @@ class CocoInstances(Dataset):
         self.images: dict[int, dict] = {}
         listed: dict[int, int] = {}
         for index, image in enumerate(data["images"]):
-            problem = _image_problem(image)
-            if problem is None and image["id"] in listed:
+            if not _usable_image_entry(image):
+                self._skip("malformed image entry", _record("images", index, image))
+                continue
+            if image["id"] in listed:
                 raise ValueError(f"{self.file}: image id {image['id']} is listed twice "
                                  f"(images[{listed[image['id']]}] and images[{index}])")
-            if problem is None:
-                listed[image["id"]] = index
-                problem = None if (self.root / image["file_name"]).is_file() else "missing image file"
-            if problem is None:
+            listed[image["id"]] = index
+            if (self.root / image["file_name"]).is_file():
                 self.images[image["id"]] = image
             else:
-                self._skip(problem, _record("images", index, image))
+                self._skip("missing image file", _record("images", index, image))
         self.annotations: dict[int, list[dict]] = {image_id: [] for image_id in self.images}
         annotation_ids: set[int] = set()
         for index, annotation in enumerate(data["annotations"]):
@@ -228,7 +223,7 @@ class CocoInstances(Dataset):
         if iscrowd not in (0, 1) or not isinstance(iscrowd, (int, bool)):
             return None, "iscrowd is not 0 or 1"
         if "area" in annotation and not (_is_number(annotation["area"]) and annotation["area"] >= 0):
-            return None, "area is not a finite number"
+            return None, "area is not a non-negative number"
         box = _clean_box(annotation.get("bbox"), image["width"], image["height"])
         if box is None:
             return None, "empty or degenerate box"
