@@ -244,7 +244,7 @@ class CocoInstances(Dataset):
         return dict(
             images=[self.images[i] for i in self.ids],
             annotations=[a for i in self.ids for a in self.annotations[i]],
-            categories=[dict(id=c, name=n) for c, n in zip(self.category_ids, self.class_names)],
+            categories=[dict(id=c, name=n) for c, n in zip(self.category_ids, self.class_names, strict=True)],
         )
 
     def _masks(self, annotations: list[dict], height: int, width: int) -> torch.Tensor:
