@@ -386,15 +386,20 @@ def panels_for(pixels: np.ndarray, maps: ModelMaps, index: int, stem: str, class
     panels = [Panel("input", pixels.astype(np.float32) / 255, f"{stem}_input.png")]
     for kind, named in (("context", maps.context), ("attention", maps.attention)):
         for stage, (name, heat) in last_per_stage(named).items():
-            picture, flat = overlay(pixels, heat[index], alpha), is_flat(heat[index].numpy())
+            picture = overlay(pixels, heat[index], alpha)
             if kind == "attention" and query is not None:
                 picture = mark_point(picture, query_pixel(query, tuple(heat.shape[1:]), pixels.shape[:2]))
-            title = f"{kind} {stage}" + (f"\n({FLAT_NOTE})" if flat else "")
-            panels.append(Panel(title, picture, f"{stem}_{kind}_{stage.replace('.', '')}.png", flat))
-    cam, flat = maps.cam[index], is_flat(maps.cam[index].numpy())
-    title = f"CAM: {class_label}" + (f"\n({FLAT_NOTE})" if flat else "")
-    panels.append(Panel(title, overlay(pixels, cam, alpha), f"{stem}_cam.png", flat))
+            panels.append(_map_panel(f"{kind} {stage}", heat[index], picture,
+                                     f"{stem}_{kind}_{stage.replace('.', '')}.png"))
+    cam = maps.cam[index]
+    panels.append(_map_panel(f"CAM: {class_label}", cam, overlay(pixels, cam, alpha), f"{stem}_cam.png"))
     return panels
+
+
+def _map_panel(title: str, heat: torch.Tensor, picture: np.ndarray, file: str) -> Panel:
+    """The panel of one map; a flat one says so under its title."""
+    flat = is_flat(heat.numpy())
+    return Panel(title + (f"\n({FLAT_NOTE})" if flat else ""), picture, file, flat)
 
 
 def _pyplot():
