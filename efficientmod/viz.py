@@ -194,14 +194,19 @@ def last_per_stage(named_maps: dict[str, torch.Tensor]) -> dict[str, tuple[str, 
     return stages
 
 
-def normalise(heat: np.ndarray) -> np.ndarray:
-    """Min-max scale to [0, 1]; a map constant up to float rounding (relative spread under
-    1e-5, e.g. the uniform attention of an untrained layer) becomes zeros rather than
-    amplified rounding noise."""
+def is_flat(heat: np.ndarray) -> bool:
+    """Whether a map is constant up to float rounding (relative spread under 1e-5, e.g. the
+    uniform attention of an untrained layer): it carries no signal to draw."""
     span = heat.max() - heat.min()
-    if span <= 1e-5 * max(abs(heat.max()), abs(heat.min())) or span == 0:
+    return bool(span == 0 or span <= 1e-5 * max(abs(heat.max()), abs(heat.min())))
+
+
+def normalise(heat: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1]; a flat map (:func:`is_flat`) becomes zeros rather than
+    amplified rounding noise."""
+    if is_flat(heat):
         return np.zeros_like(heat)
-    return (heat - heat.min()) / span
+    return (heat - heat.min()) / (heat.max() - heat.min())
 
 
 def overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -236,24 +241,61 @@ def load_image(path: str | Path, size: int, crop_pct: float, mean, std) -> tuple
     return pixels, tensor
 
 
+FLAT_NOTE = "flat: no signal"
+
+
 @dataclass
 class Panel:
     title: str
     picture: np.ndarray  # (H, W, 3) float in [0, 1]
     file: str
+    flat: bool = False  # the map is constant (:func:`is_flat`): drawn, but it shows nothing
+
+
+def query_pixel(query: tuple[float, float], grid: tuple[int, int], size: tuple[int, int]) -> tuple[float, float]:
+    """Where, on an image of ``size`` (H, W), the centre of the token that
+    :func:`attention_map` reads for ``query`` on an h×w ``grid`` lies (the map is stretched
+    over the image as :func:`overlay` stretches it)."""
+    (y, x), (height, width) = check_query(query), grid
+    row, col = round(y * (height - 1)), round(x * (width - 1))
+    return (row + 0.5) * size[0] / height - 0.5, (col + 0.5) * size[1] / width - 0.5
+
+
+def mark_point(picture: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """``picture`` (H, W, 3) in [0, 1] with a white ring outlined in black around ``centre``
+    (y, x in pixels) and a white dot on it: the query point, visible over any colour."""
+    height, width = picture.shape[:2]
+    radius = max(3.0, min(height, width) / 24)
+    rows, cols = np.ogrid[:height, :width]
+    distance = np.hypot(rows - centre[0], cols - centre[1])
+    marked = picture.copy()
+    marked[(distance >= radius + 1.5) & (distance < radius + 2.5)] = 0.0
+    marked[((distance >= radius) & (distance < radius + 1.5)) | (distance < 1.5)] = 1.0
+    return marked
 
 
 def panels_for(pixels: np.ndarray, maps: ModelMaps, index: int, stem: str, class_label: str,
-               alpha: float) -> list[Panel]:
+               alpha: float, query: Query = None) -> list[Panel]:
     """The pictures of image ``index`` of a batch: the crop, one context and one attention
-    map per stage (the stage's deepest), the CAM."""
+    map per stage (the stage's deepest), the CAM. With a ``query``, the attention panels
+    mark the query token; a flat map's panel says so in its title (and :attr:`Panel.flat`)."""
     panels = [Panel("input", pixels.astype(np.float32) / 255, f"{stem}_input.png")]
     for kind, named in (("context", maps.context), ("attention", maps.attention)):
         for stage, (name, heat) in last_per_stage(named).items():
-            panels.append(Panel(f"{kind} {stage}", overlay(pixels, heat[index], alpha),
-                                f"{stem}_{kind}_{stage.replace('.', '')}.png"))
-    panels.append(Panel(f"CAM: {class_label}", overlay(pixels, maps.cam[index], alpha), f"{stem}_cam.png"))
+            picture = overlay(pixels, heat[index], alpha)
+            if kind == "attention" and query is not None:
+                picture = mark_point(picture, query_pixel(query, tuple(heat.shape[1:]), pixels.shape[:2]))
+            panels.append(_map_panel(f"{kind} {stage}", heat[index], picture,
+                                     f"{stem}_{kind}_{stage.replace('.', '')}.png"))
+    cam = maps.cam[index]
+    panels.append(_map_panel(f"CAM: {class_label}", cam, overlay(pixels, cam, alpha), f"{stem}_cam.png"))
     return panels
+
+
+def _map_panel(title: str, heat: torch.Tensor, picture: np.ndarray, file: str) -> Panel:
+    """The panel of one map; a flat one says so under its title."""
+    flat = is_flat(heat.numpy())
+    return Panel(title + (f"\n({FLAT_NOTE})" if flat else ""), picture, file, flat)
 
 
 def _pyplot():
@@ -279,7 +321,7 @@ def contact_sheet(rows: list[list[Panel]], path: Path, title: str) -> Path:
     """One figure: a row of panels per image."""
     plt = _pyplot()
     columns = max(len(r) for r in rows)
-    figure, axes = plt.subplots(len(rows), columns, figsize=(2.2 * columns, 2.4 * len(rows) + 0.4), squeeze=False)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(2.2 * columns, 2.6 * len(rows) + 0.4), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for r, panels in enumerate(rows):

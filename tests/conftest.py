@@ -14,9 +14,9 @@ EFFICIENTMOD_VARIANTS = ["efficientmod_xxs", "efficientmod_xs", "efficientmod_s"
 
 
 def draw_reference_weights(layout, seed: int) -> dict[str, torch.Tensor]:
-    """The weight-drawing procedure of ``shared/reference/README.md``: one float64 normal
-    draw per ``[key, shape]`` in layout order, scaled by 1/sqrt(fan-in) for matrices,
-    1 + 0.1·r for norm weights and 0.1·r otherwise."""
+    """The weights the reference figures were computed with (``tests/reference/README.md``):
+    one float64 normal draw per ``[key, shape]`` in layout order, scaled by 1/sqrt(fan-in)
+    for matrices, 1 + 0.1·r for norm weights and 0.1·r otherwise."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in layout:
@@ -29,6 +29,20 @@ def draw_reference_weights(layout, seed: int) -> dict[str, torch.Tensor]:
             r = 0.1 * r
         state[key] = r
     return state
+
+
+def smallest_fast(names) -> list:
+    """``names`` as pytest parameters, all but the first (smallest: the registry lists each
+    family smallest first) variant of each family marked ``slow``: the fast tier sees every
+    family once, the full suite every variant."""
+    from efficientmod import model_info
+
+    seen, params = set(), []
+    for name in names:
+        family = model_info(name).family
+        params.append(pytest.param(name, marks=() if family not in seen else pytest.mark.slow))
+        seen.add(family)
+    return params
 
 
 def reference_input(shape, seed: int) -> torch.Tensor:

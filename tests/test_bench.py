@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import sys
 import time
 import types
@@ -290,8 +291,10 @@ def test_cli_end_to_end_writes_json_csv_and_plot(tmp_path, capsys):
         ("efficientmod_xxs", "torch-cpu"), ("efficientmod_xxs", "ort-cpu"),
         ("timm:mobilevit_xxs", "torch-cpu"), ("timm:mobilevit_xxs", "ort-cpu")]
     for r in rows:
-        assert r["error"] == "" and r["latency_runs"] == 3 and r["latency_ms_median"] > 0
-        assert r["throughput_batch"] == 2 and r["throughput_img_s"] > 0 and r["input_size"] == [3, 64, 64]
+        assert r["error"] == "" and r["latency_runs"] == 3 and r["input_size"] == [3, 64, 64]
+        assert 0 < r["latency_ms_min"] <= r["latency_ms_median"] <= r["latency_ms_p90"] < math.inf
+        assert r["latency_ms_min"] <= r["latency_ms_mean"] <= r["latency_ms_p90"]  # 3 runs: p90 lies near the max
+        assert r["throughput_batch"] == 2 and 0 < r["throughput_img_s"] < math.inf
     assert rows[0]["params"] == 4_736_264 and rows[0]["top1"] == 76.0
     assert data["settings"]["threads"] == 1 and data["environment"]["torch"] == torch.__version__
     if not torch.cuda.is_available():

@@ -41,7 +41,8 @@ def test_fpn_levels_follow_feature_info(name):
     with torch.no_grad():
         levels = fpn(torch.rand(1, 3, side, side))
     assert list(levels)[:-1] == fpn.feature_names
-    for level, stride in zip(levels.values(), fpn.strides):
+    assert len(levels) == len(fpn.strides) == len(fpn.feature_names) + 1  # the FPN levels and the pooled one
+    for level, stride in zip(levels.values(), fpn.strides, strict=True):
         assert level.shape == (1, 16, math.ceil(side / stride), math.ceil(side / stride))
 
 
@@ -66,7 +67,10 @@ def test_mask_rcnn_trains_and_predicts_on_every_family(name):
     sum(losses.values()).backward()
     last_stage = model.backbone.body.model.feature_info[-1]["module"]
     grads = [p.grad for n, p in model.backbone.body.model.named_parameters() if n.startswith(last_stage)]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    # the loss reaches the last stage: every parameter there gets a finite gradient, and not all are zero
+    # (EfficientViT zero-initialises the last norm of each residual branch, so most of its own are, at first)
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.any() for g in grads)
     model.eval()
     with torch.no_grad():
         outputs = model(images)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from efficientmod.cli import main
-from efficientmod.dense.coco import CocoInstances
+from efficientmod.dense.coco import CocoInstances, _rle_string_counts, require_pycocotools
 from efficientmod.dense.data import Skipped
 from efficientmod.dense.detection import build_detector, detection_loss, evaluate_coco, to_coco_results
 from efficientmod.dense.engine import DenseTrainConfig, build_scheduler, train
@@ -49,6 +51,7 @@ def _log(run) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_det_train_lowers_the_loss_and_reaches_a_useful_map(trained):
     log = _log(trained)
     assert [row["epoch"] for row in log] == [1, 2, 3, 4, 5] and log[-1]["step"] == 60
@@ -59,6 +62,7 @@ def test_det_train_lowers_the_loss_and_reaches_a_useful_map(trained):
     assert report["bbox_mAP_50"] >= report["bbox_mAP"]
 
 
+@pytest.mark.slow
 def test_det_eval_cli_reproduces_the_training_evaluation(trained, shapes, tmp_path):
     _, (val_images, val_annotations) = shapes
     assert main(["det", "eval", "--checkpoint", str(trained), "--images", str(val_images), "--annotations",
@@ -68,6 +72,7 @@ def test_det_eval_cli_reproduces_the_training_evaluation(trained, shapes, tmp_pa
     assert again["segm_mAP"] == pytest.approx(first["segm_mAP"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_det_predict_writes_drawings_and_json(trained, shapes, tmp_path):
     _, (val_images, _) = shapes
     output = tmp_path / "predictions"
@@ -87,6 +92,7 @@ def test_det_predict_writes_drawings_and_json(trained, shapes, tmp_path):
             assert detection["mask_rle"]["size"] == [record["height"], record["width"]]
 
 
+@pytest.mark.slow
 def test_det_train_resumes_from_its_checkpoint(trained, shapes, tmp_path):
     (images, annotations), _ = shapes
     shutil.copy(trained / "last.pth", tmp_path / "last.pth")
@@ -148,6 +154,113 @@ def test_coco_bad_entries_are_skipped_and_counted(tmp_path):
     assert 0 <= report["bbox_mAP"] <= 1
 
 
+def _rle(mask: np.ndarray) -> dict:
+    """``mask`` as a compressed COCO RLE, as JSON holds it."""
+    rle = require_pycocotools().encode(np.asfortranarray(mask.astype(np.uint8)))
+    return dict(size=list(rle["size"]), counts=rle["counts"].decode("ascii"))
+
+
+def test_rle_string_counts_are_the_runs_pycocotools_encodes():
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        mask = rng.random((height, width)) < rng.random()
+        if trial % 5 == 0:
+            mask[:] = trial % 2  # one run only
+        flat = mask.T.reshape(-1)  # column-major, runs of 0s first
+        edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        if flat[0]:
+            runs = [0] + runs
+        assert _rle_string_counts(_rle(mask)["counts"]) == runs
+    assert _rle_string_counts("01{") is None  # ends inside a count ('{' = 75: more groups follow)
+    assert _rle_string_counts("0 1") is None  # ' ' is below the alphabet
+
+
+def test_coco_malformed_fields_are_skipped_and_name_their_record(tmp_path):
+    images, annotation_file = make_shapes_coco(tmp_path, 3, 64, seed=4)
+    data = json.loads(annotation_file.read_text())
+    disc = np.hypot(*np.meshgrid(np.arange(64) - 30, np.arange(64) - 20)) < 8  # a disc at (30, 20)
+    good_rle = _rle(disc)
+    base = dict(image_id=1, category_id=2, bbox=[22, 12, 16, 16], iscrowd=0, segmentation=good_rle)
+    data["annotations"] += [
+        dict(base, id=200),  # a compressed RLE: its own mask is used
+        dict(base, id=201, segmentation=dict(good_rle, counts="!!not an rle")),
+        dict(base, id=202, segmentation=dict(size=[64, 64], counts=[100, 20])),  # covers 120 of 4096 pixels
+        dict(base, id=203, segmentation=dict(size=[64, 64], counts=[4000, -4, 100])),
+        dict(base, id=204, segmentation=dict(good_rle, size=[32, 32])),  # not the image's size
+        dict(base, id=205, segmentation=[[1, 2, "x", 4, 5, 6]]),
+        dict(base, id=206, iscrowd="no"),
+        dict(base, id=207, area="large"),
+        dict(base, category_id="2"),  # no id
+        dict(base, id=200),  # id taken
+        dict(base, id=208, image_id=[1]),
+        dict(base, id=209, category_id=None),
+        dict(base, id=210, iscrowd=True),  # a bool is 0 / 1: kept
+    ]
+    data["images"] += [dict(id=4, file_name="00001.jpg", width="64", height=64),
+                       dict(file_name="00002.jpg", width=64, height=64),
+                       dict(id=None, file_name="00002.jpg", width=64, height=64)]
+    annotation_file.write_text(json.dumps(data))
+    dataset = CocoInstances(images, annotation_file, train=True)
+    assert dict(dataset.skipped) == {
+        "unusable mask (box used)": 5,
+        "iscrowd is not 0 or 1": 1,
+        "area is not a non-negative number": 1,
+        "annotation without an integer id": 1,
+        "annotation id listed twice": 1,
+        "annotation of an unknown or missing image": 1,
+        "category id out of range": 1,
+        "malformed image entry": 3,
+    }
+    first = dataset.skipped.first
+    count = len(data["annotations"])
+    assert first["unusable mask (box used)"] == f"{annotation_file.name} annotations[{count - 12}] (id 201)"
+    assert first["iscrowd is not 0 or 1"] == f"{annotation_file.name} annotations[{count - 7}] (id 206)"
+    assert first["annotation without an integer id"] == f"{annotation_file.name} annotations[{count - 5}]"
+    assert first["malformed image entry"] == f"{annotation_file.name} images[3] (id 4)"
+    assert f"1 × iscrowd is not 0 or 1 (first: {annotation_file.name} annotations[{count - 7}] (id 206))" in str(
+        dataset.skipped)
+
+    # every kept mask decodes: nothing is left to fail in the middle of a run
+    for index in range(len(dataset)):
+        _, target = dataset[index]
+        assert target["masks"].shape == (len(target["boxes"]), 64, 64)
+    kept = {a["id"]: a for a in dataset.annotations[1]}
+    assert kept[210]["iscrowd"] == 1 and 206 not in kept and 207 not in kept
+    _, target = dataset[dataset.ids.index(1)]
+    from_rle = [m for m in target["masks"] if int(m.sum()) == int(disc.sum())]
+    disc = torch.from_numpy(disc)
+    assert len(from_rle) == 1 and any(torch.equal(from_rle[0].bool(), d) for d in (disc, disc.flip(-1)))  # random flip
+
+
+def test_coco_records_that_would_shift_labels_are_refused(tmp_path):
+    images, annotation_file = make_shapes_coco(tmp_path, 2, 64)
+    data = json.loads(annotation_file.read_text())
+    cases = {
+        "categories[1] has no integer 'id'": dict(data, categories=[dict(id=1), dict(name="x"), dict(id=3)]),
+        "categories[0] has no integer 'id'": dict(data, categories=[dict(id="1")]),
+        "category id 2 is listed twice (categories[1] and categories[2])":
+            dict(data, categories=[dict(id=1), dict(id=2), dict(id=2)]),
+        "image id 2 is listed twice (images[1] and images[2])":
+            dict(data, images=data["images"] + [dict(data["images"][1])]),
+    }
+    for message, broken in cases.items():
+        path = tmp_path / "broken.json"
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=re.escape(f"broken.json: {message}")):
+            CocoInstances(images, path)
+    assert main(["det", "train", "--images", str(images), "--annotations", str(path),
+                 "--output", str(tmp_path / "run")]) == 2
+
+
+def test_coco_image_whose_size_differs_from_its_record_is_skipped_when_loaded(tmp_path):
+    images, annotation_file = make_shapes_coco(tmp_path, 2, 64)
+    Image.new("RGB", (48, 64)).save(images / "00002.jpg")
+    dataset = CocoInstances(images, annotation_file)
+    assert dataset[1] == Skipped("image size differs from its record", str(images / "00002.jpg"))
+
+
 def test_unusable_annotation_files_give_clear_errors(tmp_path):
     images, annotation_file = make_shapes_coco(tmp_path, 2, 64)
     with pytest.raises(FileNotFoundError, match="annotation file not found"):
@@ -164,6 +277,7 @@ def test_unusable_annotation_files_give_clear_errors(tmp_path):
                  "--output", str(tmp_path / "run")]) == 2
 
 
+@pytest.mark.slow
 def test_retinanet_trains_and_evaluates(shapes, tmp_path):
     (images, annotations), (val_images, val_annotations) = shapes
     torch.manual_seed(0)

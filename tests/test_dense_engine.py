@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -111,6 +112,22 @@ def test_unknown_amp_choice_is_refused():
         DenseTrainConfig(amp="fp8")
 
 
+class SomeUnreadable(NoisyPoints):
+    """NoisyPoints whose points 3 and 7 are unreadable files."""
+
+    def __getitem__(self, index: int):
+        return Skipped("unreadable image file", f"{index}.jpg") if index in (3, 7) else super().__getitem__(index)
+
+
+def test_the_run_counts_skipped_samples_and_names_the_first(tmp_path, capsys):
+    config = DenseTrainConfig(epochs=1, batch_size=4, lr=1e-2, warmup_steps=0, workers=0, seed=1)
+    summary = train(nn.Linear(3, 3), SomeUnreadable(), config, squared_error, tmp_path,
+                    runtime=Runtime(0, 1, torch.device("cpu")))
+    assert summary["skipped"] == {"unreadable image file": 2} and summary["steps"] == 3
+    # the epoch's line names the first of them to be drawn (the order is shuffled)
+    assert re.search(r"skipped: 2 × unreadable image file \(first: [37]\.jpg\)", capsys.readouterr().err)
+
+
 DISTRIBUTED_SCRIPT = textwrap.dedent("""
     import pathlib, sys, torch, torch.distributed as dist, torch.nn as nn
     from efficientmod.dense.engine import DenseTrainConfig, train
@@ -162,6 +179,7 @@ def _torchrun(tmp_path, trap: str) -> list[str]:
     return [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
 
 
+@pytest.mark.slow
 def test_ranks_skip_together_when_one_has_nothing_to_train_on(tmp_path):
     """Rank 1's first batch is empty and it has no earlier batch to repeat: both ranks skip
     that step (before, rank 0 waited forever in DDP's all-reduce)."""
@@ -171,6 +189,7 @@ def test_ranks_skip_together_when_one_has_nothing_to_train_on(tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     lines = _torchrun(tmp_path, "nan")
     assert len(lines) == 2 and all(line.startswith("stopped: the loss is not finite at step 0") for line in lines)

@@ -2,11 +2,13 @@
 with bad entries, and ``efficientmod seg train|eval|predict`` end to end on synthetic shapes."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,6 +114,28 @@ def test_ade_bad_entries_are_skipped_and_counted(tmp_path):
         AdeSegmentation(root, "validation", NUM_CLASSES)
 
 
+def test_ade_unreadable_or_multichannel_label_maps_are_skipped_and_named(tmp_path):
+    root = make_shapes_ade(tmp_path, 5, 64, seed=3, split="training")
+    labels = root / "annotations" / "training"
+    (labels / "00000.png").write_bytes(b"\x89PNG broken")  # unreadable
+    Image.new("RGB", (64, 64)).save(labels / "00001.png")  # three channels
+    (labels / "00002.png").write_bytes((labels / "00003.png").read_bytes()[:60])  # truncated
+    (root / "images" / "training" / "00004.jpg").unlink()  # a label map without an image
+    dataset = AdeSegmentation(root, "training", NUM_CLASSES, resize=(256, 64))
+    assert [dataset[i] for i in range(3)] == [
+        Skipped("unreadable label map", str(labels / "00000.png")),
+        Skipped("label map is not single-channel", str(labels / "00001.png")),
+        Skipped("unreadable label map", str(labels / "00002.png"))]
+    assert dataset.skipped.first == {"label map without an image": str(labels / "00004.png")}
+    model = build_segmenter("efficientmod_xxs", NUM_CLASSES, fpn_channels=16, head_channels=16)
+    report = evaluate_segmentation(model, dataset, workers=0)
+    assert report["images"] == 1 and report["skipped"] == {
+        "label map without an image": 1, "unreadable label map": 2, "label map is not single-channel": 1}
+    assert report["skipped_first"] == {
+        "label map without an image": str(labels / "00004.png"), "unreadable label map": str(labels / "00000.png"),
+        "label map is not single-channel": str(labels / "00001.png")}
+
+
 def test_seg_cli_trains_evaluates_and_predicts(ade, tmp_path):
     run = tmp_path / "run"
     assert main(["seg", "train", "--data", str(ade), "--val-split", "validation", *TINY_SEGMENTER,
@@ -142,6 +166,7 @@ def test_seg_cli_trains_evaluates_and_predicts(ade, tmp_path):
         assert record["class_fractions"]["0"] > 0.5  # mostly background
 
 
+@pytest.mark.slow
 def test_seg_train_runs_data_parallel_under_torchrun(ade, tmp_path):
     """Two gloo processes on the CPU: each trains on half the data, rank 0 writes the run."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -156,13 +181,37 @@ def test_seg_train_runs_data_parallel_under_torchrun(ade, tmp_path):
     assert not any(key.startswith("module.") for key in state["model"])  # the unwrapped model is saved
 
 
-@pytest.mark.parametrize("task", ["det", "seg"])
-def test_speed_script_measures_both_modes(task):
-    from efficientmod.dense.speed import measure
+@pytest.mark.parametrize("task", [pytest.param("det", marks=pytest.mark.slow), "seg"])
+def test_speed_script_measures_both_modes(task, monkeypatch):
+    """images/s = timed steps × batch / the seconds they took: the steps are counted (forward
+    passes of the model), the seconds come from a stand-in clock; training changes the
+    weights, inference does not."""
+    from efficientmod.dense import speed
 
-    for mode in ("train", "infer"):
-        result = measure(task, mode, "efficientmod_xxs", batch_size=1, size=(64, 96), steps=1, warmup=0, device="cpu")
-        assert result["images_per_second"] > 0 and result["size"] == [64, 96] and result["device"] == "cpu"
+    built, forwards = [], []
+
+    def counting(build):
+        def wrapped(*args, **kwargs):
+            model = build(*args, **kwargs)
+            model.register_forward_pre_hook(lambda *_: forwards.append(1))
+            built.append((model, copy.deepcopy(model.state_dict())))
+            return model
+        return wrapped
+
+    monkeypatch.setattr(speed, "build_detector", counting(speed.build_detector))
+    monkeypatch.setattr(speed, "build_segmenter", counting(speed.build_segmenter))
+    for mode, seconds in (("train", 2.5), ("infer", 0.5)):
+        clock = iter([100.0, 100.0 + seconds])
+        monkeypatch.setattr(speed, "time", SimpleNamespace(perf_counter=lambda clock=clock: next(clock)))
+        forwards.clear()
+        result = speed.measure(task, mode, "efficientmod_xxs", batch_size=1, size=(64, 96), steps=2, warmup=1,
+                               device="cpu")
+        assert len(forwards) == 1 + 2  # the warm-up step, then the timed ones
+        assert result["images_per_second"] == round(2 * 1 / seconds, 2)
+        assert result["size"] == [64, 96] and result["batch_size"] == 1 and result["device"] == "cpu"
+        model, initial = built[-1]
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])]
+        assert bool(changed) == (mode == "train")
 
 
 def test_frozen_backbone_options_survive_the_checkpoint_round_trip(ade, tmp_path):

@@ -117,8 +117,10 @@ def test_features_only_model_deploys():
     deployed = efficientmod.deploy(copy.deepcopy(model))
     x = torch.randn(*INPUT)
     with torch.no_grad():
-        for a, b in zip(model(x), deployed(x)):
-            assert (a - b).abs().max().item() <= TOLERANCE
+        expected, actual = model(x), deployed(x)
+    assert len(expected) == len(actual) == len(model.feature_info.channels()) == 4  # a lost map would pass zip
+    for a, b in zip(expected, actual, strict=True):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= TOLERANCE
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (deployment's GPU path)")

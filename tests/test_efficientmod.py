@@ -9,7 +9,7 @@ import efficientmod
 from conftest import EFFICIENTMOD_VARIANTS, draw_reference_weights, reference_input
 
 OFFICIAL_PARAMS = {
-    "efficientmod_xxs": 4_736_264,  # 4.736 M, SYSTEM.md / the official code
+    "efficientmod_xxs": 4_736_264,  # the official code's count (the paper rounds it to 4.7 M)
     "efficientmod_xs": 6_627_544,
     "efficientmod_s": 12_897_184,
     "efficientmod_s_conv": 12_872_336,
@@ -128,11 +128,31 @@ def test_initialisation_follows_the_official_code():
 
 
 def test_training_step_runs_with_stochastic_depth():
-    model = efficientmod.create_model("efficientmod_xxs", num_classes=5, drop_path_rate=0.2)
-    model.train()
-    loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 3]))
-    loss.backward()
-    assert all(p.grad is not None for p in model.parameters())
+    model = efficientmod.create_model("efficientmod_xxs", num_classes=5, drop_path_rate=0.2).train()
+    plain = efficientmod.create_model("efficientmod_xxs", num_classes=5, drop_path_rate=0.0).train()
+    plain.load_state_dict(model.state_dict())
+    x, targets = torch.randn(2, 3, 64, 64), torch.tensor([0, 3])
+
+    def forward(net: torch.nn.Module, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return net(x)
+
+    def step(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(forward(net, seed), targets).backward()
+        return {name: p.grad for name, p in net.named_parameters()}
+
+    # residual branches are dropped at random in training: the output depends on the draw
+    with torch.no_grad():
+        assert torch.equal(forward(model, 1), forward(model, 1)) and not torch.equal(forward(model, 1), forward(model, 2))
+        assert torch.equal(forward(plain, 1), forward(plain, 2))  # without stochastic depth it does not
+    # every parameter gets a finite gradient; without stochastic depth none is zero, with it only
+    # those of branches dropped for the whole batch are, never the stem's, the head's or the first block's
+    with_drops, without = step(model, 1), step(plain, 1)
+    assert all(g is not None and torch.isfinite(g).all() for g in [*with_drops.values(), *without.values()])
+    assert all(g.any() for g in without.values())
+    zero = [name for name, g in with_drops.items() if not g.any()]
+    assert zero and all(".blocks." in name and not name.startswith("stages.0.blocks.0.") for name in zero)
 
 
 @pytest.mark.parametrize("shape", [(3, 64, 64), (1, 4, 64, 64), (1, 3, 64, 48), (1, 3, 0, 64)])

@@ -12,12 +12,13 @@ from efficientmod.models.efficientmod import FusedModulationBlock
 from efficientmod.export import (
     ExportVerificationError, export_onnx, export_verified, read_onnx_metadata, verify_onnx,
 )
+from conftest import smallest_fast
 from test_deploy import ALL_MODELS, random_model
 
 SMALL = (3, 64, 64)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", smallest_fast(ALL_MODELS))
 def test_every_deployed_variant_exports_and_verifies(name, tmp_path):
     model = efficientmod.deploy(random_model(name))
     path = tmp_path / f"{name}.onnx"

@@ -30,7 +30,9 @@ FAMILIES = {
     "mobilevitv2": (mobilevitv2.convert_timm, 128, 64),
 }
 VARIANTS = [(family, name) for family in FAMILIES for name in efficientmod.list_models(family=family)]
-IDS = [name for _, name in VARIANTS]
+# the two whole-network comparisons: the smallest variant of each family in the fast tier, every one in the full suite
+SWEEP = [pytest.param(family, name, id=name, marks=pytest.mark.slow if index else ())
+         for family in FAMILIES for index, name in enumerate(efficientmod.list_models(family=family))]
 
 
 @torch.no_grad()
@@ -75,7 +77,7 @@ def max_logit_difference(reference, ours, size: int, dtype, batch: int = 2) -> f
     return (reference(x) - ours(x)).abs().max().item()
 
 
-@pytest.mark.parametrize("family,name", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("family,name", SWEEP)
 def test_logits_equal_timm(family, name):
     reference, ours = timm_and_ours(name)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
@@ -86,7 +88,7 @@ def test_logits_equal_timm(family, name):
     assert max_logit_difference(reference, ours, other_size, torch.float32) < 1e-4
 
 
-@pytest.mark.parametrize("family,name", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("family,name", SWEEP)
 def test_one_sgd_step_equals_timm(family, name):
     """Training mode (BN batch statistics, running-stat updates, backward through the
     cascaded / separable attention): one SGD step leaves both models in the same state."""

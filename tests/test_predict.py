@@ -84,8 +84,9 @@ def test_onnx_predictions_match_the_deployed_model(pretrained, images, tmp_path,
     from_torch = parse_top(capsys.readouterr().out)
     assert main(["predict", str(onnx_path), *paths]) == 0
     from_onnx = parse_top(capsys.readouterr().out)
+    assert list(from_torch) == list(from_onnx) == paths and all(from_torch.values())  # both images, with classes
     assert [[n for _, n in rows] for rows in from_onnx.values()] == [[n for _, n in rows] for rows in from_torch.values()]
-    for a, b in zip(from_onnx.values(), from_torch.values()):
+    for a, b in zip(from_onnx.values(), from_torch.values(), strict=True):
         assert [p for p, _ in a] == pytest.approx([p for p, _ in b], abs=0.02)
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -97,6 +98,7 @@ def _weights_after_run(out: Path) -> dict:
     return load(out / "last.pth")["model"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_repeats_the_uninterrupted_run(folder, tmp_path):
     args = [*TINY, "--data", str(folder), "--epochs", "2", "--ckpt-steps", "2", "--drop-path", "0.1",
             "--no-tensorboard"]
@@ -225,11 +227,27 @@ def test_help_documents_every_option(capsys):
     assert "torchrun" in text
 
 
-def test_synthetic_benchmark_measures_images_per_second(tmp_path):
+def test_synthetic_benchmark_measures_images_per_second(tmp_path, monkeypatch):
+    """A stand-in clock on which each training step takes 0.25 s and fetching a batch no time:
+    2 timed steps of 2 images (after the 10 warm-up steps) are 4 images in 0.5 s."""
+    import efficientmod.train as train_module
+
+    now, steps = [0.0], []
+    real_step = Trainer.train_step
+
+    def timed_step(self, *args, **kwargs):
+        steps.append(1)
+        now[0] += 0.25
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     cfg = TrainConfig(model="efficientmod_xxs", img_size=32, batch_size=2, synthetic=True, num_classes=4,
                       benchmark_steps=2, output=str(tmp_path / "bench"))
     result = Trainer(cfg).fit()
-    assert result["img_per_s"] > 0 and result["data"] == "synthetic"
+    assert len(steps) == 10 + 2
+    assert result["img_per_s"] == pytest.approx(8.0) and result["data_wait_share"] == 0
+    assert (result["steps"], result["batch_size"], result["processes"], result["data"]) == (2, 2, 1, "synthetic")
     assert not (tmp_path / "bench").exists()  # measuring writes no run folder
 
 
@@ -267,6 +285,7 @@ def test_every_family_trains_with_layer_decay_and_drop_path(name):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
+@pytest.mark.slow
 def test_demo_life_cycle(tmp_path, capsys):
     """One epoch of the digits demo (below its 95% target, so exit status 1): trained,
     reloaded, evaluated, exported, checked in ONNX Runtime, benchmarked."""

@@ -156,10 +156,11 @@ def test_cli_writes_a_png_per_map_and_a_contact_sheet(photo, tmp_path, capsys):
     assert main(["viz", "efficientmod_xxs", str(photo), "-o", str(tmp_path), "--img-size", "64",
                  "--query", "0.5,0.5"]) == 0
     written = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert written == ["chelsea_attention_stages2.png", "chelsea_attention_stages3.png", "chelsea_cam.png",
-                       "chelsea_context_stages0.png", "chelsea_context_stages1.png", "chelsea_context_stages2.png",
-                       "chelsea_context_stages3.png", "chelsea_input.png", "contact_sheet.png"]
-    assert Image.open(tmp_path / "chelsea_cam.png").size == (64, 64)
+    assert written == [f"efficientmod_xxs_{name}.png" for name in (
+        "chelsea_attention_stages2", "chelsea_attention_stages3", "chelsea_cam", "chelsea_context_stages0",
+        "chelsea_context_stages1", "chelsea_context_stages2", "chelsea_context_stages3", "chelsea_input",
+        "contact_sheet")]
+    assert Image.open(tmp_path / "efficientmod_xxs_chelsea_cam.png").size == (64, 64)
     assert "random" in capsys.readouterr().err
 
 
@@ -169,7 +170,8 @@ def test_cli_uses_a_save_pretrained_checkpoint_and_its_class_names(photo, tmp_pa
     out = tmp_path / "maps"
     assert main(["viz", "efficientmod_xxs", str(photo), str(photo), "--checkpoint", str(tmp_path / "run"),
                  "-o", str(out), "--img-size", "64"]) == 0
-    assert (out / "00_chelsea_cam.png").exists() and (out / "01_chelsea_cam.png").exists()
+    assert (out / "efficientmod_xxs_00_chelsea_cam.png").exists()
+    assert (out / "efficientmod_xxs_01_chelsea_cam.png").exists()
     with torch.no_grad():
         predicted = model(compute_input(photo)).argmax().item()
     assert f"chelsea.png: predicted {['cat', 'dog', 'fish'][predicted]}" in capsys.readouterr().out
@@ -200,3 +202,63 @@ def test_cli_checks_every_image_before_writing_any_map(photo, tmp_path, capsys):
     out = tmp_path / "maps"
     assert main(["viz", "efficientmod_xxs", str(photo), str(tmp_path / "missing.png"), "-o", str(out)]) == 2
     assert "no image file" in capsys.readouterr().err and not out.exists()
+
+
+def test_two_models_in_one_folder_keep_their_own_files(photo, tmp_path, capsys):
+    for model in ("efficientmod_xxs", "efficientvit_m0"):
+        assert main(["viz", model, str(photo), "-o", str(tmp_path), "--img-size", "64"]) == 0
+    assert main(["viz", "efficientmod_xxs", str(photo), "-o", str(tmp_path), "--img-size", "64",
+                 "--ablation", "van"]) == 0
+    names = {p.name for p in tmp_path.glob("*.png")}
+    for prefix in ("efficientmod_xxs", "efficientvit_m0", "efficientmod_xxs-van"):
+        assert {f"{prefix}_contact_sheet.png", f"{prefix}_chelsea_cam.png", f"{prefix}_chelsea_input.png"} <= names
+    xxs, vit = (np.asarray(Image.open(tmp_path / f"{m}_chelsea_cam.png"))
+                for m in ("efficientmod_xxs", "efficientvit_m0"))
+    assert not np.array_equal(xxs, vit)  # neither run overwrote the other's map
+    assert len(names) == 9 + 6 + 9  # input, CAM, sheet and xxs: 4 context + 2 attention, m0: 3 attention
+
+
+def test_query_point_is_marked_on_the_attention_panels_only():
+    from efficientmod.viz import ModelMaps, mark_point, panels_for, query_pixel
+
+    # the token attention_map reads, stretched over the image: (1, 0.5) on a 2×3 grid is row 1, column 1
+    assert query_pixel((1.0, 0.5), (2, 3), (64, 96)) == (1.5 * 32 - 0.5, 1.5 * 32 - 0.5)
+    assert query_pixel((0.0, 0.0), (4, 4), (64, 64)) == (7.5, 7.5)
+    picture = np.full((64, 64, 3), 0.5)
+    marked = mark_point(picture, (20.0, 30.0))
+    assert (marked[20, 30] == 1).all() and (marked[20, 30 + 4] == 1).all()  # the dot and the ring (radius 3..4.5)
+    assert (marked[20, 30 + 5] == 0).all() and (marked[20, 30 + 7] == 0.5).all()  # its black edge, then untouched
+    assert (picture == 0.5).all()  # the picture itself is not drawn on
+
+    torch.manual_seed(0)
+    maps = ModelMaps(context={"stages.0.blocks.1": torch.rand(1, 4, 6)},
+                     attention={"stages.2.blocks.0": torch.rand(1, 2, 3)}, cam=torch.rand(1, 2, 3))
+    pixels = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    plain = {p.title: p.picture for p in panels_for(pixels, maps, 0, "x", "cat", 0.5)}
+    queried = {p.title: p.picture for p in panels_for(pixels, maps, 0, "x", "cat", 0.5, query=(1.0, 0.5))}
+    changed = {title for title in plain if not np.array_equal(plain[title], queried[title])}
+    assert changed == {"attention stages.2"}
+    expected = mark_point(plain["attention stages.2"], query_pixel((1.0, 0.5), (2, 3), (HEIGHT, WIDTH)))
+    np.testing.assert_array_equal(queried["attention stages.2"], expected)
+
+
+def test_flat_maps_are_said_to_carry_no_signal(photo, tmp_path, capsys):
+    from efficientmod.viz import ModelMaps, panels_for
+
+    maps = ModelMaps(attention={"stages.1.blocks.0": torch.full((1, 2, 3), 1 / 6),
+                                "stages.2.blocks.0": torch.rand(1, 2, 3)}, cam=torch.zeros(1, 2, 3))
+    panels = panels_for(np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8), maps, 0, "x", "cat", 0.5)
+    assert [(p.title, p.flat) for p in panels] == [
+        ("input", False), ("attention stages.1\n(flat: no signal)", True), ("attention stages.2", False),
+        ("CAM: cat\n(flat: no signal)", True)]
+
+    # EfficientViT-M0 with random weights: its attention is uniform, and the run says which maps show nothing
+    assert main(["viz", "efficientvit_m0", str(photo), "-o", str(tmp_path), "--img-size", "64",
+                 "--query", "0.5,0.5"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "constant map, no signal" in line]
+    assert len(notes) == 1
+    flat = notes[0].split("note: ")[1].split(": constant map")[0].split(", ")
+    # at 64 px the final map is 1×1, so the CAM is flat too
+    assert flat == ["efficientvit_m0_chelsea_attention_stages1.png", "efficientvit_m0_chelsea_attention_stages2.png",
+                    "efficientvit_m0_chelsea_cam.png"]
+    assert all((tmp_path / name).is_file() for name in flat)

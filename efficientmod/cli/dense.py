@@ -113,6 +113,8 @@ def _write_json(path: Path, data: dict) -> None:
 def _print_metrics(report: dict, keys: list[str]) -> None:
     shown = ", ".join(f"{k} {100 * report[k]:.2f}" for k in keys if k in report)
     print(f"{shown} on {report['images']} image(s); skipped: {report['skipped'] or 'none'}")
+    for reason, where in report.get("skipped_first", {}).items():
+        print(f"first skipped for {reason}: {where}", file=sys.stderr)
 
 
 # -- det ----------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="For each image: per stage the context map ctx(x) of the deepest "
         "modulation block (reduced over channels) and the attention map of the deepest "
         "attention layer, and the Grad-CAM of the predicted class, overlaid on the model's "
-        "evaluation crop. Writes one PNG per map and DIR/contact_sheet.png.",
+        "evaluation crop. Writes one PNG per map, DIR/MODEL_IMAGE_KIND.png, and "
+        "DIR/MODEL_contact_sheet.png, so that several models can share one folder. With --query "
+        "the attention panels mark the query point; a map with no signal (constant) is noted.",
         epilog="examples:\n"
         "  efficientmod viz efficientmod_xxs cat.jpg --checkpoint efficientmod_xxs.pth -o maps/\n"
         "  efficientmod viz efficientmod_xs a.jpg b.jpg --checkpoint run/ --query 0.4,0.6 -o maps/\n"
@@ -91,10 +93,11 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str] | None]:
     return model, None
 
 
-def _stems(images: list[str]) -> list[str]:
-    """File stems, numbered where two images share one."""
+def _stems(images: list[str], prefix: str) -> list[str]:
+    """``prefix`` + file stem, numbered where two images share one."""
     counts = Counter(Path(p).stem for p in images)
-    return [f"{i:02d}_{Path(p).stem}" if counts[Path(p).stem] > 1 else Path(p).stem for i, p in enumerate(images)]
+    return [prefix + (f"{i:02d}_{Path(p).stem}" if counts[Path(p).stem] > 1 else Path(p).stem)
+            for i, p in enumerate(images)]
 
 
 def run_viz(args: argparse.Namespace) -> int:
@@ -116,23 +119,29 @@ def run_viz(args: argparse.Namespace) -> int:
         print(f"efficientmod viz: note: {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    rows, notes, written, has_context = [], [], [], False
-    for path, stem in tqdm(list(zip(args.images, _stems(args.images))), desc="viz", unit="image", file=sys.stderr):
+    rows, notes, written, has_context, flat = [], [], [], False, []
+    prefix = args.model + (f"-{args.ablation}" if args.ablation else "") + "_"  # one folder, several models
+    for path, stem in tqdm(list(zip(args.images, _stems(args.images, prefix), strict=True)), desc="viz", unit="image",
+                           file=sys.stderr):
         pixels, tensor = load_image(path, size, info.crop_pct, info.mean, info.std)
         maps = compute_maps(model, tensor[None], query=query, reduce=args.reduce, target_class=args.target_class)
         predicted = int(maps.classes[0])
         label = class_names[predicted] if class_names else f"class {predicted}"
         print(f"{path}: predicted {label}")
-        panels = panels_for(pixels, maps, 0, stem, label, args.alpha)
+        panels = panels_for(pixels, maps, 0, stem, label, args.alpha, query)
+        flat += [panel.file for panel in panels if panel.flat]
         written += save_panels(panels, output)
         rows.append(panels)
         notes, has_context = maps.notes, bool(maps.context)
     variant = args.model + (f" ({args.ablation} ablation)" if args.ablation else "")
     weights = Path(args.checkpoint).name if args.checkpoint else "random weights"
-    attention = "mean over queries" if query is None else f"query (y, x) = {query}"
+    attention = "mean over queries" if query is None else f"query (y, x) = {query}, ringed"
     described = [variant, weights] + ([f"context: channel {args.reduce}"] if has_context else [])
     described.append(f"attention: {attention}")
-    sheet = contact_sheet(rows, output / "contact_sheet.png", "; ".join(described))
+    sheet = contact_sheet(rows, output / f"{prefix}contact_sheet.png", "; ".join(described))
+    if flat:
+        notes = [*notes, f"{', '.join(flat)}: constant map, no signal (e.g. the uniform weights of an untrained "
+                         "attention layer, or a 1×1 map); drawn in one colour"]
     for note in notes:
         print(f"efficientmod viz: note: {note}", file=sys.stderr)
     print(f"wrote {len(written)} maps and {sheet}")

@@ -25,12 +25,25 @@ class Skipped:
 
 
 class SkipCounter(Counter):
-    """Counts skipped samples or annotations by reason; ``str()`` gives a one-line report."""
+    """Counts skipped samples or annotations by reason; ``str()`` gives a one-line report
+    that names, for each reason, the first file or record skipped for it (see :meth:`add`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first: dict[str, str] = dict(getattr(args[0], "first", {})) if args else {}
+
+    def add(self, reason: str, where: str = "") -> None:
+        """Count one skip for ``reason``; ``where`` names the file / record (the first one is kept)."""
+        self[reason] += 1
+        if where:
+            self.first.setdefault(reason, where)
 
     def __str__(self) -> str:
         if not self:
             return "nothing skipped"
-        return "skipped: " + ", ".join(f"{n} × {reason}" for reason, n in sorted(self.items()))
+        return "skipped: " + ", ".join(
+            f"{n} × {reason}" + (f" (first: {self.first[reason]})" if reason in self.first else "")
+            for reason, n in sorted(self.items()))
 
 
 def read_rgb(path: str | Path) -> Image.Image | Skipped:

@@ -146,14 +146,16 @@ def evaluate_coco(model: nn.Module, dataset: CocoInstances, batch_size: int = 2,
     skipped, results, evaluated = SkipCounter(dataset.skipped), [], []
     loader = make_loader(dataset, batch_size, train=False, workers=workers)
     for images, targets, skipped_now in tqdm(loader, desc="evaluate", file=sys.stderr, leave=False):
-        skipped.update(s.reason for s in skipped_now)
+        for sample in skipped_now:
+            skipped.add(sample.reason, sample.path)
         if not images:
             continue
         for output, target in zip(detect(model, images), targets):
             results += to_coco_results(output, target["image_id"], dataset.category_ids)
             evaluated.append(target["image_id"])
     kinds = ["bbox"] + (["segm"] if isinstance(model, MaskRCNN) else [])
-    report = dict(images=len(evaluated), detections=len(results), skipped=dict(skipped), summary="")
+    report = dict(images=len(evaluated), detections=len(results), skipped=dict(skipped),
+                  skipped_first=skipped.first, summary="")
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         ground_truth = COCO()
         ground_truth.dataset = dataset.coco_ground_truth()

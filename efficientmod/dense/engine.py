@@ -241,7 +241,8 @@ def train(
         batches, epoch_start = 0, len(history)
         for inputs, targets, skipped_now in bar:
             batches += 1
-            skipped.update(s.reason for s in skipped_now)
+            for sample in skipped_now:
+                skipped.add(sample.reason, sample.path)
             if inputs:
                 last_usable = inputs, targets
             elif runtime.distributed and last_usable:  # ranks must step together: redo the last batch

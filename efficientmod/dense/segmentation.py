@@ -164,11 +164,12 @@ class AdeSegmentation(Dataset):
         labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == ".png"}
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         self.pairs = [(p, labels[p.stem]) for p in images if p.stem in labels]
-        if len(images) > len(self.pairs):
-            self.skipped["image without a label map"] = len(images) - len(self.pairs)
-        orphans = len(set(labels) - {p.stem for p in images})
-        if orphans:
-            self.skipped["label map without an image"] = orphans
+        for image in images:
+            if image.stem not in labels:
+                self.skipped.add("image without a label map", str(image))
+        image_stems = {p.stem for p in images}
+        for stem in sorted(set(labels) - image_stems):
+            self.skipped.add("label map without an image", str(labels[stem]))
         if not self.pairs:
             raise ValueError(f"no image with a label map in {image_dir} / {label_dir} ({self.skipped})")
 
@@ -311,9 +312,10 @@ def evaluate_segmentation(model: SemanticFPN, dataset: AdeSegmentation, mode: st
     confusion, skipped, evaluated = ConfusionMatrix(model.num_classes), SkipCounter(dataset.skipped), 0
     loader = make_loader(dataset, 1, train=False, workers=workers)
     for images, targets, skipped_now in tqdm(loader, desc="evaluate", file=sys.stderr, leave=False):
-        skipped.update(s.reason for s in skipped_now)
+        for sample in skipped_now:
+            skipped.add(sample.reason, sample.path)
         for image, target in zip(images, targets):
             scores = segment(model, image, mode, crop_size, stride, output_size=tuple(target.shape))
             confusion.update(scores.argmax(0), target)
             evaluated += 1
-    return dict(confusion.metrics(), images=evaluated, skipped=dict(skipped))
+    return dict(confusion.metrics(), images=evaluated, skipped=dict(skipped), skipped_first=skipped.first)
