@@ -11,16 +11,16 @@
   query position (``query=(y, x)`` in [0, 1]) or averaged over all queries (the attention
   each position receives). They are built from what the layer's own projections produced
   (forward hooks), never by changing its forward.
-
-This module imports no model family: each family registers its context modules with
-:func:`register_context_module` and the hooks that read its attention layers with
-:func:`register_attention_reader`, in the "visualisation" section of its own file.
 * **Class-activation map** — Grad-CAM (Selvaraju et al., 2017) on the last feature map:
   ReLU(Σ_c α_c F_c) with α_c the spatial mean of ∂logit/∂F_c; for a global-average-pool +
   linear head this is the CAM of Zhou et al. (2016) up to a positive factor.
 
 Forward hooks only: no model's forward code changes. A model without context modules or
 attention layers gets a note saying so instead of a map.
+
+This module imports no model family: each family registers its context modules with
+:func:`register_context_module` and the hooks that read its attention layers with
+:func:`register_attention_reader`, in the "visualisation" section of its own file.
 """
 from __future__ import annotations
 
