@@ -5,12 +5,12 @@
   context module (EfficientMod's ``ContextBranch``, and the ablation blocks' VAN
   large-kernel attention and FocalNet focal context) and reduces its C-channel output to
   one value per position (``reduce``: channel mean, mean absolute value or L2 norm).
-* **Attention maps** — per attention layer (the hybrid EfficientMod blocks' multi-head
-  self-attention, EfficientViT's cascaded group attention in its windows, MobileViTv2's
-  separable self-attention), the attention weights averaged over heads, read for one
-  query position (``query=(y, x)`` in [0, 1]) or averaged over all queries (the attention
-  each position receives). They are built from what the layer's own projections produced
-  (forward hooks), never by changing its forward.
+* **Attention maps** — per attention layer (:data:`ATTENTION_READERS`: the hybrid
+  EfficientMod blocks' multi-head self-attention, EfficientViT's cascaded group attention
+  in its windows, MobileViTv2's separable self-attention), the attention weights averaged
+  over heads, read for one query position (``query=(y, x)`` in [0, 1]) or averaged over
+  all queries (the attention each position receives). They are built from what the
+  layer's own projections produced (forward hooks), never by changing its forward.
 * **Class-activation map** — Grad-CAM (Selvaraju et al., 2017) on the last feature map:
   ReLU(Σ_c α_c F_c) with α_c the spatial mean of ∂logit/∂F_c; for a global-average-pool +
   linear head this is the CAM of Zhou et al. (2016) up to a positive factor.
