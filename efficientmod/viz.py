@@ -34,8 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ModelMaps", "compute_maps", "register_context_module", "register_attention_reader", "reduce_channels",
-           "attention_map", "check_query", "overlay", "stage_of", "last_per_stage"]
+__all__ = ["ModelMaps", "compute_maps", "CONTEXT_MODULES", "ATTENTION_READERS", "register_context_module",
+           "register_attention_reader", "reduce_channels", "attention_map", "check_query", "overlay", "stage_of",
+           "last_per_stage"]
 
 REDUCTIONS = ("mean", "abs", "norm")
 Query = tuple[float, float] | None  # (y, x) in [0, 1], or None for the mean over queries
