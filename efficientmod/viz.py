@@ -5,22 +5,22 @@
   context module (EfficientMod's ``ContextBranch``, and the ablation blocks' VAN
   large-kernel attention and FocalNet focal context) and reduces its C-channel output to
   one value per position (``reduce``: channel mean, mean absolute value or L2 norm).
-* **Attention maps** — per attention layer (the hybrid EfficientMod blocks' multi-head
-  self-attention, EfficientViT's cascaded group attention in its windows, MobileViTv2's
-  separable self-attention), the attention weights averaged over heads, read for one
-  query position (``query=(y, x)`` in [0, 1]) or averaged over all queries (the attention
-  each position receives). They are built from what the layer's own projections produced
-  (forward hooks), never by changing its forward.
-
-This module imports no model family: each family registers its context modules with
-:func:`register_context_module` and the hooks that read its attention layers with
-:func:`register_attention_reader`, in the "visualisation" section of its own file.
+* **Attention maps** — per attention layer (:data:`ATTENTION_READERS`: the hybrid
+  EfficientMod blocks' multi-head self-attention, EfficientViT's cascaded group attention
+  in its windows, MobileViTv2's separable self-attention), the attention weights averaged
+  over heads, read for one query position (``query=(y, x)`` in [0, 1]) or averaged over
+  all queries (the attention each position receives). They are built from what the
+  layer's own projections produced (forward hooks), never by changing its forward.
 * **Class-activation map** — Grad-CAM (Selvaraju et al., 2017) on the last feature map:
   ReLU(Σ_c α_c F_c) with α_c the spatial mean of ∂logit/∂F_c; for a global-average-pool +
   linear head this is the CAM of Zhou et al. (2016) up to a positive factor.
 
 Forward hooks only: no model's forward code changes. A model without context modules or
 attention layers gets a note saying so instead of a map.
+
+This module imports no model family: each family registers its context modules with
+:func:`register_context_module` and the hooks that read its attention layers with
+:func:`register_attention_reader`, in the "visualisation" section of its own file.
 """
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ModelMaps", "compute_maps", "register_context_module", "register_attention_reader", "reduce_channels",
-           "attention_map", "check_query", "overlay", "stage_of", "last_per_stage"]
+__all__ = ["ModelMaps", "compute_maps", "CONTEXT_MODULES", "ATTENTION_READERS", "register_context_module",
+           "register_attention_reader", "reduce_channels", "attention_map", "check_query", "overlay", "stage_of",
+           "last_per_stage"]
 
 REDUCTIONS = ("mean", "abs", "norm")
 Query = tuple[float, float] | None  # (y, x) in [0, 1], or None for the mean over queries

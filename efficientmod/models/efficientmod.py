@@ -34,7 +34,10 @@ from efficientmod.models.layers import Stage, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, register_variant
 from efficientmod.viz import Emit, Query, attention_map, register_attention_reader, register_context_module
 
-__all__ = ["EfficientModCfg", "EfficientMod", "ModulationBlock", "AttentionBlock", "convert_official"]
+__all__ = [
+    "EfficientModCfg", "EfficientMod", "ModulationBlock", "AttentionBlock", "FusedModulationBlock",
+    "FusedAttentionBlock", "convert_official",
+]
 
 PAPER = "Ma et al., Efficient Modulation for Vision Networks, ICLR 2024, Table 2 (arXiv 2403.19963)"
 

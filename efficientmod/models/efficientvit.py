@@ -40,7 +40,10 @@ from efficientmod.models.layers import ConvNorm, LinearNorm, Stage, drop_path_or
 from efficientmod.models.registry import ModelInfo, register_variant
 from efficientmod.viz import Emit, Query, attention_map, register_attention_reader
 
-__all__ = ["EfficientViTCfg", "EfficientViT", "CascadedGroupAttention", "SandwichBlock", "convert_timm"]
+__all__ = [
+    "EfficientViTCfg", "EfficientViT", "CascadedGroupAttention", "SandwichBlock", "FusedCascadedGroupAttention",
+    "FusedInteractionFFN", "convert_timm",
+]
 
 PAPER = ("Liu et al., EfficientViT: Memory Efficient Vision Transformer with Cascaded Group "
          "Attention, CVPR 2023 (arXiv 2305.07027), ImageNet-1K table")

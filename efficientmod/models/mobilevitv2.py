@@ -37,7 +37,10 @@ from efficientmod.models.layers import ConvNorm, ConvNormAct, drop_path_or_ident
 from efficientmod.models.registry import ModelInfo, register_variant
 from efficientmod.viz import Emit, Query, check_query, register_attention_reader
 
-__all__ = ["MobileViTv2Cfg", "MobileViTv2", "SeparableSelfAttention", "MobileViTv2Block", "convert_timm"]
+__all__ = [
+    "MobileViTv2Cfg", "MobileViTv2", "SeparableSelfAttention", "MobileViTv2Block", "FusedSeparableSelfAttention",
+    "FusedLinearTransformerLayer", "FusedMobileViTv2Block", "convert_timm",
+]
 
 PAPER = ("Mehta & Rastegari, Separable Self-attention for Mobile Vision Transformers, "
          "TMLR 2023 (arXiv 2206.02680), ImageNet-1K table")
