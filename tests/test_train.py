@@ -288,3 +288,22 @@ def test_mixed_precision_channels_last_and_clipping(amp):
     assert torch.isfinite(trainer.train_step(torch.randn(2, 3, 32, 32), torch.tensor([0, 2])))
     assert (trainer.scaler is not None) == (amp == "fp16")  # fp16 needs loss scaling, bf16 does not
     assert trainer.model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_failing_transform_exits_1_naming_file_and_step(folder, tmp_path, monkeypatch, capsys):
+    """A bug in the pipeline (here a step raising ValueError, as Pillow 13's posterize did)
+    is not bad input: exit 1, one line naming the file and the step, not exit 2."""
+    import efficientmod.train as engine
+
+    def broken(cfg, img_size, mean, std):
+        def posterize_zero(image):
+            raise ValueError("bits must be between or equal to 1 and 8")
+
+        from torchvision.transforms import Compose
+        return Compose([posterize_zero])
+
+    monkeypatch.setattr(engine, "train_transform", broken)
+    assert cli("--data", folder, "--output", tmp_path / "out", "--epochs", 1, "--no-tensorboard") == 1
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "internal error" in line]
+    assert err.startswith("efficientmod train: internal error: TransformError: transform function failed on ")
+    assert "bits must be between" in err and str(folder) in err and "posterize_zero" in err
