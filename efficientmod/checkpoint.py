@@ -217,8 +217,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         raise
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None) -> None:
-    """``model.safetensors`` + ``config.json`` (architecture, classes, input, mean/std)."""
+PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None,
+                    preprocessing: dict | None = None) -> None:
+    """``model.safetensors`` + ``config.json`` (architecture, classes, input, mean/std);
+    ``preprocessing`` overrides the registry's input_size / mean / std / interpolation /
+    crop_pct with what the model was actually trained on."""
     from efficientmod.models.registry import model_info
 
     if not model.registry_name:
@@ -240,6 +246,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
         crop_pct=info.crop_pct,
         class_names=class_names,
     )
+    config.update({key: value for key, value in (preprocessing or {}).items() if key in PREPROCESSING_KEYS})
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
     atomic_write(directory / "config.json",
@@ -268,4 +275,5 @@ def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
     model = create_model(config["architecture"], **build)
     load_checkpoint(model, directory, strict=True, ignore_head=new_head)
     model.class_names = None if new_head else config.get("class_names")
+    model.preprocessing = {key: config[key] for key in PREPROCESSING_KEYS if key in config}
     return model

@@ -326,6 +326,13 @@ class DigitsDataset(Dataset):
         return image, int(self.labels[index])
 
 
+def digits_preprocessing(img_size: int) -> dict:
+    """The digits' preprocessing as an image file needs it (a dark-background digit, any
+    size): resize to ``img_size`` (bilinear, as the 8x8 digits are upscaled here), one
+    channel, (x - 0.5) / 0.5 — what ``save_pretrained`` and ONNX metadata record."""
+    return dict(input_size=[1, img_size, img_size], mean=[0.5], std=[0.5], interpolation="bilinear", crop_pct=1.0)
+
+
 def digits_datasets(img_size: int = 32, val_fraction: float = 0.2, max_shift: int = 2, seed: int = 0):
     """(train, val) split of the 1,797 digits, stratified, fixed by ``seed``."""
     from sklearn.datasets import load_digits
