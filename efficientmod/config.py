@@ -67,7 +67,7 @@ class TrainConfig:
     aa: str | None = option("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' disables)", str)
     reprob: float = option(0.25, "random erasing probability", float)
     hflip: float = option(0.5, "horizontal flip probability", float)
-    color_jitter: float = option(0.3, "colour jitter (used only without --aa)", float)
+    color_jitter: float = option(0.4, "colour jitter (used only without --aa)", float)
     train_interpolation: str = option("random", "resize interpolation for training ('random': bilinear "
                                       "or bicubic per image)", str)
     drop_path: float | None = option(None, "stochastic depth rate; default: the variant's value", float)

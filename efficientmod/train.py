@@ -280,7 +280,7 @@ class Trainer:
             self.class_names, self.in_chans = self.data.class_names, cfg.in_chans or self.data.in_chans
             self.preprocessing = self.data.preprocessing
             self._build_loaders()
-        self.updates_per_epoch = self.steps_per_epoch // cfg.grad_accum_steps
+        self.updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum_steps)
         self.total_epochs = cfg.epochs + cfg.cooldown_epochs
 
         self.model = self._build_model(info)
