@@ -97,9 +97,9 @@ class TrainConfig:
     channels_last: bool | None = option(None, "channels-last memory format (default: on for GPU)",
                                         bool, group="speed")
     compile: bool = option(False, "torch.compile the model", bool, group="speed")
-    threads: int | None = option(None, "PyTorch CPU threads per process (default: PyTorch's, the machine's "
-                                 "cores; 1 per process under torchrun; the demo uses 1, which stays fast when "
-                                 "other work shares the cores)", int, group="speed")
+    threads: int | None = option(None, "PyTorch CPU threads per process (default: PyTorch's, on CPU lowered "
+                                 "so that threads + --workers do not exceed the cores; the demo uses 1, which "
+                                 "stays fast when other work shares the cores)", int, group="speed")
     synthetic: bool = option(False, "random tensors on the device instead of a data folder "
                              "(with --benchmark-steps: throughput without data loading)", bool, group="speed")
     num_classes: int = option(1000, "classes of --synthetic data", int, group="speed")

@@ -189,7 +189,8 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                warnings.warn("tensorboard is not installed; no TensorBoard logs (pip install tensorboard)", stacklevel=2)
+                warnings.warn("tensorboard is not installed; no TensorBoard logs (pip install tensorboard)",
+                              stacklevel=2)
             else:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
@@ -257,10 +258,13 @@ class Trainer:
             raise ValueError("--overwrite starts afresh and --resume continues: give one of them")
         self.cfg = cfg
         self.rt = runtime or init_runtime(cfg.device)
+        cores = cpus_per_process(self.rt.world)
+        self.workers = cfg.workers if cfg.workers is not None else min(8, cores)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.threads = torch.get_num_threads()  # PyTorch's default: the machine's cores (torchrun: 1 each)
-        self.workers = cfg.workers if cfg.workers is not None else min(8, cpus_per_process(self.rt.world))
+        elif self.rt.device.type == "cpu":  # PyTorch's default (all cores), less the loader workers' share
+            torch.set_num_threads(min(torch.get_num_threads(), max(1, cores - self.workers)))
+        self.threads = torch.get_num_threads()
         info = model_info(cfg.model)
         self.img_size = cfg.img_size or info.input_size[-1]
         self.run_dir = Path(cfg.output or f"runs/{cfg.model}")
@@ -472,7 +476,8 @@ class Trainer:
         self.best_top1, self.best_source = state["best_top1"], state.get("best_source")
         if len(state["rng"]) == self.rt.world:
             set_rng_state(state["rng"][self.rt.rank])
-            self.epoch_totals = state["epoch_totals"][self.rt.rank].clone()
+            if state.get("epoch_totals"):  # the loss sums of the epoch's steps before a mid-epoch checkpoint
+                self.epoch_totals = state["epoch_totals"][self.rt.rank].clone()
         else:
             self._say(f"the checkpoint comes from {len(state['rng'])} process(es), this run has {self.rt.world}: "
                       "random streams are re-seeded, so the run continues but does not repeat exactly")
@@ -752,7 +757,8 @@ class Trainer:
             self.log.epoch(row)
         ema = f" | ema top-1 {val['ema_top1']:.2f}%" if "ema_top1" in val else ""
         bad = f" | {row['bad_files']} bad file(s) skipped" if row["bad_files"] else ""
-        tqdm.write(f"epoch {epoch + 1}/{self.total_epochs} | train loss {train['loss']:.4f} | val loss {val['loss']:.4f}"
+        tqdm.write(f"epoch {epoch + 1}/{self.total_epochs} | train loss {train['loss']:.4f} | "
+                   f"val loss {val['loss']:.4f}"
                    f" top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%{ema} | lr {self.current_lr():.2e} | "
                    f"{train['img_per_s']:.0f} img/s | {train['time']:.1f} s{bad}"
                    + (f" | best ({self.best_source})" if improved else ""))

@@ -492,3 +492,23 @@ def test_best_checkpoint_and_model_folder_hold_the_better_of_raw_and_ema(full_ru
     assert_same_weights(model.state_dict(), best[best["best_source"]], atol=0)
     assert model.preprocessing["input_size"] == [3, 32, 32] and model.preprocessing["crop_pct"] == 0.875
     assert best["preprocessing"] == model.preprocessing
+
+
+def test_workers_and_threads_default_to_the_machine(folder, tmp_path, monkeypatch):
+    """On 2 cores: 2 loader workers (no DataLoader oversubscription warning) and 1 PyTorch
+    thread beside them."""
+    import warnings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    torch.set_num_threads(2)
+    try:
+        cfg = TrainConfig(model="efficientmod_xxs", data=str(folder), output=str(tmp_path / "run"), img_size=32,
+                          batch_size=4, tensorboard=False, ema=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = Trainer(cfg)
+            images, _, _ = next(iter(trainer.train_loader))
+        assert (trainer.workers, trainer.threads, len(images) > 0) == (2, 1, True)
+        assert not [w for w in caught if "worker" in str(w.message)]
+    finally:
+        torch.set_num_threads(1)

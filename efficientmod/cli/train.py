@@ -17,8 +17,10 @@ examples:
       --epochs 30 --lr 5e-4 --layer-decay 0.75 --warmup-epochs 2
   efficientmod train --model efficientmod_s --synthetic --benchmark-steps 50   # speed only
   efficientmod train            # no --data: the digits demo (see `efficientmod demo`)
-The defaults are the DeiT recipe of the papers; --config recipe.yaml sets any of them.
-Exit status: 0 done, 2 bad input, 3 the loss diverged (NaN/inf; the last good checkpoint is kept)."""
+  efficientmod train --model efficientmod_s --data /data/imagenet --grad-accum-steps 8   # one GPU, batch 2048
+The defaults are the official EfficientMod recipe (docs/training.md); --config recipe.yaml sets any of them.
+Exit status: 0 done, 1 an internal error (named: file, step), 2 bad input or an unusable run folder,
+3 the loss diverged (NaN/inf; the last good checkpoint is kept)."""
 
 DEMO_DESCRIPTION = """\
 The whole life cycle on CPU in a few minutes: train efficientmod_xxs on scikit-learn's
