@@ -119,6 +119,7 @@ def test_sigkill_mid_epoch_then_resume_repeats_the_uninterrupted_run(folder, tmp
 
     assert main(["train", *args, "--output", str(killed), "--resume", "auto"]) == 0
     assert_same_weights(_weights_after_run(killed), _weights_after_run(reference))
+    assert metrics(killed) == metrics(reference)  # epoch 1's loss includes the steps before the kill
     assert_same_weights(load(killed / "last.pth")["ema"], load(reference / "last.pth")["ema"])
 
 
