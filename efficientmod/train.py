@@ -743,7 +743,7 @@ class Trainer:
                       "epochs): the lr never reaches its peak; lower --warmup-epochs")
         if self.lr < 1e-4:
             self._say(f"warning: the learning rate is only {self.lr:.2g} (linear scaling to a global batch of "
-                      f"{self.global_batch}); a short run will barely move: set --lr (e.g. 1e-3)")
+                      f"{self.global_batch}); a short run may barely move: set --lr for this batch")
 
     def _epoch_summary(self, epoch: int, train: dict, val: dict, improved: bool) -> None:
         if not self.rt.main:

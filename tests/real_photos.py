@@ -2,7 +2,7 @@
 per scikit-image photo, training patches from the left 70% of each photo and validation
 patches from the disjoint right 30% (held out: no pixel of a validation image was seen).
 
-    python tests/real_photos.py OUT [--train 100] [--val 25] [--size 64]
+    python tests/real_photos.py OUT [--train 100] [--val 25] [--size 64] [--seed 0]
 """
 from __future__ import annotations
 
@@ -44,5 +44,6 @@ if __name__ == "__main__":
     parser.add_argument("--train", type=int, default=100)
     parser.add_argument("--val", type=int, default=25)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="another seed draws other patches")
     args = parser.parse_args()
-    print(make_photo_folder(args.out, args.train, args.val, args.size))
+    print(make_photo_folder(args.out, args.train, args.val, args.size, args.seed))
