@@ -265,7 +265,7 @@ def test_every_family_trains_with_layer_decay_and_drop_path(name):
     loss = trainer.train_step(torch.randn(2, 3, 64, 64), torch.tensor([0, 2]))
     assert torch.isfinite(loss)
     assert len({group["lr_scale"] for group in trainer.optimizer.param_groups}) > 3
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
 
 def _digit_pngs(folder: Path) -> tuple[list[Path], list[int]]:
