@@ -5,15 +5,21 @@ One step (:meth:`Trainer.train_step`)::
 
     x, y  ← batch (bad files dropped)  → Mixup/CutMix (timm)
     loss  ← L(model(x), y)   L: soft-target / label-smoothing CE, + distillation from a teacher
-    θ     ← AdamW(θ, ∇loss)  (grad-clipped, loss-scaled for fp16; DDP all-reduces ∇)
-    lr    ← cosine-with-warm-up(step);   θ_ema ← EMA(θ_ema, θ)
+    θ     ← AdamW(θ, ∇loss)  every --grad-accum-steps passes (grad-clipped, loss-scaled for fp16;
+                               DDP all-reduces ∇ once per update)
+    lr    ← warm-up, cosine, cool-down at min lr (per update);   θ_ema ← EMA(θ_ema, θ)
 
-Nothing lost: ``last.pth`` is written atomically each epoch and every ``ckpt_steps`` steps,
-``best.pth`` on a new best validation top-1; each holds the model, EMA, optimizer,
-scheduler, loss scaler, counters, every rank's RNG states, the recipe and the class names,
-as tensors and plain containers only (read back with ``torch.load(weights_only=True)``).
-With the sample-level seeding of :mod:`efficientmod.data`, a resumed run repeats the
-uninterrupted one step for step.
+The defaults are the official EfficientMod recipe (timm 0.6 / DeiT); docs/training.md
+compares them item by item. Nothing lost: ``last.pth`` is written atomically each epoch
+and every ``ckpt_steps`` updates; ``best.pth`` and ``model/`` when the better of the raw and
+the EMA weights beats every earlier epoch's top-1 (which one is recorded). Each checkpoint
+holds the model, EMA, optimizer, scheduler, loss scaler, counters, the epoch's loss sums,
+every rank's RNG states, the recipe, the class names and the preprocessing, as tensors and
+plain containers only (read back with ``torch.load(weights_only=True)``). With the
+sample-level seeding of :mod:`efficientmod.data`, a resumed run repeats the uninterrupted
+one step for step, ``metrics.csv`` included. The run folder is checked before anything is
+written: an earlier run is never overwritten unless asked (``--overwrite``), a resume
+with another model or recipe is refused.
 """
 from __future__ import annotations
 
