@@ -177,6 +177,12 @@ def test_distillation_losses():
     torch.testing.assert_close(hard(images, student, targets), expected)
     half = DistillationLoss(base, teacher, "soft", tau=1.0, alpha=0.5)
     assert half(images, student, targets) > 0.5 * base(student, targets)
+    # DeiT's soft term: tau^2 * sum over the batch of KL(p_teacher || p_student) / (batch x classes)
+    tau, p_teacher = 2.0, (teacher(images) / 2.0).softmax(1)
+    kl = (p_teacher * (p_teacher.log() - (student / tau).log_softmax(1))).sum()
+    deit = DistillationLoss(base, teacher, "soft", tau=tau, alpha=0.9)
+    expected = 0.1 * base(student, targets) + 0.9 * tau**2 * kl / student.numel()
+    torch.testing.assert_close(deit(images, student, targets), expected)
 
 
 def test_training_with_a_teacher_folder(full_run, folder, tmp_path):
