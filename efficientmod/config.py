@@ -32,13 +32,21 @@ class TrainConfig:
     output: str | None = option(None, "run folder (checkpoints, config.yaml, metrics.csv, TensorBoard); "
                                 "default runs/<model>", str, group="run")
     resume: str | None = option(None, "'auto' continues from <output>/last.pth when it exists; "
-                                "or a checkpoint path", str, group="run")
+                                "or a checkpoint path. Only the flags of the speed group and --workers, "
+                                "--data, --log-interval, --ckpt-steps, --tensorboard may differ from the "
+                                "checkpoint's recipe; any other difference is refused", str, group="run")
+    overwrite: bool = option(False, "start a new run in an --output folder that holds an earlier run "
+                             "(its checkpoints, model/ and metrics are deleted first)", bool, group="run")
     pretrained: str | None = option(None, "fine-tune from these weights (official EfficientMod, timm or "
                                     "own layout); the classifier is replaced for the new classes", str, group="run")
     seed: int = option(0, "random seed (data order, augmentation, initialisation)", int, group="run")
     # -- schedule and optimiser ---------------------------------------------------------
-    epochs: int = option(300, "training epochs", int)
-    batch_size: int = option(256, "images per process per step (global batch = this x processes)", int)
+    epochs: int = option(300, "epochs of the warm-up + cosine schedule", int)
+    cooldown_epochs: int = option(10, "epochs at --min-lr after --epochs (timm/DeiT: 300 + 10)", int)
+    batch_size: int = option(256, "images per process per forward pass (global batch = this x processes "
+                             "x --grad-accum-steps)", int)
+    grad_accum_steps: int = option(1, "forward/backward passes per optimizer step (one GPU: 256 x 8 = the "
+                                   "paper's global batch of 2048)", int)
     base_lr: float = option(4e-3, "learning rate at a global batch of --base-batch, scaled linearly", float)
     base_batch: int = option(2048, "global batch that --base-lr refers to", int)
     lr: float | None = option(None, "absolute learning rate (overrides the linear scaling)", float)
@@ -59,13 +67,16 @@ class TrainConfig:
     aa: str | None = option("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' disables)", str)
     reprob: float = option(0.25, "random erasing probability", float)
     hflip: float = option(0.5, "horizontal flip probability", float)
-    color_jitter: float = option(0.3, "colour jitter (used only without --aa)", float)
-    train_interpolation: str = option("bicubic", "resize interpolation for training", str)
+    color_jitter: float = option(0.4, "colour jitter (used only without --aa)", float)
+    train_interpolation: str = option("random", "resize interpolation for training ('random': bilinear "
+                                      "or bicubic per image)", str)
     drop_path: float | None = option(None, "stochastic depth rate; default: the variant's value", float)
     drop: float = option(0.0, "dropout before the classifier", float)
     ema: bool = option(True, "keep an exponential moving average of the weights (evaluated too)", bool)
-    ema_decay: float = option(0.99996, "EMA decay", float)
-    ema_warmup: bool = option(False, "ramp the EMA decay up from 0 (for short runs)", bool)
+    ema_decay: float = option(0.9998, "EMA decay", float)
+    ema_warmup: bool | None = option(None, "ramp the EMA decay up from 0; default: on when the run has "
+                                     "fewer than 5 / (1 - decay) optimizer steps, i.e. when a fixed decay "
+                                     "would leave the EMA near its random initialisation", bool)
     # -- distillation -------------------------------------------------------------------
     teacher: str | None = option(None, "teacher: a model name (efficientmod or timm) or a "
                                  "save_pretrained folder", str, group="distillation")
@@ -73,11 +84,12 @@ class TrainConfig:
                                             group="distillation")
     distill: str = option("soft", "distillation loss with a teacher", str, ("soft", "hard"), group="distillation")
     distill_tau: float = option(1.0, "soft distillation temperature", float, group="distillation")
-    distill_alpha: float = option(0.5, "weight of the distillation term", float, group="distillation")
+    distill_alpha: float = option(0.9, "weight of the distillation term", float, group="distillation")
     # -- input ----------------------------------------------------------------------------
     img_size: int | None = option(None, "input side (a multiple of 32); default: the model's", int, group="input")
     in_chans: int | None = option(None, "input channels (default 3; the digits demo uses 1)", int, group="input")
-    workers: int = option(8, "data-loader worker processes per process", int, group="input")
+    workers: int | None = option(None, "data-loader worker processes per process (default: the CPU cores "
+                                 "available to each process, at most 8)", int, group="input")
     # -- speed --------------------------------------------------------------------------
     device: str = option("auto", "cuda, cpu or auto (cuda when available)", str, group="speed")
     amp: str = option("auto", "mixed precision: auto (bf16 on GPU, none on CPU), bf16, fp16 "
@@ -85,8 +97,9 @@ class TrainConfig:
     channels_last: bool | None = option(None, "channels-last memory format (default: on for GPU)",
                                         bool, group="speed")
     compile: bool = option(False, "torch.compile the model", bool, group="speed")
-    threads: int | None = option(None, "PyTorch CPU threads per process (default: PyTorch's choice; the demo "
-                                 "uses 1, which stays fast when other work shares the cores)", int, group="speed")
+    threads: int | None = option(None, "PyTorch CPU threads per process (default: PyTorch's, on CPU lowered "
+                                 "so that threads + --workers do not exceed the cores; the demo uses 1, which "
+                                 "stays fast when other work shares the cores)", int, group="speed")
     synthetic: bool = option(False, "random tensors on the device instead of a data folder "
                              "(with --benchmark-steps: throughput without data loading)", bool, group="speed")
     num_classes: int = option(1000, "classes of --synthetic data", int, group="speed")
@@ -106,10 +119,12 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
         if self.img_size is not None and self.img_size % 32:
             raise ValueError(f"--img-size must be a multiple of 32 (the networks' total stride), got {self.img_size}")
-        if self.batch_size < 1 or self.epochs < 1 or self.log_interval < 1:
-            raise ValueError("--batch-size, --epochs and --log-interval must be positive")
-        if self.ckpt_steps < 0 or self.benchmark_steps < 0 or self.workers < 0:
-            raise ValueError("--ckpt-steps, --benchmark-steps and --workers cannot be negative")
+        if min(self.batch_size, self.epochs, self.log_interval, self.grad_accum_steps) < 1:
+            raise ValueError("--batch-size, --epochs, --log-interval and --grad-accum-steps must be positive")
+        if min(self.ckpt_steps, self.benchmark_steps, self.workers or 0, self.cooldown_epochs) < 0:
+            raise ValueError("--ckpt-steps, --benchmark-steps, --workers and --cooldown-epochs cannot be negative")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be positive")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,7 +138,7 @@ class TrainConfig:
 # their synchronisation makes training up to 10x slower, while one thread is unaffected.
 DEMO_PRESET = dict(
     model="efficientmod_xxs", output="runs/demo", img_size=32, in_chans=1,
-    epochs=8, batch_size=64, lr=3e-3, warmup_epochs=1, min_lr=1e-5, weight_decay=0.05,
+    epochs=8, cooldown_epochs=0, batch_size=64, lr=3e-3, warmup_epochs=1, min_lr=1e-5, weight_decay=0.05,
     mixup=0.0, cutmix=0.0, aa="none", reprob=0.0, drop_path=0.0, ema=False, workers=0, threads=1,
     log_interval=5,
 )

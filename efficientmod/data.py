@@ -15,19 +15,23 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
 __all__ = [
     "BadSample", "ImageFolder", "DigitsDataset", "check_image_folders", "digits_datasets",
     "TrainSampler", "ShardSampler", "collate_skipping_bad", "train_transform", "eval_transform", "Batch",
+    "load_image", "posterize", "TransformError", "MAX_DECODE_PIXELS",
 ]
 
 # What Pillow raises for a file it cannot read: UnidentifiedImageError (an OSError) for a
@@ -93,16 +97,72 @@ def check_image_folders(root: str | Path, splits: tuple[str, ...] = ("train", "v
     return class_lists[splits[0]]
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode fully (so a truncated file fails here) and convert grayscale, palette, RGBA,
-    CMYK ... to 8-bit RGB (transparency is dropped)."""
-    with Image.open(path) as image:
+# Pixels above which an image is not decoded at full size: a JPEG is decoded at 1/2, 1/4 or
+# 1/8 scale (DCT scaling, Image.draft), any other format is skipped as a bad file. A
+# 12,000 x 12,000 photo would otherwise cost about 2 GB per loader worker.
+MAX_DECODE_PIXELS = 50_000_000
+
+# Pillow's modes of more than 8 bits per sample, and the value that is full scale in each.
+_WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit grayscale image scaled to 8 bits (Pillow's own conversion clips
+    every value above 255, so a 16-bit photo comes out nearly white). Integer images
+    ("I") are taken as 16-bit when they exceed 255; float images ("F") as [0, 1]."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode in _WIDE_MODES:
+        full = _WIDE_MODES[image.mode]
+    elif image.mode == "I":
+        full = 65535 if values.max(initial=0) > 255 else 255
+    else:  # "F"
+        full = 1.0 if values.max(initial=0) <= 1.0 else 255
+    return Image.fromarray(np.clip(np.rint(values * (255 / full)), 0, 255).astype(np.uint8), "L")
+
+
+def _bounded_open(path: str | Path) -> Image.Image:
+    """``Image.open`` that refuses to decode more than :data:`MAX_DECODE_PIXELS` pixels:
+    a JPEG is decoded at the smallest reduction that fits (with a warning naming the file),
+    anything else raises ``Image.DecompressionBombError`` (a bad file, skipped)."""
+    image = Image.open(path)
+    width, height = image.size
+    if width * height <= MAX_DECODE_PIXELS:
+        return image
+    if image.format == "JPEG":
+        scale = next(s for s in (2, 4, 8, 16) if width * height / s**2 <= MAX_DECODE_PIXELS or s == 16)
+        image.draft(image.mode, (math.ceil(width / scale), math.ceil(height / scale)))
+        warnings.warn(f"{path}: {width}x{height} pixels, decoded at {image.size[0]}x{image.size[1]} "
+                      f"(over the {MAX_DECODE_PIXELS:,}-pixel decode limit)", stacklevel=2)
+        if image.size[0] * image.size[1] <= MAX_DECODE_PIXELS:
+            return image
+    image.close()
+    raise Image.DecompressionBombError(f"{width}x{height} pixels is over the {MAX_DECODE_PIXELS:,}-pixel "
+                                       "decode limit (efficientmod.data.MAX_DECODE_PIXELS)")
+
+
+def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
+    """Decode an image file as ``mode`` ("RGB" or "L", 8 bits), as it is meant to be seen —
+    the one loader of training, evaluation and prediction:
+
+    - decoded fully here, so a truncated file fails here (and is skipped as bad);
+    - EXIF orientation applied (a portrait photo from a phone stands upright);
+    - 16-bit and float images scaled to 8 bits, not clipped;
+    - palette transparency, alpha and CMYK converted (transparency dropped);
+    - never more than :data:`MAX_DECODE_PIXELS` decoded.
+    """
+    with _bounded_open(path) as image:
         image.load()
-        if image.mode == "RGB":
-            return image.copy()
-        if image.mode in ("P", "PA", "LA", "RGBA"):
+        image = ImageOps.exif_transpose(image)
+        if image.mode in _WIDE_MODES or image.mode in ("I", "F"):
+            image = _to_8bit(image)
+        elif image.mode in ("P", "PA", "LA", "RGBA"):
             image = image.convert("RGBA")  # palette transparency → alpha, then drop it
-        return image.convert("RGB")
+        return image.convert(mode) if image.mode != mode else image.copy()
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """:func:`load_image` as 8-bit RGB."""
+    return load_image(path, "RGB")
 
 
 @contextlib.contextmanager
@@ -151,7 +211,7 @@ class ImageFolder(Dataset):
             return BadSample(path, f"{type(error).__name__}: {error}")
         if self.transform is not None:
             with seeded(self.seed, epoch, index):
-                image = self.transform(image)
+                image = apply_transform(self.transform, image, path)
         return image, label
 
 
@@ -166,16 +226,68 @@ def collate_skipping_bad(samples: list) -> Batch:
     return Batch(images, targets, bad)
 
 
+def posterize(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """Keep the ``bits_to_keep`` most significant bits of every channel (0 gives a black
+    image, 8 the image itself). This is what ``ImageOps.posterize`` computed for 0..8 bits
+    before Pillow 13, which refuses 0 — and RandAugment's ``PosterizeIncreasing`` asks for 0
+    bits whenever it draws the top magnitude (about once in 650 images at m9, mstd 0.5)."""
+    bits = max(0, min(8, int(bits_to_keep)))
+    mask = (0xFF << (8 - bits)) & 0xFF
+    return image.point([value & mask for value in range(256)] * len(image.getbands()))
+
+
+def _augment_ops(transform) -> Iterator:
+    """Every timm ``AugmentOp`` inside ``transform`` (Compose, RandAugment, AutoAugment)."""
+    from timm.data.auto_augment import AugmentOp
+
+    if isinstance(transform, AugmentOp):
+        yield transform
+    for name in ("transforms", "ops", "policy"):
+        for child in getattr(transform, name, None) or []:
+            for item in child if isinstance(child, (list, tuple)) else [child]:
+                yield from _augment_ops(item)
+
+
+def _with_own_posterize(transform):
+    """``transform`` with timm's posterize ops replaced by :func:`posterize` (same meaning
+    on every Pillow version)."""
+    from timm.data import auto_augment
+
+    for op in _augment_ops(transform):
+        if op.aug_fn is auto_augment.posterize:
+            op.aug_fn = posterize
+    return transform
+
+
+class TransformError(RuntimeError):
+    """A transform failed on an image that decoded fine: a bug in the pipeline (ours or a
+    dependency's), not bad input. The message names the file, the step and where it broke."""
+
+
+def apply_transform(transform: Callable, image, path: str):
+    """``transform(image)``, step by step for a ``Compose``, so that a failure names its step."""
+    for step in getattr(transform, "transforms", None) or [transform]:
+        try:
+            image = step(image)
+        except Exception as error:
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            raise TransformError(
+                f"transform {type(step).__name__} failed on {path}: {type(error).__name__}: {error} "
+                f"(in {frame.name}, {Path(frame.filename).name}:{frame.lineno})") from error
+    return image
+
+
 def train_transform(cfg, img_size: int, mean, std):
     """timm's training transform: random resized crop, flip, RandAugment (or colour
-    jitter), normalisation, random erasing — as set by the recipe ``cfg``."""
+    jitter), normalisation, random erasing — as set by the recipe ``cfg``; its posterize
+    keeps the pre-Pillow-13 meaning of 0 bits (see :func:`posterize`)."""
     from timm.data import create_transform
 
-    return create_transform(
+    return _with_own_posterize(create_transform(
         img_size, is_training=True, auto_augment=cfg.aa, color_jitter=cfg.color_jitter, hflip=cfg.hflip,
         re_prob=cfg.reprob, re_mode="pixel", re_count=1, interpolation=cfg.train_interpolation,
         mean=mean, std=std,
-    )
+    ))
 
 
 def eval_transform(img_size: int, mean, std, crop_pct: float, interpolation: str):
@@ -212,6 +324,13 @@ class DigitsDataset(Dataset):
                 dy, dx = torch.randint(-self.max_shift, self.max_shift + 1, (2,)).tolist()
             image = torch.roll(image, shifts=(dy, dx), dims=(1, 2))  # digits sit on a black border
         return image, int(self.labels[index])
+
+
+def digits_preprocessing(img_size: int) -> dict:
+    """The digits' preprocessing as an image file needs it (a dark-background digit, any
+    size): resize to ``img_size`` (bilinear, as the 8x8 digits are upscaled here), one
+    channel, (x - 0.5) / 0.5 — what ``save_pretrained`` and ONNX metadata record."""
+    return dict(input_size=[1, img_size, img_size], mean=[0.5], std=[0.5], interpolation="bilinear", crop_pct=1.0)
 
 
 def digits_datasets(img_size: int = 32, val_fraction: float = 0.2, max_shift: int = 2, seed: int = 0):

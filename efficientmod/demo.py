@@ -1,6 +1,9 @@
 """The life-cycle demo after training (``efficientmod demo``): reload the trained model from
 its run folder, evaluate it, export it to ONNX, check the exported model's accuracy in ONNX
-Runtime, and benchmark it — each step through the library's public functions."""
+Runtime, and benchmark it — each step through the library's public functions. ``model/``,
+``best.pth`` and ``model.onnx`` record the digits' real preprocessing (1 channel, the
+training size, mean = std = 0.5, bilinear, no crop), so ``efficientmod predict`` classifies
+digit images with either."""
 from __future__ import annotations
 
 import sys
@@ -16,6 +19,7 @@ from efficientmod.data import collate_skipping_bad, digits_datasets
 from efficientmod.evaluate import evaluate
 from efficientmod.export import export_onnx
 from efficientmod.models.pretrained import from_pretrained
+from efficientmod.predict import Preprocessing, onnx_metadata
 
 __all__ = ["DEMO_TARGET_TOP1", "demo_report", "onnx_top1"]
 
@@ -45,7 +49,9 @@ def demo_report(cfg: TrainConfig, result: dict, train_seconds: float, target: fl
     loader = DataLoader(val, batch_size=120, collate_fn=collate_skipping_bad)
     metrics = evaluate(model, loader, torch.device("cpu"), progress=False)
 
-    onnx_path = export_onnx(model, run_dir / "model.onnx", input_size=input_size)
+    # the file carries its preprocessing and classes: `efficientmod predict model.onnx digit.png` reads them
+    metadata = onnx_metadata(model, Preprocessing.of_model(model))
+    onnx_path = export_onnx(model, run_dir / "model.onnx", input_size=input_size, metadata=metadata)
     ort_top1 = onnx_top1(onnx_path, loader)
 
     threads = torch.get_num_threads()

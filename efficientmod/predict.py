@@ -42,10 +42,15 @@ class Preprocessing:
 
     @classmethod
     def of_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> "Preprocessing":
-        """The registry's preprocessing of ``model`` (built by ``create_model``), for its
-        input channels and, when given, another ``input_size`` (C, H, W)."""
+        """The preprocessing ``model`` was trained with (recorded by ``save_pretrained`` or a
+        training checkpoint, as ``model.preprocessing``), else its registry's for its input
+        channels; when given, another ``input_size`` (C, H, W)."""
         from efficientmod.models import model_info
 
+        saved = getattr(model, "preprocessing", None)
+        if saved:
+            size = tuple(input_size) if input_size is not None else tuple(saved["input_size"])
+            return cls(size, tuple(saved["mean"]), tuple(saved["std"]), saved["interpolation"], saved["crop_pct"])
         if not getattr(model, "registry_name", ""):
             raise ValueError("the model was not built by efficientmod.create_model; its preprocessing is unknown")
         info = model_info(model.registry_name)
@@ -62,9 +67,11 @@ class Preprocessing:
                                 crop_pct=self.crop_pct, mean=self.mean, std=self.std)
 
     def load(self, path: str | os.PathLike) -> torch.Tensor:
-        """The image file as a (C, H, W) tensor; Pillow's errors pass through."""
-        with Image.open(path) as image:
-            return self.transform(image.convert("L" if self.input_size[0] == 1 else "RGB"))
+        """The image file as a (C, H, W) tensor, decoded by the loader training uses
+        (:func:`efficientmod.data.load_image`); Pillow's errors pass through."""
+        from efficientmod.data import load_image
+
+        return self.transform(load_image(path, "L" if self.input_size[0] == 1 else "RGB"))
 
 
 def _per_channel(values: Sequence[float], chans: int) -> tuple[float, ...]:
@@ -131,6 +138,8 @@ def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     if source is not None:
         load_checkpoint(net, source, strict=True)
     net.class_names = list(class_names) if class_names is not None else None
+    if isinstance(source, dict) and source.get("preprocessing"):
+        net.preprocessing = source["preprocessing"]
     return net
 
 

@@ -5,19 +5,29 @@ One step (:meth:`Trainer.train_step`)::
 
     x, y  ← batch (bad files dropped)  → Mixup/CutMix (timm)
     loss  ← L(model(x), y)   L: soft-target / label-smoothing CE, + distillation from a teacher
-    θ     ← AdamW(θ, ∇loss)  (grad-clipped, loss-scaled for fp16; DDP all-reduces ∇)
-    lr    ← cosine-with-warm-up(step);   θ_ema ← EMA(θ_ema, θ)
+    θ     ← AdamW(θ, ∇loss)  every --grad-accum-steps passes (grad-clipped, loss-scaled for fp16;
+                               DDP all-reduces ∇ once per update)
+    lr    ← warm-up, cosine, cool-down at min lr (per update);   θ_ema ← EMA(θ_ema, θ)
 
-Nothing lost: ``last.pth`` is written atomically each epoch and every ``ckpt_steps`` steps,
-``best.pth`` on a new best validation top-1; each holds the model, EMA, optimizer,
-scheduler, loss scaler, counters, every rank's RNG states, the recipe and the class names,
-as tensors and plain containers only (read back with ``torch.load(weights_only=True)``).
-With the sample-level seeding of :mod:`efficientmod.data`, a resumed run repeats the
-uninterrupted one step for step.
+The defaults are the official EfficientMod recipe (timm 0.6 / DeiT); docs/training.md
+compares them item by item. Nothing lost: ``last.pth`` is written atomically each epoch
+and every ``ckpt_steps`` updates; ``best.pth`` and ``model/`` when the better of the raw and
+the EMA weights beats every earlier epoch's top-1 (which one is recorded). Each checkpoint
+holds the model, EMA, optimizer, scheduler, loss scaler, counters, the epoch's loss sums,
+every rank's RNG states, the recipe, the class names and the preprocessing, as tensors and
+plain containers only (read back with ``torch.load(weights_only=True)``). With the
+sample-level seeding of :mod:`efficientmod.data`, a resumed run repeats the uninterrupted
+one step for step, ``metrics.csv`` included. The run folder is checked before anything is
+written: an earlier run is never overwritten unless asked (``--overwrite``), a resume
+with another model or recipe is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -33,11 +43,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from efficientmod.checkpoint import load_checkpoint
+from efficientmod.checkpoint import atomic_write, load_checkpoint
 from efficientmod.config import TrainConfig, save_yaml
 from efficientmod.data import (
-    ImageFolder, ShardSampler, TrainSampler, check_image_folders, collate_skipping_bad, digits_datasets,
-    eval_transform, train_transform,
+    ImageFolder,
+    ShardSampler,
+    TrainSampler,
+    check_image_folders,
+    collate_skipping_bad,
+    digits_datasets,
+    digits_preprocessing,
+    eval_transform,
+    train_transform,
 )
 from efficientmod.evaluate import evaluate
 from efficientmod.models import create_model, model_info
@@ -54,12 +71,15 @@ class DistillationLoss(nn.Module):
     """Knowledge distillation as in DeiT (Touvron et al., 2021), for a one-head student:
 
         L = (1 − α) · L_base(s, y) + α · L_kd
-        soft: L_kd = τ² · KL( softmax(t/τ) ‖ softmax(s/τ) )      hard: L_kd = CE(s, argmax t)
+        soft: L_kd = τ² · Σ KL( softmax(t/τ) ‖ softmax(s/τ) ) / (B · C)     hard: L_kd = CE(s, argmax t)
 
-    with s, t the student's and the frozen teacher's logits on the same (mixed) images.
+    with s, t the student's and the frozen teacher's logits on the same (mixed) images, B the
+    batch and C the classes. The soft term is DeiT's (and the EfficientMod training code's):
+    the KL summed over the batch, divided by the number of logits — PyTorch's legacy
+    "mean" — so α = 0.9, τ = 1 reproduce their recipe's balance between the two terms.
     """
 
-    def __init__(self, base: nn.Module, teacher: nn.Module, kind: str = "soft", tau: float = 1.0, alpha: float = 0.5):
+    def __init__(self, base: nn.Module, teacher: nn.Module, kind: str = "soft", tau: float = 1.0, alpha: float = 0.9):
         super().__init__()
         if kind not in ("soft", "hard"):
             raise ValueError(f"--distill must be soft or hard, got {kind!r}")
@@ -71,7 +91,7 @@ class DistillationLoss(nn.Module):
         student = student.float()
         if self.kind == "soft":
             kd = F.kl_div(F.log_softmax(student / self.tau, dim=1), F.log_softmax(teacher / self.tau, dim=1),
-                          reduction="batchmean", log_target=True) * self.tau**2
+                          reduction="sum", log_target=True) * self.tau**2 / student.numel()
         else:
             kd = F.cross_entropy(student, teacher.argmax(dim=1))
         return (1 - self.alpha) * self.base(student, targets) + self.alpha * kd
@@ -107,7 +127,7 @@ def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Modul
         if cfg.teacher_checkpoint:
             load_checkpoint(teacher, cfg.teacher_checkpoint)
         else:
-            warnings.warn("--teacher without --teacher-checkpoint distils from random weights")
+            warnings.warn("--teacher without --teacher-checkpoint distils from random weights", stacklevel=2)
     if getattr(teacher, "num_classes", num_classes) != num_classes:
         raise ValueError(f"the teacher predicts {teacher.num_classes} classes, the data has {num_classes}")
     return teacher.eval().requires_grad_(False)
@@ -120,6 +140,7 @@ class DataBundle:
     val: torch.utils.data.Dataset
     class_names: list[str]
     in_chans: int
+    preprocessing: dict  # what evaluation feeds the model: input_size, mean, std, interpolation, crop_pct
 
 
 def build_datasets(cfg: TrainConfig, img_size: int) -> DataBundle:
@@ -127,7 +148,7 @@ def build_datasets(cfg: TrainConfig, img_size: int) -> DataBundle:
     info = model_info(cfg.model)
     if cfg.data is None:
         train, val = digits_datasets(img_size, max_shift=img_size // 16, seed=cfg.seed)
-        return DataBundle(train, val, train.class_names, 1)
+        return DataBundle(train, val, train.class_names, 1, digits_preprocessing(img_size))
     if cfg.in_chans not in (None, 3):
         raise ValueError("image folders are read as RGB; --in-chans must be 3 with --data")
     class_names = check_image_folders(cfg.data)
@@ -135,7 +156,9 @@ def build_datasets(cfg: TrainConfig, img_size: int) -> DataBundle:
     train = ImageFolder(root / "train", class_names, train_transform(cfg, img_size, info.mean, info.std), cfg.seed)
     val = ImageFolder(root / "val", class_names,
                       eval_transform(img_size, info.mean, info.std, info.crop_pct, info.interpolation))
-    return DataBundle(train, val, class_names, 3)
+    preprocessing = dict(input_size=[3, img_size, img_size], mean=list(info.mean), std=list(info.std),
+                         interpolation=info.interpolation, crop_pct=info.crop_pct)
+    return DataBundle(train, val, class_names, 3, preprocessing)
 
 
 class SyntheticBatches:
@@ -165,9 +188,21 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                warnings.warn("tensorboard is not installed; no TensorBoard logs (pip install tensorboard)")
+                warnings.warn("tensorboard is not installed; no TensorBoard logs (pip install tensorboard)",
+                              stacklevel=2)
             else:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    @staticmethod
+    def keep_epochs(csv_path: Path, epochs: int) -> None:
+        """Drop the rows after epoch ``epochs`` (those of a run killed between writing its
+        row and its checkpoint, which the resumed run writes again)."""
+        if not csv_path.exists():
+            return
+        lines = csv_path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= epochs]
+        if len(kept) < len(lines):
+            atomic_write(csv_path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
     def scalars(self, step: int, **values: float) -> None:
         if self.writer is not None:
@@ -192,16 +227,43 @@ class RunLog:
 
 
 # -- the engine ----------------------------------------------------------------------------------
+# Flags that may differ between a run and its resume; any other recipe difference is refused
+# (a resumed schedule, optimizer and data order are those of the checkpoint's recipe).
+RESUME_MAY_CHANGE = frozenset({"output", "resume", "overwrite", "data", "pretrained", "workers", "log_interval",
+                               "ckpt_steps", "tensorboard"})
+
+# What a run writes into its folder; --overwrite deletes exactly these.
+RUN_FILES = ("last.pth", "best.pth", "model", "metrics.csv", "config.yaml", "tensorboard", "model.onnx")
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used (an earlier run in it, not writable, disk full); the
+    message says what to do and that the previous checkpoint is intact."""
+
+
+def cpus_per_process(world: int) -> int:
+    """CPU cores this process may use (its affinity set, shared by the machine's processes)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, available // world)
+
+
 class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig`, then :meth:`fit`."""
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
         if cfg.model is None:
             raise ValueError("--model is required (`efficientmod models` lists the names)")
+        if cfg.overwrite and cfg.resume:
+            raise ValueError("--overwrite starts afresh and --resume continues: give one of them")
         self.cfg = cfg
+        self.rt = runtime or init_runtime(cfg.device)
+        cores = cpus_per_process(self.rt.world)
+        self.workers = cfg.workers if cfg.workers is not None else min(8, cores)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.rt = runtime or init_runtime(cfg.device)
+        elif self.rt.device.type == "cpu":  # PyTorch's default (all cores), less the loader workers' share
+            torch.set_num_threads(min(torch.get_num_threads(), max(1, cores - self.workers)))
+        self.threads = torch.get_num_threads()
         info = model_info(cfg.model)
         self.img_size = cfg.img_size or info.input_size[-1]
         self.run_dir = Path(cfg.output or f"runs/{cfg.model}")
@@ -215,10 +277,14 @@ class Trainer:
             self.class_names = [str(i) for i in range(cfg.num_classes)]
             self.in_chans = cfg.in_chans or 3
             self.steps_per_epoch = cfg.benchmark_steps
+            self.preprocessing = None
         else:
             self.data = build_datasets(cfg, self.img_size)
             self.class_names, self.in_chans = self.data.class_names, cfg.in_chans or self.data.in_chans
+            self.preprocessing = self.data.preprocessing
             self._build_loaders()
+        self.updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum_steps)
+        self.total_epochs = cfg.epochs + cfg.cooldown_epochs
 
         self.model = self._build_model(info)
         self.optimizer, self.scheduler = self._build_optimizer()
@@ -228,13 +294,15 @@ class Trainer:
         self.criterion = self._build_criterion()
 
         self.epoch = self.epoch_step = self.global_step = 0
-        self.best_top1 = -1.0
+        self.epoch_totals = torch.zeros(3, dtype=torch.float64)  # this epoch's loss sum, steps, bad files
+        self.best_top1, self.best_source = -1.0, None
         self.bad_seen: set[str] = set()
-        if not cfg.benchmark_steps:
-            self._prepare_run_dir()
+        resume_state = None if cfg.benchmark_steps else self._check_run_dir()  # reads only
         seed_everything(cfg.seed + self.rt.rank)  # each rank its own drop-path and Mixup draws
-        if cfg.resume and not cfg.benchmark_steps:
-            self._maybe_resume()
+        if resume_state is not None:
+            self._load_state(*resume_state)
+        if not cfg.benchmark_steps:
+            self._prepare_run_dir()  # the first write, after every check
         self.train_model = self._wrap_model()
         self.log = RunLog(self.run_dir, cfg.tensorboard) if self.rt.main and not cfg.benchmark_steps else None
 
@@ -242,12 +310,15 @@ class Trainer:
     def _build_loaders(self) -> None:
         cfg, rt = self.cfg, self.rt
         self.train_sampler = TrainSampler(len(self.data.train), rt.rank, rt.world, cfg.seed)
-        self.steps_per_epoch = self.train_sampler.per_rank() // cfg.batch_size
+        # whole optimizer steps only: a last incomplete accumulation is dropped (as the official code)
+        accum = cfg.grad_accum_steps
+        self.steps_per_epoch = self.train_sampler.per_rank() // cfg.batch_size // accum * accum
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.data.train)} training images cannot fill one batch of "
-                             f"{cfg.batch_size} per process on {rt.world} process(es); lower --batch-size")
-        common = dict(num_workers=cfg.workers, collate_fn=collate_skipping_bad, pin_memory=rt.device.type == "cuda",
-                      persistent_workers=cfg.workers > 0,
+            raise ValueError(f"{len(self.data.train)} training images cannot fill one optimizer step of "
+                             f"{cfg.batch_size} x {accum} (--grad-accum-steps) per process on {rt.world} "
+                             "process(es); lower --batch-size or --grad-accum-steps")
+        common = dict(num_workers=self.workers, collate_fn=collate_skipping_bad,
+                      pin_memory=rt.device.type == "cuda", persistent_workers=self.workers > 0,
                       generator=torch.Generator())  # never draws from the global torch RNG
         self.train_loader = DataLoader(self.data.train, batch_size=cfg.batch_size, sampler=self.train_sampler,
                                        drop_last=True, **common)
@@ -275,24 +346,28 @@ class Trainer:
         from timm.scheduler import create_scheduler_v2
 
         cfg = self.cfg
-        global_batch = cfg.batch_size * self.rt.world
-        self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * global_batch / cfg.base_batch
+        self.global_batch = cfg.batch_size * self.rt.world * cfg.grad_accum_steps
+        self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.global_batch / cfg.base_batch
         extra = dict(fused=True) if self.rt.device.type == "cuda" and cfg.opt in ("adamw", "adam") else {}
         optimizer = create_optimizer_v2(self.model, cfg.opt, lr=self.lr, weight_decay=cfg.weight_decay,
                                         layer_decay=cfg.layer_decay, eps=cfg.opt_eps, **extra)
         scheduler, _ = create_scheduler_v2(
             optimizer, "cosine", num_epochs=cfg.epochs, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,
-            warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
-            updates_per_epoch=self.steps_per_epoch,
+            warmup_epochs=cfg.warmup_epochs, cooldown_epochs=cfg.cooldown_epochs, step_on_epochs=False,
+            updates_per_epoch=self.updates_per_epoch,
         )
         return optimizer, scheduler
 
     def _build_ema(self):
         from timm.utils import ModelEmaV3
 
-        if not self.cfg.ema:
+        cfg = self.cfg
+        if not cfg.ema:
             return None
-        return ModelEmaV3(self.model, decay=self.cfg.ema_decay, use_warmup=self.cfg.ema_warmup)
+        self.ema_warmup = cfg.ema_warmup
+        if self.ema_warmup is None:  # a fixed decay d needs ~5 / (1 - d) steps to forget the initial weights
+            self.ema_warmup = self.updates_per_epoch * self.total_epochs < 5 / (1 - cfg.ema_decay)
+        return ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=self.ema_warmup)
 
     def _build_mixup(self):
         from timm.data import Mixup
@@ -334,35 +409,62 @@ class Trainer:
         return model
 
     # -- the run folder and resuming -----------------------------------------------------------
-    def _prepare_run_dir(self) -> None:
-        last = self.run_dir / "last.pth"
-        if last.exists() and not self.cfg.resume:
-            raise ValueError(f"{self.run_dir} already holds a run ({last}); continue it with --resume auto "
-                             "or choose another --output")
-        if self.rt.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_yaml(self.cfg, self.run_dir / "config.yaml")
-
-    def _maybe_resume(self) -> None:
-        path = self.run_dir / "last.pth" if self.cfg.resume == "auto" else Path(self.cfg.resume)
+    def _check_run_dir(self) -> tuple[dict, Path] | None:
+        """Everything about the run folder and the checkpoint to resume that can be refused,
+        checked before anything is written; returns (checkpoint, path) to resume, or None."""
+        cfg, run_dir = self.cfg, self.run_dir
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunFolderError(f"--output {run_dir} is a file, not a folder")
+        earlier = [name for name in ("last.pth", "best.pth", "model") if (run_dir / name).exists()]
+        if cfg.overwrite:
+            return None
+        if not cfg.resume:
+            if earlier:
+                raise RunFolderError(f"{run_dir} already holds a run ({', '.join(earlier)}); continue it with "
+                                     "--resume auto, start it afresh with --overwrite, or choose another --output")
+            return None
+        path = run_dir / "last.pth" if cfg.resume == "auto" else Path(cfg.resume)
         if not path.exists():
-            if self.cfg.resume != "auto":
+            if cfg.resume != "auto":
                 raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-            self._say(f"no checkpoint in {self.run_dir}; starting a new run")
-            return
+            if earlier:
+                raise RunFolderError(f"--resume auto: {run_dir} has no last.pth to continue but holds "
+                                     f"{', '.join(earlier)} of an earlier run; start afresh with --overwrite "
+                                     "(deletes them) or choose another --output")
+            self._say(f"no checkpoint in {run_dir}; starting a new run")
+            return None
         try:
             state = load_train_checkpoint(path, task="classification")
         except ValueError as error:
             raise ValueError(f"{error} (use --pretrained to fine-tune from its weights)") from None
+        self._check_same_recipe(state, path)
+        return state, path
+
+    def _check_same_recipe(self, state: dict, path: Path) -> None:
+        """Refuse a resume whose model, classes or recipe differ from the checkpoint's (only
+        the flags of :data:`RESUME_MAY_CHANGE` and of the speed group may change)."""
+        saved = state["config"]
+        if saved["model"] != self.cfg.model:
+            raise ValueError(f"{path} holds a {saved['model']}, not a {self.cfg.model}: resume with "
+                             f"--model {saved['model']}, or start a new run in another --output")
         if list(state["class_names"]) != self.class_names:
             raise ValueError(f"{path} was trained on other classes than the data now given")
-        saved_batch = state["config"]["batch_size"] * state["world_size"]
+        speed = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "speed"}
+        changed = [f"--{name.replace('_', '-')} {saved[name]!r} -> {value!r}"
+                   for name, value in self.cfg.to_dict().items()
+                   if name in saved and name not in RESUME_MAY_CHANGE | speed and saved[name] != value]
+        if changed:
+            raise ValueError(f"--resume: the recipe differs from the checkpoint's ({'; '.join(changed)}); a resumed "
+                             "run keeps its recipe: drop these flags, or start a new run in another --output")
+        saved_batch = saved["batch_size"] * state["world_size"]
         if state["epoch_step"] and saved_batch != self.cfg.batch_size * self.rt.world:
             # the sampler skips the epoch's first epoch_step global batches: only exact at the same size
             raise ValueError(f"{path} was written mid-epoch at a global batch of {saved_batch} "
-                             f"({state['config']['batch_size']} x {state['world_size']} process(es)); resume it with "
+                             f"({saved['batch_size']} x {state['world_size']} process(es)); resume it with "
                              f"the same global batch (now {self.cfg.batch_size} x {self.rt.world}), or from a "
                              "checkpoint written at the end of an epoch")
+
+    def _load_state(self, state: dict, path: Path) -> None:
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
@@ -371,21 +473,52 @@ class Trainer:
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.epoch_step, self.global_step = state["epoch"], state["epoch_step"], state["global_step"]
-        self.best_top1 = state["best_top1"]
+        self.best_top1, self.best_source = state["best_top1"], state.get("best_source")
         if len(state["rng"]) == self.rt.world:
             set_rng_state(state["rng"][self.rt.rank])
+            if state.get("epoch_totals"):  # the loss sums of the epoch's steps before a mid-epoch checkpoint
+                self.epoch_totals = state["epoch_totals"][self.rt.rank].clone()
         else:
             self._say(f"the checkpoint comes from {len(state['rng'])} process(es), this run has {self.rt.world}: "
                       "random streams are re-seeded, so the run continues but does not repeat exactly")
         self.scheduler.step_update(num_updates=self.global_step)
         self._say(f"resumed {path}: epoch {self.epoch + 1}, step {self.epoch_step}/{self.steps_per_epoch}")
 
+    def _prepare_run_dir(self) -> None:
+        """Create the folder, delete an earlier run (--overwrite) and what a killed write left,
+        keep the metrics of the epochs the checkpoint holds, write config.yaml."""
+        if not self.rt.main:
+            return
+        with self._writing(self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.cfg.overwrite:
+                for name in RUN_FILES:
+                    target = self.run_dir / name
+                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            for folder in (self.run_dir, self.run_dir / "model"):
+                for stale in folder.glob(".*.tmp") if folder.is_dir() else []:  # atomic_write's, from a kill
+                    stale.unlink()
+            RunLog.keep_epochs(self.run_dir / "metrics.csv", self.epoch)
+            save_yaml(self.cfg, self.run_dir / "config.yaml")
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """OSErrors of writes (disk full, read-only, a file where a folder should be) as one
+        :class:`RunFolderError` line that says the previous checkpoint is intact."""
+        try:
+            yield
+        except OSError as error:
+            last = self.run_dir / "last.pth"
+            kept = f"; the previous checkpoint {last} is intact" if last.is_file() else ""
+            raise RunFolderError(f"cannot write {error.filename or path}: {error.strerror or error}{kept}") from None
+
     def state_dict(self) -> dict:
         """Everything a resume needs; collective in a distributed run (gathers RNG states)."""
-        rng = [rng_state()]
+        rng, totals = [rng_state()], [self.epoch_totals.cpu()]
         if self.rt.distributed:
-            rng = [None] * self.rt.world
+            rng, totals = [None] * self.rt.world, [None] * self.rt.world
             dist.all_gather_object(rng, rng_state())
+            dist.all_gather_object(totals, self.epoch_totals.cpu())
         return dict(
             model=self.model.state_dict(),
             ema=self.ema.module.state_dict() if self.ema is not None else None,
@@ -393,8 +526,9 @@ class Trainer:
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=self.epoch, epoch_step=self.epoch_step, global_step=self.global_step,
-            best_top1=self.best_top1, rng=rng, config=self.cfg.to_dict(),
-            class_names=list(self.class_names), world_size=self.rt.world,
+            epoch_totals=totals, best_top1=self.best_top1, best_source=self.best_source, rng=rng,
+            config=self.cfg.to_dict(), class_names=list(self.class_names), world_size=self.rt.world,
+            preprocessing=self.preprocessing,
         )
 
     def save(self, *names: str) -> None:
@@ -406,18 +540,30 @@ class Trainer:
         state = self.state_dict()
         if self.rt.main:
             for name in names:
-                save_train_checkpoint(self.run_dir / name, state, task="classification")
+                with self._writing(self.run_dir / name):
+                    save_train_checkpoint(self.run_dir / name, state, task="classification")
+
+    def save_best_model(self, source: str) -> None:
+        """``model/`` (save_pretrained, with the run's preprocessing) from the best weights:
+        the raw model's or the EMA's, whichever scored the best top-1."""
+        if not self.rt.main:
+            return
+        net = self.ema.module if source == "ema" else self.model
+        with self._writing(self.run_dir / "model"):
+            net.save_pretrained(self.run_dir / "model", class_names=self.class_names,
+                                preprocessing=self.preprocessing)
 
     # -- training ----------------------------------------------------------------------------------
-    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-        """One optimisation step; None when the batch had no usable image."""
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, update: bool = True) -> torch.Tensor | None:
+        """One forward/backward pass, adding 1/N of its gradient (N = ``--grad-accum-steps``);
+        with ``update`` also the optimizer and EMA step. None when the batch had no usable image."""
         images = images.to(self.rt.device, non_blocking=True)
         targets = targets.to(self.rt.device, non_blocking=True)
         if self.mixup is not None and len(targets) % 2:
             images, targets = images[:-1], targets[:-1]  # Mixup pairs images; bad files made it odd
         empty = not len(targets)
         if empty:
-            if not self.rt.distributed:
+            if not self.rt.distributed and (not update or self.cfg.grad_accum_steps == 1):
                 return None
             # keep the ranks' gradient all-reduces matched: a zero-weighted dummy step
             images = torch.zeros(1, self.in_chans, self.img_size, self.img_size, device=self.rt.device)
@@ -425,22 +571,25 @@ class Trainer:
             images, targets = self.mixup(images, targets)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(self.rt.device, self.dtype):
-            logits = self.train_model(images)
-            loss = logits.float().sum() * 0 if empty else self.criterion(images, logits, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            self._clip()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self._clip()
-            self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.global_step + 1)
+        no_sync = self.train_model.no_sync if self.rt.distributed and not update else contextlib.nullcontext
+        with no_sync():  # DDP all-reduces the gradients of the last pass of an accumulation only
+            with autocast(self.rt.device, self.dtype):
+                logits = self.train_model(images)
+                loss = logits.float().sum() * 0 if empty else self.criterion(images, logits, targets)
+            share = loss / self.cfg.grad_accum_steps
+            (self.scaler.scale(share) if self.scaler is not None else share).backward()
+        if update:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+                self._clip()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self._clip()
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.global_step + 1)
         return None if empty else loss.detach()
 
     def _clip(self) -> None:
@@ -448,42 +597,50 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
 
     def train_one_epoch(self, epoch: int) -> dict:
+        """The epoch's remaining steps; a mid-epoch resume carries the loss sums of the steps
+        before it (``epoch_totals``), so the epoch's mean is that of an uninterrupted run."""
         cfg, rt = self.cfg, self.rt
         self.model.train()
         self.train_sampler.set_epoch(epoch, skip=self.epoch_step * cfg.batch_size)
-        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not rt.main, dynamic_ncols=True, file=sys.stderr)
-        totals = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss sum, steps, bad files
+        totals = self.epoch_totals = self.epoch_totals.to(rt.device)  # loss sum, steps, bad files
         nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
         images_seen, started = 0, time.perf_counter()
-        for images, targets, bad in self.train_loader:
-            self._note_bad(bad)
-            totals[2] += len(bad)
-            loss = self.train_step(images, targets)
-            self.scheduler.step_update(num_updates=self.global_step + 1)
-            self.epoch_step += 1
-            self.global_step += 1
-            images_seen += len(targets) * rt.world
-            if loss is not None:
-                totals[0] += loss
-                totals[1] += 1
-                nonfinite |= ~torch.isfinite(loss)
-            checkpoint_due = cfg.ckpt_steps and self.global_step % cfg.ckpt_steps == 0
-            if self.epoch_step % cfg.log_interval == 0 or checkpoint_due or self.epoch_step == self.steps_per_epoch:
-                self._check_finite(nonfinite)
-                rate = images_seen / (time.perf_counter() - started)
-                mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.current_lr():.2e}", img_s=f"{rate:.0f}")
-                if self.log is not None:
-                    self.log.scalars(self.global_step, **{"train/loss": mean_loss, "train/lr": self.current_lr(),
-                                                          "train/img_per_s": rate})
-            if checkpoint_due:
-                self.save("last.pth")
-            bar.update(1)
-        bar.close()
+        with tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {epoch + 1}/{self.total_epochs}",
+                  disable=not rt.main, dynamic_ncols=True, file=sys.stderr) as bar:
+            for images, targets, bad in self.train_loader:
+                if self.epoch_step == self.steps_per_epoch:
+                    break  # the batches of an incomplete last accumulation
+                self._note_bad(bad)
+                totals[2] += len(bad)
+                update = (self.epoch_step + 1) % cfg.grad_accum_steps == 0
+                loss = self.train_step(images, targets, update)
+                self.epoch_step += 1
+                images_seen += len(targets) * rt.world
+                if loss is not None:
+                    totals[0] += loss
+                    totals[1] += 1
+                    nonfinite |= ~torch.isfinite(loss)
+                checkpoint_due = False
+                if update:
+                    self.global_step += 1
+                    self.scheduler.step_update(num_updates=self.global_step)
+                    checkpoint_due = cfg.ckpt_steps and self.global_step % cfg.ckpt_steps == 0
+                if self.epoch_step % cfg.log_interval == 0 or checkpoint_due or self.epoch_step == self.steps_per_epoch:
+                    self._check_finite(nonfinite)
+                    rate = images_seen / (time.perf_counter() - started)
+                    mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.current_lr():.2e}", img_s=f"{rate:.0f}")
+                    if self.log is not None:
+                        self.log.scalars(self.global_step, **{"train/loss": mean_loss, "train/lr": self.current_lr(),
+                                                              "train/img_per_s": rate})
+                if checkpoint_due:
+                    self.save("last.pth")
+                bar.update(1)
         if rt.distributed:
+            totals = totals.clone()
             dist.all_reduce(totals)
         elapsed = time.perf_counter() - started
+        self.epoch_totals = torch.zeros(3, dtype=torch.float64)
         return dict(loss=(totals[0] / totals[1].clamp(min=1)).item(), bad_files=int(totals[2].item()),
                     img_per_s=images_seen / elapsed, time=elapsed)
 
@@ -520,32 +677,72 @@ class Trainer:
         return result
 
     def fit(self) -> dict:
-        """Train from the current epoch/step to ``cfg.epochs``; returns the final metrics."""
+        """Train from the current epoch/step to ``epochs + cooldown_epochs``; returns the final metrics."""
         if self.cfg.benchmark_steps:
             return self.benchmark(self.cfg.benchmark_steps)
-        cfg = self.cfg
+        self._start_summary()
         started = time.perf_counter()
         val: dict = {}
         try:
-            for epoch in range(self.epoch, cfg.epochs):
+            for epoch in range(self.epoch, self.total_epochs):
                 self.epoch = epoch
                 train = self.train_one_epoch(epoch)
                 val = self.validate()
                 self.epoch, self.epoch_step = epoch + 1, 0
-                improved = val["top1"] > self.best_top1
-                self.best_top1 = max(self.best_top1, val["top1"])
+                # the better of the raw and the EMA weights (the official code kept the EMA's only)
+                score, source = max((val["top1"], "model"), (val.get("ema_top1", -1.0), "ema"))
+                improved = score > self.best_top1
+                if improved:
+                    self.best_top1, self.best_source = score, source
                 self._epoch_summary(epoch, train, val, improved)  # before the save: a kill in between
-                self.save("last.pth", *(["best.pth"] if improved else []))  # repeats a row, loses none
-            if self.rt.main:
-                self.model.save_pretrained(self.run_dir / "model", class_names=self.class_names)
+                self.save("last.pth", *(["best.pth"] if improved else []))  # is undone by the resume
+                if improved:
+                    self.save_best_model(source)
         finally:
             if self.log is not None:
                 self.log.close()
         elapsed = time.perf_counter() - started
         if self.rt.main and val:
-            tqdm.write(f"done: {self.epoch} epochs, val top-1 {val['top1']:.2f}% (best {self.best_top1:.2f}%), "
-                       f"{elapsed:.0f} s; run folder {self.run_dir}")
-        return dict(val, best_top1=self.best_top1, epochs=self.epoch, run_dir=str(self.run_dir), time=elapsed)
+            tqdm.write(f"done: {self.epoch} epochs, val top-1 {val['top1']:.2f}% (best {self.best_top1:.2f}%, "
+                       f"{self.best_source} weights, in best.pth and model/), {elapsed:.0f} s; run folder "
+                       f"{self.run_dir}")
+        return dict(val, best_top1=self.best_top1, best_source=self.best_source, epochs=self.epoch,
+                    run_dir=str(self.run_dir), time=elapsed)
+
+    def _start_summary(self) -> None:
+        """What the run is about to do, and warnings for settings that make it useless."""
+        cfg = self.cfg
+        if not self.rt.main:
+            return
+        aug = "RandAugment " + cfg.aa if cfg.aa else f"colour jitter {cfg.color_jitter}"
+        mix = f"Mixup {cfg.mixup} / CutMix {cfg.cutmix}" if self.mixup is not None else "no Mixup/CutMix"
+        ema = "off"
+        if self.ema is not None:
+            ema = f"decay {cfg.ema_decay}" + (" with warm-up (a short run)" if self.ema_warmup else "")
+        scaled = "" if cfg.lr is not None else f" (--base-lr {cfg.base_lr:g} x {self.global_batch} / {cfg.base_batch})"
+        drop_path = cfg.drop_path if cfg.drop_path is not None else "the variant's"
+        lines = [
+            f"training {cfg.model} at {self.img_size}px on {self.rt.device} ({self.rt.world} process(es), "
+            f"amp {self.dtype or 'none'}); run folder {self.run_dir}",
+            f"  data      {len(self.data.train)} train / {len(self.data.val)} val images, "
+            f"{len(self.class_names)} classes",
+            f"  schedule  {cfg.epochs} epochs + {cfg.cooldown_epochs} cool-down, {self.steps_per_epoch} steps of "
+            f"{cfg.batch_size} per epoch and process, global batch {self.global_batch} "
+            f"({cfg.batch_size} x {self.rt.world} process(es) x {cfg.grad_accum_steps} accumulated), "
+            f"{self.updates_per_epoch * self.total_epochs} optimizer steps",
+            f"  lr        {self.lr:.3g}{scaled}, warm-up {cfg.warmup_epochs} epochs, cosine to {cfg.min_lr:g}",
+            f"  augment   {aug}, {mix}, random erasing {cfg.reprob}, label smoothing {cfg.smoothing}, "
+            f"drop path {drop_path}",
+            f"  EMA       {ema}",
+            f"  CPU       {self.threads} thread(s), {self.workers} loader worker(s) per process",
+        ]
+        self._say("\n".join(lines))
+        if cfg.warmup_epochs >= cfg.epochs:
+            self._say(f"warning: the warm-up ({cfg.warmup_epochs} epochs) is not shorter than the run ({cfg.epochs} "
+                      "epochs): the lr never reaches its peak; lower --warmup-epochs")
+        if self.lr < 1e-4:
+            self._say(f"warning: the learning rate is only {self.lr:.2g} (linear scaling to a global batch of "
+                      f"{self.global_batch}); a short run may barely move: set --lr for this batch")
 
     def _epoch_summary(self, epoch: int, train: dict, val: dict, improved: bool) -> None:
         if not self.rt.main:
@@ -555,12 +752,15 @@ class Trainer:
                    ema_top1=round(val["ema_top1"], 3) if "ema_top1" in val else None, lr=self.current_lr(),
                    img_per_s=round(train["img_per_s"], 1), bad_files=train["bad_files"] + val["bad_files"],
                    epoch_time_s=round(train["time"], 2), time=datetime.now().isoformat(timespec="seconds"))
-        self.log.epoch(row)
+        with self._writing(self.log.csv_path):
+            self.log.epoch(row)
         ema = f" | ema top-1 {val['ema_top1']:.2f}%" if "ema_top1" in val else ""
         bad = f" | {row['bad_files']} bad file(s) skipped" if row["bad_files"] else ""
-        tqdm.write(f"epoch {epoch + 1}/{self.cfg.epochs} | train loss {train['loss']:.4f} | val loss {val['loss']:.4f}"
+        tqdm.write(f"epoch {epoch + 1}/{self.total_epochs} | train loss {train['loss']:.4f} | "
+                   f"val loss {val['loss']:.4f}"
                    f" top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%{ema} | lr {self.current_lr():.2e} | "
-                   f"{train['img_per_s']:.0f} img/s | {train['time']:.1f} s{bad}" + (" | best" if improved else ""))
+                   f"{train['img_per_s']:.0f} img/s | {train['time']:.1f} s{bad}"
+                   + (f" | best ({self.best_source})" if improved else ""))
 
     def benchmark(self, steps: int, warmup: int = 10) -> dict:
         """Training images/s (forward + backward + optimizer step, all processes together)

@@ -109,3 +109,55 @@ def test_digits_split_and_range():
     assert any(not torch.equal(shifted[0], s) for s in shifted[1:])
     assert torch.equal(val[(0, 0)][0], val[(0, 5)][0])  # no augmentation for validation
 
+
+
+# -- decoding: as the image is meant to be seen -------------------------------------------------
+def test_16_bit_png_is_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    from efficientmod.data import load_image
+
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (24, 40), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    rgb = np.asarray(load_image(tmp_path / "deep.png"))
+    expected = np.rint(deep / 257.0).astype(np.uint8)  # 65535 -> 255
+    assert rgb.shape == (24, 40, 3) and np.array_equal(rgb[..., 0], expected) and np.array_equal(rgb[..., 2], expected)
+    assert abs(rgb.mean() - deep.mean() / 257) < 0.5  # Pillow's own convert() would give ~255 everywhere
+    assert np.array_equal(np.asarray(load_image(tmp_path / "deep.png", "L")), expected)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from efficientmod.data import load_image
+
+    pixels = np.zeros((20, 30, 3), dtype=np.uint8)
+    pixels[:, :10] = 255  # white left third
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored as shot; display rotated 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = np.asarray(load_image(tmp_path / "phone.jpg"))
+    assert upright.shape == (30, 20, 3)  # portrait
+    assert upright[:10].mean() > 200 and upright[-10:].mean() < 50  # the white band is now on top
+
+
+def test_huge_images_are_decoded_reduced_or_skipped(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import efficientmod.data as data
+
+    monkeypatch.setattr(data, "MAX_DECODE_PIXELS", 40 * 40)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 96, 3), dtype=np.uint8))
+    photo.save(tmp_path / "big.jpg", quality=95)
+    photo.save(tmp_path / "big.png")
+    with pytest.warns(UserWarning, match=r"big.jpg: 96x128 pixels, decoded at 24x32"):
+        reduced = data.load_image(tmp_path / "big.jpg")  # JPEG: 1/4 scale by DCT scaling, never full size
+    assert reduced.size == (24, 32)
+    with pytest.raises(Image.DecompressionBombError, match="decode limit"):
+        data.load_image(tmp_path / "big.png")
+    (tmp_path / "c" / "x").mkdir(parents=True)
+    (tmp_path / "big.png").rename(tmp_path / "c" / "x" / "big.png")
+    sample = data.ImageFolder(tmp_path / "c", ["x"])[0]
+    assert isinstance(sample, data.BadSample) and "decode limit" in sample.reason  # skipped and counted

@@ -21,11 +21,14 @@ from efficientmod.train import Trainer
 from synthetic_images import make_image_folder
 
 RECIPE = ["--model", "efficientmod_xxs", "--img-size", "32", "--workers", "0", "--epochs", "1",
-          "--opt", "sgd", "--lr", "0.05", "--weight-decay", "0", "--warmup-epochs", "0",
+          "--cooldown-epochs", "0", "--opt", "sgd", "--lr", "0.05", "--weight-decay", "0", "--warmup-epochs", "0",
           "--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--no-tensorboard", "--log-interval", "1"]
 
 
-def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("batch, accum", [(2, 1), (1, 2)])
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path, batch, accum):
+    """2 processes x 2 images, and 2 processes x 1 image x 2 accumulated passes (DDP
+    all-reducing only the last pass's gradients), equal 1 process x 4 images."""
     data = make_image_folder(tmp_path / "images", train_per_class=8, val_per_class=3)  # 16 images: 4 steps of 4
     single, double = tmp_path / "single", tmp_path / "double"
     assert main(["train", *RECIPE, "--data", str(data), "--batch-size", "4", "--output", str(single)]) == 0
@@ -34,7 +37,8 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
     # its own session, so that a hung rendezvous cannot outlive the test
     process = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "efficientmod", "train", *RECIPE, "--data", str(data), "--batch-size", "2", "--output", str(double)],
+         "-m", "efficientmod", "train", *RECIPE, "--data", str(data), "--batch-size", str(batch),
+         "--grad-accum-steps", str(accum), "--output", str(double)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, stderr = process.communicate(timeout=240)

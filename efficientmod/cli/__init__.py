@@ -2,7 +2,9 @@
 
 Each command module exposes ``add_parser(subparsers)``, which adds its sub-command(s) and
 sets ``func`` (called with the parsed arguments; its return value is the exit status).
-Exit status 2: a usage or input error (clear message, no traceback); 3: training diverged.
+Exit status 2: a usage or input error (clear message, no traceback); 3: training diverged;
+1: anything unexpected — a bug in this library or a dependency, not bad input — reported in
+one line naming the exception and the file, line and function where it was raised.
 
 Printing help must stay as cheap as importing torch: command modules import their engines
 (and with them timm and the model registry) inside the functions that run a command, and
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from efficientmod import __version__
 from efficientmod.runtime import TrainingDiverged
@@ -57,6 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"efficientmod {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - not the user's input: say where, exit 1
+        print(f"efficientmod {args.command}: internal error: {_where(error)}", file=sys.stderr)
+        return 1
+
+
+def _where(error: BaseException) -> str:
+    """``Type: message (raised in function, file.py:line)`` of ``error``'s innermost frame."""
+    message = str(error)
+    if "Original Traceback" in message:  # re-raised from a DataLoader worker: its last line says it
+        return message.strip().splitlines()[-1]
+    frames = traceback.extract_tb(error.__traceback__)
+    place = f" (raised in {frames[-1].name}, {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {message}{place}"
 
 
 if __name__ == "__main__":

@@ -65,10 +65,10 @@ def _add_model_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None
 
 
 def _input_size(model, pixels: list[int] | None) -> tuple[int, int, int]:
-    from efficientmod.models import model_info
+    from efficientmod.predict import Preprocessing
 
-    if pixels is None:
-        return (model.in_chans, *model_info(model.registry_name).input_size[1:])
+    if pixels is None:  # what the model was trained on (save_pretrained / training checkpoint), else the registry's
+        return Preprocessing.of_model(model).input_size
     if len(pixels) > 2 or min(pixels) <= 0:
         raise ValueError(f"--input-size takes H or H W (positive), got {pixels}")
     height, width = pixels[0], pixels[-1]

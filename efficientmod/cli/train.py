@@ -16,14 +16,19 @@ examples:
   efficientmod train --model efficientmod_xs --data my_classes --pretrained efficientmod_xs.pth \\
       --epochs 30 --lr 5e-4 --layer-decay 0.75 --warmup-epochs 2
   efficientmod train --model efficientmod_s --synthetic --benchmark-steps 50   # speed only
+  efficientmod train --model efficientmod_s --data /data/imagenet --output runs/s --overwrite  # replace a run
   efficientmod train            # no --data: the digits demo (see `efficientmod demo`)
-The defaults are the DeiT recipe of the papers; --config recipe.yaml sets any of them.
-Exit status: 0 done, 2 bad input, 3 the loss diverged (NaN/inf; the last good checkpoint is kept)."""
+  efficientmod train --model efficientmod_s --data /data/imagenet --grad-accum-steps 8   # one GPU, batch 2048
+The defaults are the official EfficientMod recipe (docs/training.md); --config recipe.yaml sets any of them.
+Exit status: 0 done, 1 an internal error (named: file, step), 2 bad input or an unusable run folder,
+3 the loss diverged (NaN/inf; the last good checkpoint is kept)."""
 
 DEMO_DESCRIPTION = """\
 The whole life cycle on CPU in a few minutes: train efficientmod_xxs on scikit-learn's
 handwritten digits (8x8, upscaled to 32x32, 1,437 train / 360 val images), evaluate it,
 export it to ONNX, check the ONNX model's accuracy in ONNX Runtime, and benchmark it.
+The run folder's model/ and model.onnx record the digits' preprocessing (1 channel, 32 px):
+`efficientmod predict runs/demo-*/model digit.png` (or model.onnx) classifies digit images.
 Every training flag of `efficientmod train` applies on top of the demo's recipe."""
 
 

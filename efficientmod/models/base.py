@@ -127,7 +127,10 @@ class Backbone(nn.Module):
             self.reset_classifier(0)
         return take
 
-    def save_pretrained(self, directory, class_names: list[str] | None = None) -> None:
+    def save_pretrained(self, directory, class_names: list[str] | None = None,
+                        preprocessing: dict | None = None) -> None:
         """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically);
-        :func:`efficientmod.from_pretrained` restores the model exactly."""
-        save_pretrained(self, directory, class_names=class_names)
+        :func:`efficientmod.from_pretrained` restores the model exactly. ``preprocessing``
+        (input_size, mean, std, interpolation, crop_pct) records what the model was trained
+        on when it differs from the registry's."""
+        save_pretrained(self, directory, class_names=class_names, preprocessing=preprocessing)

@@ -484,6 +484,7 @@ for _name, (_cfg, _top1, _drop_path) in VARIANTS.items():
             timm_name=_name,
             top1=_top1,
             top1_source=PAPER + " (DeiT recipe, no distillation)",
+            crop_pct=0.875,  # the official eval: timm 0.6's default crop (the official models set none)
             extra=dict(first_conv="stem.conv", classifier="head", drop_path_rate=_drop_path),
         )
     )

@@ -18,11 +18,16 @@ from safetensors.torch import save_file
 from efficientmod.checkpoint import atomic_write, load_checkpoint
 from efficientmod.models.registry import create_model, model_info
 
-__all__ = ["save_pretrained", "from_pretrained", "read_config"]
+__all__ = ["PREPROCESSING_KEYS", "save_pretrained", "from_pretrained", "read_config"]
+
+PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None) -> None:
-    """``model.safetensors`` + ``config.json`` (architecture, classes, input, mean/std)."""
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None,
+                    preprocessing: dict | None = None) -> None:
+    """``model.safetensors`` + ``config.json`` (architecture, classes, input, mean/std);
+    ``preprocessing`` overrides the registry's input_size / mean / std / interpolation /
+    crop_pct with what the model was actually trained on."""
     if not model.registry_name:
         raise ValueError("save_pretrained needs a model built by efficientmod.create_model")
     if getattr(model, "deployed", False):  # its fused layers cannot be rebuilt by create_model
@@ -42,6 +47,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
         crop_pct=info.crop_pct,
         class_names=class_names,
     )
+    config.update({key: value for key, value in (preprocessing or {}).items() if key in PREPROCESSING_KEYS})
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
     atomic_write(directory / "config.json",
@@ -68,4 +74,5 @@ def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
     model = create_model(config["architecture"], **build)
     load_checkpoint(model, directory, strict=True, ignore_head=new_head)
     model.class_names = None if new_head else config.get("class_names")
+    model.preprocessing = {key: config[key] for key in PREPROCESSING_KEYS if key in config}
     return model
