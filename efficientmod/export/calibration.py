@@ -29,7 +29,7 @@ from efficientmod.export.onnx import ExportVerificationError
 
 __all__ = [
     "IMAGE_SUFFIXES", "Agreement", "calibration_files", "read_calibration_images",
-    "prediction_agreement", "check_agreement", "run_batched",
+    "prediction_agreement", "check_agreement", "run_batched", "VerifiedExport",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -118,3 +118,14 @@ def check_agreement(agreement: Agreement, tolerance: float, label: str) -> Agree
     if not (agreement.top1 >= floor and agreement.top5 >= floor):  # also catches NaN
         raise ExportVerificationError(f"{label}: {agreement}, below {floor:g}% (tolerance {tolerance:g} points)")
     return agreement
+
+
+@dataclass(frozen=True)
+class VerifiedExport:
+    """What a verified export found: the float32 graph's max abs difference to PyTorch and,
+    for a reduced precision (bf16, int8), the written file's agreement with that graph."""
+
+    path: Path
+    precision: str
+    fp32_max_abs_diff: float
+    agreement: Agreement | None = None
