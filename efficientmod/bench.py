@@ -304,20 +304,22 @@ def _ort_steps(model: nn.Module, input_size, settings: BenchSettings, int8: bool
 
 def _openvino_steps(model: nn.Module, input_size, settings: BenchSettings, precision: str = "fp32") -> StepFactory:
     """OpenVINO on the CPU from the model's ONNX export, in ``precision`` (fp32 set explicitly:
-    OpenVINO's default on bf16-capable CPUs is bf16); int8 by NNCF post-training quantisation."""
+    OpenVINO's default on bf16-capable CPUs is bf16), compiled with static shapes for each
+    batch size; int8 by NNCF post-training quantisation."""
     from efficientmod.export import export_onnx
-    from efficientmod.export.openvino import compile_openvino, convert_onnx
+    from efficientmod.export.openvino import StaticBatchModel, convert_onnx
     from efficientmod.export.quantize import quantize_openvino_int8
 
     with tempfile.TemporaryDirectory(prefix="efficientmod-bench-") as folder:
         ov_model = convert_onnx(export_onnx(copy.deepcopy(model).float(), Path(folder) / "model.onnx", input_size))
     if precision == "int8":
+        ov_model.reshape([1, *input_size])
         ov_model = quantize_openvino_int8(ov_model, _random_images(CALIBRATION_IMAGES, input_size))
-    compiled = compile_openvino(ov_model, precision, settings.threads)
-    request = compiled.create_infer_request()
+    runner = StaticBatchModel(ov_model, precision, settings.threads)
 
     def make_step(batch: int):
         x = _random_images(batch, input_size)
+        request = runner.request(batch)  # compiled for this batch size, static shapes
         return lambda: request.infer({0: x})
 
     return make_step

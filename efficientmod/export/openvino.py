@@ -34,7 +34,8 @@ from efficientmod.export.onnx import export_onnx, verify_onnx
 
 __all__ = [
     "PRECISIONS", "RT_INFO_KEY", "convert_onnx", "save_openvino",
-    "read_openvino_metadata", "compile_openvino", "export_openvino", "OpenVinoRuntime", "open_runtime",
+    "read_openvino_metadata", "compile_openvino", "export_openvino", "StaticBatchModel", "OpenVinoRuntime",
+    "open_runtime",
 ]
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -113,21 +114,44 @@ def compile_openvino(ov_model, precision: str = "fp32", threads: int | None = No
     return ov.Core().compile_model(ov_model, "CPU", config)
 
 
-class OpenVinoRuntime:
+class StaticBatchModel:
+    """``ov_model`` compiled once per batch size it meets, each time with static shapes.
+
+    Static shapes are what OpenVINO optimises best, and what its int8 low-precision
+    transformations need here: with a dynamic batch they fail on the deployed graphs'
+    token-matrix reshapes ((B·H·W, C) → (B, H, W, C)), OpenVINO 2026.4. The first call at a
+    new batch size pays the compilation (about a second for these models)."""
+
+    def __init__(self, ov_model, precision: str = "fp32", threads: int | None = None):
+        self.ov_model, self.precision, self.threads = ov_model, precision, threads
+        shape = ov_model.input(0).get_partial_shape()
+        if shape.rank.is_dynamic or shape.rank.get_length() != 4 or any(d.is_dynamic for d in list(shape)[1:]):
+            raise ValueError(f"expected an N×C×H×W input with static C, H, W, got {shape}")
+        self.image_shape = [d.get_length() for d in list(shape)[1:]]
+        self.requests = {}
+
+    def request(self, batch: int):
+        """The infer request of the model compiled for ``batch`` images."""
+        if batch not in self.requests:
+            self.ov_model.reshape([batch, *self.image_shape])
+            self.requests[batch] = compile_openvino(self.ov_model, self.precision, self.threads).create_infer_request()
+        return self.requests[batch]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        request = self.request(len(batch))
+        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return request.get_output_tensor(0).data.copy()
+
+
+class OpenVinoRuntime(StaticBatchModel):
     """An OpenVINO IR on the CPU (see :func:`efficientmod.load_runtime`), compiled in the
-    precision its export stored (float32 for files of other producers)."""
+    precision its export stored (float32 for files of other producers), per batch size."""
 
     def __init__(self, path: Path, threads: int | None = None):
         self.path = Path(path)
         ov_model = _read_model(self.path)
         self.metadata = read_openvino_metadata(self.path, ov_model)
-        self.precision = str(self.metadata.get("precision", "fp32"))
-        self.compiled = compile_openvino(ov_model, self.precision, threads)
-        self.request = self.compiled.create_infer_request()
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return self.request.get_output_tensor(0).data.copy()
+        super().__init__(ov_model, str(self.metadata.get("precision", "fp32")), threads)
 
 
 def open_runtime(path: str | os.PathLike, threads: int | None = None) -> OpenVinoRuntime:
@@ -135,14 +159,14 @@ def open_runtime(path: str | os.PathLike, threads: int | None = None) -> OpenVin
 
 
 class _Session:
-    """A compiled OpenVINO model behind ONNX Runtime's ``session.run`` call, so
+    """An OpenVINO model behind ONNX Runtime's ``session.run`` call, so
     :func:`efficientmod.export.onnx.verify_onnx` compares it with PyTorch unchanged."""
 
-    def __init__(self, compiled):
-        self.compiled = compiled
+    def __init__(self, model: StaticBatchModel):
+        self.model = model
 
     def run(self, _outputs, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [self.compiled(feeds["input"])[0]]
+        return [self.model.run(feeds["input"])]
 
 
 def export_openvino(
@@ -178,18 +202,19 @@ def export_openvino(
     with tempfile.TemporaryDirectory(prefix="efficientmod-openvino-") as folder:
         onnx_path = export_onnx(model, Path(folder) / "model.onnx", input_size, opset)
         ov_model = convert_onnx(onnx_path)
-        fp32 = compile_openvino(ov_model, "fp32")
+        fp32 = StaticBatchModel(convert_onnx(onnx_path), "fp32")
         worst = verify_onnx(model, path, input_size, batch_sizes, tolerance, session=_Session(fp32))
         agreement = None
         if precision != "fp32":
             if check_images is None:  # bf16 without images: random ones, better than nothing
                 check_images = np.random.default_rng(0).standard_normal((32, *input_size), dtype=np.float32)
-            reference = run_batched(lambda b: fp32(b)[0], check_images)
-            if precision == "int8":
+            reference = run_batched(fp32.run, check_images)
+            if precision == "int8":  # quantised with a static batch: see StaticBatchModel
+                ov_model.reshape([1, *input_size])
                 ov_model = quantize_openvino_int8(ov_model, calibration)
-            reduced = compile_openvino(ov_model, precision)
-            agreement = check_agreement(
-                prediction_agreement(reference, run_batched(lambda b: reduced(b)[0], check_images)),
-                agreement_tolerance, f"{path} ({precision})")
+            reduced = StaticBatchModel(ov_model, precision)
+            agreement = check_agreement(prediction_agreement(reference, run_batched(reduced.run, check_images)),
+                                        agreement_tolerance, f"{path} ({precision})")
+            ov_model.reshape([-1, *input_size])  # the file keeps a dynamic batch axis whatever was compiled
         save_openvino(ov_model, path, {**(metadata or {}), "precision": precision})
     return VerifiedExport(path, precision, worst, agreement)
