@@ -8,10 +8,10 @@ modulation multiply and the residual adds — cost little, and their inputs have
 ranges (pre-LayerNorm residual streams, pre-softmax logits), so quantising them loses the
 most accuracy for the least time. Hence:
 
-* **ONNX Runtime** (:func:`quantize_onnx_int8`): static QDQ quantisation of ``Conv``,
-  ``MatMul`` and ``Gemm`` only (:data:`ORT_INT8_OPS`); weights symmetric int8 per output
-  channel, activations asymmetric uint8 per tensor with min/max ranges from the
-  calibration images; everything else stays float32. The graph is first put through ORT's
+* **ONNX Runtime** (:func:`quantize_onnx_int8`): static QDQ quantisation of the *inputs*
+  of ``Conv``, ``MatMul`` and ``Gemm`` only (:data:`ORT_INT8_OPS`); weights symmetric int8
+  per output channel, activations asymmetric uint8 per tensor with min/max ranges from the
+  calibration images; their outputs and everything else stay float32. The graph is first put through ORT's
   quantisation pre-processing (shape inference, basic fusions), as its docs recommend.
 * **OpenVINO** (:func:`quantize_openvino_int8`): NNCF post-training quantisation with
   ``ModelType.TRANSFORMER``, NNCF's placement for attention networks (the same idea: int8
@@ -86,7 +86,10 @@ def quantize_onnx_int8(source: str | os.PathLike, target: str | os.PathLike, cal
                 op_types_to_quantize=list(ORT_INT8_OPS), per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                               # their outputs feed float ops (norms, GELU, the modulation multiply):
+                               # no quantise-dequantise round trip there
+                               "OpTypesToExcludeOutputQuantization": list(ORT_INT8_OPS)},
             )
         proto = onnx.load(tmp)
         del proto.metadata_props[:]
