@@ -18,6 +18,7 @@ uninterrupted one step for step.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import sys
 import time
 import warnings
@@ -330,7 +331,9 @@ class Trainer:
                                             if self.rt.device.type == "cuda" else None,
                                             gradient_as_bucket_view=True)
         if self.cfg.compile:
-            model = torch.compile(model)
+            if self.rt.device.type == "cuda" and importlib.util.find_spec("triton") is None:
+                raise ValueError("--compile on CUDA needs triton, which is not installed (or drop --compile)")
+            model = torch.compile(model, dynamic=False)  # an odd-sized batch recompiles statically, not dynamic
         return model
 
     # -- the run folder and resuming -----------------------------------------------------------
