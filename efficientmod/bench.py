@@ -29,6 +29,7 @@ import copy
 import csv
 import dataclasses
 import difflib
+import gc
 import importlib
 import importlib.util
 import inspect
@@ -104,7 +105,8 @@ class Candidate:
 class BenchSettings:
     """How to measure. ``batch=None`` picks 16 on CPU backends and 256 on GPU ones; 0 skips
     throughput. ``threads`` sets PyTorch's and ONNX Runtime's intra-op threads on CPU;
-    ``dtype`` is the autocast dtype of the CUDA backends (CPU backends run float32)."""
+    ``dtype`` is the dtype the CUDA backends convert model and inputs to (CPU backends run
+    float32, or their fixed precision: bf16 / int8)."""
 
     backends: tuple[str, ...] = ("torch-cpu",)
     threads: int = 4
@@ -225,23 +227,27 @@ class Backend:
     help: str
     prepare: Callable[[nn.Module, tuple[int, int, int], BenchSettings], StepFactory]
     min_warmup: int = 0  # untimed calls the first call's one-off work needs, whatever --warmup says
+    precision: str | None = None  # a CPU backend's fixed precision (bf16, int8); None: fp32 / --dtype
 
 
 def _torch_steps(model: nn.Module, input_size, settings: BenchSettings, device: str,
                  compile_mode: str | None = None) -> StepFactory:
-    model = copy.deepcopy(model).to(device).eval()
+    """Eager or compiled PyTorch. Off the CPU the model and its inputs are *converted* to
+    ``settings.dtype`` (not autocast, which would re-cast every weight on every timed call).
+    ``torch.compile`` gets ``dynamic=False``: the throughput batch compiles (and, with CUDA
+    graphs, records) its own static-shape graph instead of a dynamic-batch one."""
+    dtype = torch.float32 if device == "cpu" else DTYPES[settings.dtype]
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = copy.deepcopy(model).to(device=device, dtype=dtype).eval().to(memory_format=memory_format)
     if compile_mode is not None:
         torch._dynamo.reset()  # fresh caches: variants of one class must not hit the recompile limit
-        model = torch.compile(model, mode=compile_mode)
-    use_autocast = device == "cuda" and settings.dtype != "fp32"
+        model = torch.compile(model, mode=compile_mode, dynamic=False)
 
     def make_step(batch: int):
-        x = torch.randn(batch, *input_size, device=device).contiguous(memory_format=memory_format)
+        x = torch.randn(batch, *input_size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
 
         def step():
-            with torch.inference_mode(), torch.autocast(device, DTYPES[settings.dtype], enabled=use_autocast):
+            with torch.inference_mode():
                 return model(x)
 
         return step
@@ -249,22 +255,73 @@ def _torch_steps(model: nn.Module, input_size, settings: BenchSettings, device: 
     return make_step
 
 
-def _ort_steps(model: nn.Module, input_size, settings: BenchSettings) -> StepFactory:
-    import onnxruntime as ort
+# The CUDA math settings of every GPU figure, set explicitly (training code turns cuDNN's
+# autotuner and TF32 on process-wide, so leaving them alone would make the figures depend on
+# what ran earlier in the process) and recorded with the environment. PyTorch's defaults for
+# TF32: off for matmuls (fp32 means fp32), on for cuDNN convolutions.
+CUDA_SETTINGS = {"cudnn_benchmark": True, "matmul_tf32": False, "cudnn_tf32": True}
 
-    from efficientmod.export import export_onnx
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+@contextlib.contextmanager
+def _cuda_settings():
+    """:data:`CUDA_SETTINGS` in force for the block, the previous values restored after."""
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul, torch.backends.cudnn
+    names = "benchmark", "allow_tf32", "allow_tf32"
+    previous = [getattr(flag, name) for flag, name in zip(flags, names, strict=True)]
+    for flag, name, value in zip(flags, names, CUDA_SETTINGS.values(), strict=True):
+        setattr(flag, name, value)
+    try:
+        yield
+    finally:
+        for flag, name, value in zip(flags, names, previous, strict=True):
+            setattr(flag, name, value)
+
+
+CALIBRATION_IMAGES = 8  # random images calibrating the int8 backends: their speed, not their accuracy
+
+
+def _random_images(count: int, input_size) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((count, *input_size), dtype=np.float32)
+
+
+def _ort_steps(model: nn.Module, input_size, settings: BenchSettings, int8: bool = False) -> StepFactory:
+    """ONNX Runtime (every graph optimization) on the model's ONNX export; ``int8``: after
+    static QDQ quantisation (:func:`efficientmod.export.quantize.quantize_onnx_int8`)."""
+    from efficientmod.export import export_onnx, ort_session
+    from efficientmod.export.quantize import quantize_onnx_int8
+
     with tempfile.TemporaryDirectory(prefix="efficientmod-bench-") as folder:
         path = export_onnx(copy.deepcopy(model).float(), Path(folder) / "model.onnx", input_size)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if int8:
+            path = quantize_onnx_int8(path, Path(folder) / "int8.onnx", _random_images(CALIBRATION_IMAGES, input_size))
+        session = ort_session(path, settings.threads)
 
     def make_step(batch: int):
-        x = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
+        x = _random_images(batch, input_size)
         return lambda: session.run(None, {"input": x})
+
+    return make_step
+
+
+def _openvino_steps(model: nn.Module, input_size, settings: BenchSettings, precision: str = "fp32") -> StepFactory:
+    """OpenVINO on the CPU from the model's ONNX export, in ``precision`` (fp32 set explicitly:
+    OpenVINO's default on bf16-capable CPUs is bf16), compiled with static shapes for each
+    batch size; int8 by NNCF post-training quantisation."""
+    from efficientmod.export import export_onnx
+    from efficientmod.export.openvino import StaticBatchModel, convert_onnx
+    from efficientmod.export.quantize import quantize_openvino_int8
+
+    with tempfile.TemporaryDirectory(prefix="efficientmod-bench-") as folder:
+        ov_model = convert_onnx(export_onnx(copy.deepcopy(model).float(), Path(folder) / "model.onnx", input_size))
+    if precision == "int8":
+        ov_model.reshape([1, *input_size])
+        ov_model = quantize_openvino_int8(ov_model, _random_images(CALIBRATION_IMAGES, input_size))
+    runner = StaticBatchModel(ov_model, precision, settings.threads)
+
+    def make_step(batch: int):
+        x = _random_images(batch, input_size)
+        request = runner.request(batch)  # compiled for this batch size, static shapes
+        return lambda: request.infer({0: x})
 
     return make_step
 
@@ -274,8 +331,16 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
             lambda m, s, cfg: _torch_steps(m, s, cfg, "cpu")),
     Backend("ort-cpu", "cpu", "ONNX export run by ONNX Runtime on the CPU, --threads intra-op threads",
             _ort_steps),
+    Backend("ort-cpu-int8", "cpu", "ONNX Runtime, static int8 QDQ (convs and matmuls, per channel)",
+            lambda m, s, cfg: _ort_steps(m, s, cfg, int8=True), precision="int8"),
+    Backend("openvino-cpu", "cpu", "the ONNX export run by OpenVINO on the CPU, float32",
+            _openvino_steps),
+    Backend("openvino-cpu-bf16", "cpu", "OpenVINO on the CPU, bf16 inference precision",
+            lambda m, s, cfg: _openvino_steps(m, s, cfg, "bf16"), precision="bf16"),
+    Backend("openvino-cpu-int8", "cpu", "OpenVINO on the CPU, NNCF int8 post-training quantisation",
+            lambda m, s, cfg: _openvino_steps(m, s, cfg, "int8"), precision="int8"),
     # the first CUDA call loads kernels and creates cuBLAS / cuDNN handles
-    Backend("torch-cuda", "cuda", "eager PyTorch on the GPU (--dtype autocast)",
+    Backend("torch-cuda", "cuda", "eager PyTorch on the GPU (model and inputs in --dtype)",
             lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda"), min_warmup=1),
     # the first call compiles
     Backend("compile-cuda", "cuda", "torch.compile (default mode) on the GPU",
@@ -290,8 +355,12 @@ def unavailable_reason(backend: str) -> str | None:
     """Why ``backend`` cannot run on this machine, or None when it can."""
     if BACKENDS[backend].device == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available on this machine"
-    if backend == "ort-cpu" and importlib.util.find_spec("onnxruntime") is None:
+    if backend.startswith("ort-") and importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install 'efficientmod[deploy]')"
+    if backend.startswith("openvino-") and importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed (pip install 'efficientmod[openvino]')"
+    if backend == "openvino-cpu-int8" and importlib.util.find_spec("nncf") is None:
+        return "NNCF is not installed (pip install 'efficientmod[openvino]')"
     if backend in ("compile-cuda", "cudagraph-cuda") and importlib.util.find_spec("triton") is None:
         return "torch.compile on CUDA needs triton, which is not installed"
     return None
@@ -313,7 +382,8 @@ def _new_row(candidate: Candidate, backend: str, settings: BenchSettings, params
     on_cpu = BACKENDS[backend].device == "cpu"
     return BenchRow(
         model=candidate.label, family=candidate.family, backend=backend,
-        dtype="fp32" if on_cpu else settings.dtype, threads=settings.threads if on_cpu else None,
+        dtype=BACKENDS[backend].precision or ("fp32" if on_cpu else settings.dtype),
+        threads=settings.threads if on_cpu else None,
         input_size=tuple(candidate.input_size), params=params, macs=macs,
         top1=candidate.top1, top1_source=candidate.top1_source,
     )
@@ -329,9 +399,10 @@ def _measure(candidate: Candidate, backend: str, settings: BenchSettings, params
     on_cpu = spec.device == "cpu"
     row = _new_row(candidate, backend, settings, params, macs)
     sync = _no_sync if on_cpu else torch.cuda.synchronize
-    threads = _torch_threads(settings.threads) if on_cpu else contextlib.nullcontext()
+    threads = _torch_threads(settings.threads) if on_cpu else _cuda_settings()
     warmup = max(settings.warmup, spec.min_warmup)
     batch = 1
+    make_step = step = None
     try:
         with threads:
             start = time.perf_counter()
@@ -347,14 +418,27 @@ def _measure(candidate: Candidate, backend: str, settings: BenchSettings, params
                 seconds = _time_batches(step, settings.throughput_runs, sync)
                 row.throughput_batch, row.throughput_runs = batch, settings.throughput_runs
                 row.throughput_img_s = batch * settings.throughput_runs / seconds
-    except torch.cuda.OutOfMemoryError:
-        row.error = f"out of GPU memory at batch {batch}"
-        torch.cuda.empty_cache()
     except Exception as error:  # one failing model/backend must not stop the others
-        row.error = _describe(error)
+        row.error = f"out of GPU memory at batch {batch}" if _is_out_of_memory(error) else _describe(error)
+    if row.error and not on_cpu:
+        del make_step, step  # the model copy and the inputs go before the cache is emptied
+        gc.collect()
+        torch.cuda.empty_cache()
     if row.error:
         print(f"efficientmod bench: {candidate.label} on {backend}: {row.error}", file=sys.stderr)
     return row
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA out-of-memory error, also when it arrives wrapped (inductor's autotuning and
+    compilation re-raise it as their own exception types, the original as the cause)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _record_latency(row: BenchRow, seconds: list[float]) -> None:
@@ -442,10 +526,12 @@ def environment(threads: int | None = None) -> dict:
         "torch": torch.__version__,
         "timm": _version("timm"),
         "onnxruntime": _version("onnxruntime"),
+        "openvino": _version("openvino") if importlib.util.find_spec("openvino") else None,
         "efficientmod": _version("efficientmod"),
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cuda_settings": CUDA_SETTINGS if cuda else None,
     }
 
 
@@ -565,6 +651,7 @@ class ClaimCheck:
     stated: str = ""
     source: str = ""
     why_missing: str = ""
+    note: str = ""  # why the figure may not be comparable (too few cores for the thread count)
 
 
 def paper_claims() -> list[dict]:
@@ -593,13 +680,29 @@ def check_claims(report: BenchReport, claims: list[dict]) -> list[ClaimCheck]:
             measured, why = _speedup(report, ours, peer, metric, backend)
             claim = stated.get(backend, {})
             checks.append(ClaimCheck(ours, peer, metric, backend, measured, claim.get("speedup"),
-                                     claim.get("stated", ""), claim.get("source", ""), why))
+                                     claim.get("stated", ""), claim.get("source", ""), why,
+                                     _cores_note(report, backend, claim.get("threads"))))
         for claim in pair:
             if not set(claim["backends"]) & set(run):
                 backend = claim["backends"][0]
                 checks.append(ClaimCheck(ours, peer, metric, backend, None, claim["speedup"], claim["stated"],
                                          claim["source"], f"not run (add -b {backend})"))
     return checks
+
+
+def _cores_note(report: BenchReport, backend: str, paper_threads: int | None) -> str:
+    """On a CPU backend, a note when this machine has fewer logical CPUs than the threads
+    the figure was measured with here or in the paper (then the threads share cores and
+    the ratio is not the paper's protocol); else ''."""
+    cores = report.environment.get("logical_cpus") or 0
+    if BACKENDS[backend].device != "cpu" or not cores:
+        return ""
+    threads = max(report.settings.threads, paper_threads or 0)
+    if threads <= cores:
+        return ""
+    return (f"this machine has {cores} logical CPU(s), fewer than the {threads} threads "
+            f"{'of the paper' if (paper_threads or 0) >= report.settings.threads else 'asked for'}: "
+            "threads share cores, not the paper's protocol")
 
 
 def _speedup(report: BenchReport, ours: str, peer: str, metric: str, backend: str) -> tuple[float | None, str]:

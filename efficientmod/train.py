@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import importlib.util
 import os
 import shutil
 import sys
@@ -405,7 +406,9 @@ class Trainer:
                                             if self.rt.device.type == "cuda" else None,
                                             gradient_as_bucket_view=True)
         if self.cfg.compile:
-            model = torch.compile(model)
+            if self.rt.device.type == "cuda" and importlib.util.find_spec("triton") is None:
+                raise ValueError("--compile on CUDA needs triton, which is not installed (or drop --compile)")
+            model = torch.compile(model, dynamic=False)  # an odd-sized batch recompiles statically, not dynamic
         return model
 
     # -- the run folder and resuming -----------------------------------------------------------

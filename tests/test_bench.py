@@ -281,7 +281,7 @@ def test_cli_end_to_end_writes_json_csv_and_plot(tmp_path, capsys):
     status = main(["bench", "efficientmod_xxs", "--compare", "mobilevit_xxs", "-b", "torch-cpu", "ort-cpu",
                    "torch-cuda", *TINY, "--json", str(out["json"]), "--csv", str(out["csv"]),
                    "--plot", str(out["png"])])
-    assert status == 0
+    assert status == (0 if torch.cuda.is_available() else 1)  # a backend named with -b is missing: exit 1
     table = capsys.readouterr().out
     assert "efficientmod_xxs" in table and "timm:mobilevit_xxs" in table and "machine:" in table
 
@@ -312,7 +312,7 @@ def test_cli_end_to_end_writes_json_csv_and_plot(tmp_path, capsys):
 
 def test_cli_paper_preset_runs_on_cpu(capsys):
     status = main(["bench", "--paper", "-b", "torch-cpu", "torch-cuda", *TINY])
-    assert status == 0
+    assert status == (0 if torch.cuda.is_available() else 1)
     out = capsys.readouterr().out
     assert "timm:efficientformerv2_s2" in out and "timm:mobilevit_xxs" in out
     assert "25% faster on GPU" in out and "3.7x faster on CPU" in out
@@ -326,3 +326,103 @@ def test_cli_paper_preset_runs_on_cpu(capsys):
 def test_cli_bad_input_exits_2_with_a_clear_message(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- exit status, int8 / OpenVINO rows
+
+def test_cli_exits_1_when_a_named_backend_is_missing_or_nothing_is_measured(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "unavailable_reason", lambda b: "absent (test)" if b == "ort-cpu" else None)
+    assert main(["bench", "efficientmod_xxs", "-b", "torch-cpu", "ort-cpu", *TINY, "--batch", "0"]) == 1
+    captured = capsys.readouterr()
+    assert "efficientmod_xxs" in captured.out and "named backend(s) not available here: ort-cpu" in captured.err
+    assert main(["bench", "efficientmod_xxs", "-b", "ort-cpu", *TINY]) == 1
+    assert "nothing was measured" in capsys.readouterr().err
+
+
+def test_default_backends_missing_are_only_noted(capsys, monkeypatch):
+    monkeypatch.setattr("efficientmod.cli.bench.DEFAULT_BACKENDS", ("torch-cpu", "ort-cpu"))
+    monkeypatch.setattr(bench, "unavailable_reason", lambda b: "absent (test)" if b == "ort-cpu" else None)
+    assert main(["bench", "efficientmod_xxs", *TINY, "--batch", "0"]) == 0
+    assert "skipping ort-cpu: absent (test)" in capsys.readouterr().err
+
+
+def test_openvino_backends_name_the_extra_when_absent(monkeypatch):
+    real = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec",
+                        lambda name: None if name in ("openvino", "nncf") else real(name))
+    for backend in ("openvino-cpu", "openvino-cpu-bf16", "openvino-cpu-int8"):
+        assert "pip install 'efficientmod[openvino]'" in bench.unavailable_reason(backend)
+    assert bench.unavailable_reason("ort-cpu-int8") is None
+
+
+def test_ort_int8_backend_measures_and_reports_its_precision():
+    settings = BenchSettings(backends=("ort-cpu-int8",), threads=1, runs=2, warmup=1, batch=2, throughput_runs=1)
+    model = resolve_models(["efficientmod_xxs@deploy"], img_size=32)
+    (row,) = benchmark(model, settings).rows
+    assert row.error == "" and row.dtype == "int8" and row.latency_ms_median > 0 and row.throughput_img_s > 0
+
+
+def test_paper_claims_note_fewer_cores_than_threads():
+    report = BenchReport([], BenchSettings(backends=("torch-cpu", "torch-cuda"), threads=4),
+                         {"logical_cpus": 2}, {})
+    assert "2 logical CPU(s), fewer than the 4 threads asked for" in bench._cores_note(report, "torch-cpu", None)
+    assert "of the paper" in bench._cores_note(report, "torch-cpu", 8)
+    assert bench._cores_note(report, "torch-cuda", 8) == ""  # GPU figures do not depend on the cores
+    quiet = dataclasses.replace(report, environment={"logical_cpus": 4})
+    assert bench._cores_note(quiet, "torch-cpu", 1) == ""
+    checks = check_claims(report, [dict(ours="a", peer="b", metric="latency", backends=["torch-cpu"], speedup=2.0,
+                                        stated="", source="")])
+    assert "fewer than the 4 threads" in checks[0].note and checks[1].note == ""
+
+
+# --------------------------------------------------------------------------- the GPU paths, shown on CPU
+
+def test_compiled_backends_compile_static_shapes(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    make_step = bench._torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), BenchSettings(**CPU), "cpu", "reduce-overhead")
+    make_step(1)(), make_step(4)()
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False}]  # a batch size change recompiles, static
+
+
+def test_gpu_backends_convert_model_and_inputs_instead_of_autocast():
+    settings = BenchSettings(backends=("torch-cuda",), dtype="bf16")
+    step = bench._torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), settings, "meta")(2)  # "meta": any non-CPU device
+    assert step().dtype == torch.bfloat16
+    cpu_step = bench._torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), settings, "cpu")(2)
+    assert cpu_step().dtype == torch.float32  # CPU backends stay float32 whatever --dtype says
+
+
+def test_cuda_settings_are_explicit_and_restored():
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = flags[0].benchmark, flags[1].allow_tf32, flags[0].allow_tf32
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = False, True  # what training left
+    try:
+        with bench._cuda_settings():
+            assert (flags[0].benchmark, flags[1].allow_tf32, flags[0].allow_tf32) == (True, False, True)
+        assert (flags[0].benchmark, flags[1].allow_tf32) == (False, True)
+    finally:
+        flags[0].benchmark, flags[1].allow_tf32, flags[0].allow_tf32 = before
+
+
+class CompileOOM(nn.Module):
+    """Fails above batch 1 as inductor's autotuning does when the GPU is full: the OOM wrapped
+    in another error."""
+
+    def forward(self, x):
+        if len(x) == 1:
+            return x.mean((2, 3))
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.cuda.OutOfMemoryError as oom:
+            raise RuntimeError("autotuning failed") from oom
+
+
+def test_wrapped_out_of_memory_is_recognised():
+    assert bench._is_out_of_memory(RuntimeError("x")) is False
+    with pytest.raises(RuntimeError) as info:
+        CompileOOM()(torch.zeros(2, 3, 8, 8))
+    assert bench._is_out_of_memory(info.value)
+    settings = BenchSettings(**CPU, runs=1, warmup=0, batch=4)
+    (row,) = benchmark([Candidate("oom", "test", CompileOOM(), (3, 8, 8))], settings).rows
+    assert row.error == "out of GPU memory at batch 4" and row.latency_ms_median is not None

@@ -127,6 +127,8 @@ def test_features_only_model_deploys():
 def test_gpu_deploy_bf16_channels_last_matches_float32():
     model = random_model("efficientmod_xxs").cuda()
     deployed = efficientmod.deploy(copy.deepcopy(model)).to(torch.bfloat16)
+    convs = [m for m in deployed.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     x = torch.randn(*INPUT, device="cuda")
     with torch.no_grad():
         expected = model(x)

@@ -14,7 +14,7 @@ DEFAULT_BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    backends = "\n".join(f"  {b.name:<15} {b.help}" for b in BACKENDS.values())
+    backends = "\n".join(f"  {b.name:<18} {b.help}" for b in BACKENDS.values())
     parser = subparsers.add_parser(
         "bench",
         help="measure parameters, MACs, latency and throughput of models side by side",
@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--throughput-runs", type=int, default=10,
                         help="timed batches for throughput (default 10)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
-                        help="autocast dtype of the CUDA backends (CPU backends run fp32)")
+                        help="dtype of model and inputs on the CUDA backends (CPU: fp32, or the backend's bf16 / int8)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (torch backends)")
     parser.add_argument("--img-size", type=int, default=None,
                         help="input resolution for every model (default: each model's own)")
@@ -101,6 +101,18 @@ def run_bench(args: argparse.Namespace) -> int:
         write_csv(report, args.csv)
     if args.plot:
         plot_accuracy_latency(report, args.plot)
+    return _exit_status(report, explicit_backends=bool(args.backend))
+
+
+def _exit_status(report: BenchReport, explicit_backends: bool) -> int:
+    """1 when nothing was measured, or when a backend named with -b is missing here
+    (the default backends a machine lacks are only noted)."""
+    if not any(r.latency_ms_median is not None or r.throughput_img_s is not None for r in report.rows):
+        print("efficientmod bench: nothing was measured (every backend skipped or failed)", file=sys.stderr)
+        return 1
+    if explicit_backends and report.skipped:
+        print(f"efficientmod bench: named backend(s) not available here: {', '.join(report.skipped)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -110,13 +122,13 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_report(report: BenchReport) -> str:
     """The rows as an aligned text table, then the environment and skipped backends."""
-    header = (f"{'model':<28} {'backend':<14} {'dtype':<5} {'thr':>3} {'input':>7} {'params M':>8} "
+    header = (f"{'model':<28} {'backend':<17} {'dtype':<5} {'thr':>3} {'input':>7} {'params M':>8} "
               f"{'GMACs':>6} {'top-1':>5} {'lat ms (med':>11} {'p90)':>7} {'runs':>4} "
               f"{'img/s':>9} {'@batch':>6}  note")
     lines = [header, "-" * len(header)]
     for r in report.rows:
         lines.append(
-            f"{r.model:<28} {r.backend:<14} {r.dtype:<5} {_fmt(r.threads, 'd'):>3} "
+            f"{r.model:<28} {r.backend:<17} {r.dtype:<5} {_fmt(r.threads, 'd'):>3} "
             f"{r.input_size[1]:>3}x{r.input_size[2]:<3} {r.params / 1e6:>8.3f} {_fmt(r.macs and r.macs / 1e9, '.3f'):>6} "
             f"{_fmt(r.top1, '.1f'):>5} {_fmt(r.latency_ms_median, '.2f'):>11} {_fmt(r.latency_ms_p90, '.2f'):>7} "
             f"{r.latency_runs:>4} {_fmt(r.throughput_img_s, ',.1f'):>9} {r.throughput_batch or '-':>6}  {r.error}"
@@ -137,11 +149,12 @@ def format_report(report: BenchReport) -> str:
 
 def format_claims(checks: list[ClaimCheck]) -> str:
     """The measured speed-ups of ours over the peers, next to the papers' figures."""
-    header = f"{'ours':<22} {'vs':<26} {'metric':<10} {'backend':<14} {'here':>6} {'paper':>6}  paper's statement"
+    header = f"{'ours':<22} {'vs':<26} {'metric':<10} {'backend':<17} {'here':>6} {'paper':>6}  paper's statement"
     lines = ["speed-up of ours over the peer: measured here vs the papers", header, "-" * len(header)]
     for c in checks:
         here = "-" if c.measured_speedup is None else f"{c.measured_speedup:.2f}x"
         paper = "-" if c.paper_speedup is None else f"{c.paper_speedup:.2f}x"
-        note = "  ".join(filter(None, [c.stated, c.why_missing and f"[{c.why_missing}]"]))
+        flags = [c.why_missing and f"[{c.why_missing}]", c.note and f"[{c.note}]"]
+        note = "  ".join(filter(None, [c.stated, *flags]))
         lines.append(f"{c.ours:<22} {c.peer:<26} {c.metric:<10} {c.backend:<14} {here:>6} {paper:>6}  {note}")
     return "\n".join(lines)

@@ -11,16 +11,18 @@ __all__ = ["add_parser"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export",
-        help="export a deployed model to ONNX and verify it in ONNX Runtime",
+        help="export a deployed model to ONNX or OpenVINO (fp32, bf16, int8) and verify it",
         description="Deploy MODEL (fold BatchNorm and layer scales, merge projections), export it to "
         "ONNX with a dynamic batch axis, then run the file in ONNX Runtime on random inputs of "
         "several batch sizes and compare with PyTorch. Prints the max abs difference; above "
         "--tolerance no file is written (an existing one is kept) and the exit status is 1. "
         "Preprocessing and class names are stored in the file's metadata (what "
-        "`efficientmod predict FILE.onnx` reads).",
+        "`efficientmod predict FILE.onnx` reads). --format openvino (or -o OUT.xml) writes an OpenVINO IR "
+        "through the same ONNX graph, verified the same way in OpenVINO; --precision bf16 / int8 files are "
+        "checked by top-1 / top-5 agreement with fp32 on real images (--calib, --check-images).",
     )
     _add_model_args(export)
-    export.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file to write")
+    export.add_argument("-o", "--output", required=True, type=Path, help="the .onnx (or OpenVINO .xml) file to write")
     export.add_argument("--input-size", type=int, nargs="+", metavar="PIXELS", default=None,
                         help="H [W] of the exported input (default: the model's, e.g. 224)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
@@ -33,15 +35,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="batch sizes of the random verification inputs (default 1 2 3)")
     export.add_argument("--save-optimized", type=Path, default=None, metavar="PATH",
                         help="also write ONNX Runtime's optimized graph (runs on this kind of CPU only)")
+    _add_precision_args(export)
     export.set_defaults(func=run_export)
 
     predict = subparsers.add_parser(
         "predict",
-        help="top-5 classes of image files (deployed model or ONNX file)",
+        help="top-5 classes of image files (deployed model, ONNX or OpenVINO file)",
         description="Classify IMAGE files with the deployed MODEL (a registered name with "
-        "--checkpoint, a save_pretrained folder) or an .onnx file written by `efficientmod export` "
-        "(run by ONNX Runtime), using the model's own preprocessing. Class names: those saved with "
-        "the weights, else ImageNet's for 1000 classes. Unreadable images are reported on stderr, "
+        "--checkpoint, a save_pretrained folder) or a file written by `efficientmod export` "
+        "(.onnx run by ONNX Runtime, .xml by OpenVINO), using the model's own preprocessing. Class names: "
+        "those saved with the weights, else ImageNet's for 1000 classes. Unreadable images are reported on stderr, "
         "the others still predicted; the exit status is then 1.",
     )
     _add_model_args(predict, onnx=True)
@@ -49,14 +52,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     predict.add_argument("--device", default="cpu", help="torch device of the PyTorch path (default cpu)")
-    predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime / OpenVINO inference threads")
     predict.set_defaults(func=run_predict)
+
+
+def _add_precision_args(export: argparse.ArgumentParser) -> None:
+    """--format / --precision and the calibration of reduced-precision exports."""
+    from efficientmod.export import FORMATS
+
+    export.add_argument("--format", choices=list(FORMATS), default=None,
+                        help="file format (default: from the --output suffix: .onnx, .xml = OpenVINO IR)")
+    export.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                        help="fp32 (default); bf16 (OpenVINO: bfloat16 inference precision); int8 (post-training "
+                        "quantisation calibrated on --calib: ONNX Runtime QDQ for .onnx, NNCF for OpenVINO). bf16 "
+                        "and int8 are verified by top-1 / top-5 agreement with the fp32 graph, printed")
+    export.add_argument("--calib", type=Path, default=None, metavar="DIR",
+                        help="image folder (searched recursively) for int8 calibration and the agreement check")
+    export.add_argument("--calib-samples", type=int, default=300, metavar="N",
+                        help="calibration images taken from --calib, spread over the folder (default 300)")
+    export.add_argument("--check-images", type=Path, default=None, metavar="DIR",
+                        help="image folder for the bf16 / int8 agreement check (default: the calibration images)")
+    export.add_argument("--agreement-tolerance", type=float, default=1.0, metavar="POINTS",
+                        help="bf16 / int8: top-1 and top-5 agreement with fp32 may fall this many percentage "
+                        "points below 100 (default 1); below it nothing is written and the exit status is 1")
 
 
 def _add_model_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="a registered name (`efficientmod models`), a save_pretrained folder"
-                        + (", or an .onnx file" if onnx else ""))
+                        + (", or an exported .onnx / .xml file" if onnx else ""))
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights for a registered name: official / timm / own checkpoint, training "
                         "checkpoint or save_pretrained folder"
@@ -83,14 +107,16 @@ def run_export(args: argparse.Namespace) -> int:
     from efficientmod.export import ExportVerificationError, export_verified
     from efficientmod.predict import Preprocessing, load_model, onnx_metadata
 
-    if args.output.suffix != ".onnx":
-        raise ValueError(f"--output should end in .onnx, got {args.output}")
+    fmt = _export_format(args)
     model = load_model(args.model, args.checkpoint)
     if args.checkpoint is None and not Path(args.model).is_dir():
         print(f"note: no --checkpoint, exporting {args.model} with random weights", file=sys.stderr)
     input_size = _input_size(model, args.input_size)
     model.eval() if args.no_deploy else deploy(model)
-    metadata = onnx_metadata(model, Preprocessing.of_model(model, input_size))
+    preprocessing = Preprocessing.of_model(model, input_size)
+    metadata = onnx_metadata(model, preprocessing)
+    if fmt != "onnx" or args.precision != "fp32":
+        return _run_reduced_export(args, fmt, model, input_size, preprocessing, metadata)
     try:
         worst = export_verified(model, args.output, input_size, args.opset, not args.static_batch, metadata,
                                 args.verify_batch_sizes, args.tolerance, args.save_optimized)
@@ -102,6 +128,58 @@ def run_export(args: argparse.Namespace) -> int:
           f"on batch sizes {batches}")
     print(f"wrote {args.output} ({'undeployed' if args.no_deploy else 'deployed'} {model.registry_name}, "
           f"input {'N' if not args.static_batch else 1}x{'x'.join(map(str, input_size))}, opset {args.opset})")
+    return 0
+
+
+def _export_format(args: argparse.Namespace) -> str:
+    """The --format, checked against the --output suffix (which picks it when not given)."""
+    from efficientmod.export import FORMATS, format_of
+
+    fmt = args.format or format_of(args.output).name
+    if args.output.suffix.lower() not in FORMATS[fmt].suffixes:
+        raise ValueError(f"--output of a {fmt} export ends in {' or '.join(FORMATS[fmt].suffixes)}, got {args.output}")
+    if args.precision == "bf16" and fmt == "onnx":
+        raise ValueError("--precision bf16 is an OpenVINO inference precision: use --format openvino (-o OUT.xml)")
+    if args.precision == "int8" and args.calib is None:
+        raise ValueError("--precision int8 needs calibration images: --calib DIR")
+    if args.calib_samples < 1:
+        raise ValueError("--calib-samples must be positive")
+    if (fmt != "onnx" or args.precision != "fp32") and (args.static_batch or args.save_optimized):
+        raise ValueError("--static-batch and --save-optimized apply to fp32 ONNX exports only")
+    return fmt
+
+
+def _run_reduced_export(args, fmt: str, model, input_size, preprocessing, metadata) -> int:
+    """OpenVINO (any precision) or int8 ONNX: verified, and for bf16 / int8 checked by agreement."""
+    from efficientmod.export import ExportVerificationError
+    from efficientmod.export.calibration import read_calibration_images
+
+    calibration = None if args.calib is None else read_calibration_images(args.calib, preprocessing, args.calib_samples)
+    check = None if args.check_images is None else read_calibration_images(args.check_images, preprocessing, None)
+    common = dict(input_size=input_size, metadata=metadata, check_images=check, tolerance=args.tolerance,
+                  agreement_tolerance=args.agreement_tolerance, batch_sizes=args.verify_batch_sizes, opset=args.opset)
+    try:
+        if fmt == "openvino":
+            from efficientmod.export.openvino import export_openvino
+
+            result = export_openvino(model, args.output, precision=args.precision, calibration=calibration, **common)
+        else:
+            from efficientmod.export.quantize import export_onnx_int8
+
+            result = export_onnx_int8(model, args.output, calibration, **common)
+    except ExportVerificationError as error:
+        print(f"efficientmod export: verification FAILED, {args.output} not written: {error}", file=sys.stderr)
+        return 1
+    print(f"verified: fp32 graph vs PyTorch max abs diff {result.fp32_max_abs_diff:.2e} (<= {args.tolerance:g}) "
+          f"on batch sizes {args.verify_batch_sizes}")
+    if result.agreement is not None:
+        source = "--check-images" if check is not None else ("calibration images" if calibration is not None
+                                                             else "random inputs (no --calib)")
+        print(f"verified: {args.precision} vs fp32: {result.agreement} [{source}; tolerance "
+              f"{args.agreement_tolerance:g} points]")
+    print(f"wrote {args.output} ({fmt} {args.precision}, {'undeployed' if args.no_deploy else 'deployed'} "
+          f"{model.registry_name}, "
+          f"input Nx{'x'.join(map(str, input_size))})")
     return 0
 
 

@@ -35,6 +35,13 @@ def _random_targets(task: str, batch: int, height: int, width: int, num_classes:
     return targets
 
 
+def _synchronizer(device: torch.device):
+    """Waits for ``device``'s queued work (its own GPU, not GPU 0); a no-op on the CPU."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size: int = 2,
             size: tuple[int, int] | None = None, steps: int = 20, warmup: int = 5, device: str = "cuda",
             amp: bool = False) -> dict:
@@ -42,6 +49,8 @@ def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size
     height, width = size or PAPER_SIZES[task]
     num_classes = PAPER_CLASSES[task]
     run_device = torch.device(device)
+    if run_device.type == "cuda":
+        torch.cuda.set_device(run_device)  # kernels, allocations and the synchronisation on that GPU
     if task == "det":
         model = build_detector("mask_rcnn", model_name, num_classes, min_size=min(height, width),
                                max_size=max(height, width))
@@ -55,19 +64,19 @@ def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size
     targets = _random_targets(task, batch_size, height, width, num_classes, run_device)
 
     def step() -> None:
-        with torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=amp):
-            if mode == "train":
+        if mode == "train":
+            with torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = sum(loss_fn(model, images, targets).values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            else:
-                with torch.no_grad():
-                    model(images if task == "det" else torch.stack(images))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # outside autocast, as PyTorch's AMP recipe has it
+            optimizer.step()
+        else:
+            with torch.no_grad(), torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=amp):
+                model(images if task == "det" else torch.stack(images))
 
     for _ in range(warmup):
         step()
-    synchronize = torch.cuda.synchronize if run_device.type == "cuda" else (lambda: None)
+    synchronize = _synchronizer(run_device)
     synchronize()
     started = time.perf_counter()
     for _ in range(steps):

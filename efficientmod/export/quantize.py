@@ -1,0 +1,149 @@
+"""int8 post-training quantisation for ONNX Runtime and OpenVINO, calibrated on real images.
+
+Where int8 goes in these networks. Their time is in matrix multiplies (the EfficientMod
+token mixers and MLPs, the attention projections of all three families) and convolutions
+(stems, MobileNet blocks, depth-wise context convs); that is where int8 dot products (VNNI)
+pay. The ops between them — LayerNorm / GroupNorm, GELU / SiLU, softmax, the element-wise
+modulation multiply and the residual adds — cost little, and their inputs have the widest
+ranges (pre-LayerNorm residual streams, pre-softmax logits), so quantising them loses the
+most accuracy for the least time. Hence:
+
+* **ONNX Runtime** (:func:`quantize_onnx_int8`): static QDQ quantisation of the *inputs*
+  of ``Conv``, ``MatMul`` and ``Gemm`` only (:data:`ORT_INT8_OPS`); weights symmetric int8
+  per output channel, activations asymmetric uint8 per tensor with min/max ranges from the
+  calibration images; their outputs and everything else stay float32. The graph is first put through ORT's
+  quantisation pre-processing (shape inference, basic fusions), as its docs recommend.
+* **OpenVINO** (:func:`quantize_openvino_int8`): NNCF post-training quantisation with
+  ``ModelType.TRANSFORMER``, NNCF's placement for attention networks (the same idea: int8
+  matmuls / convolutions, LayerNorm, GELU, softmax and the residual adds kept in float,
+  SmoothQuant moving activation outliers into the weights), plus fast bias correction.
+
+Both take calibration images as one float32 (N, C, H, W) array, preprocessed as at inference
+(:func:`efficientmod.export.calibration.read_calibration_images`).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch.nn as nn
+
+from efficientmod.checkpoint import atomic_write
+from efficientmod.export.calibration import VerifiedExport, check_agreement, prediction_agreement, run_batched
+from efficientmod.export.onnx import export_verified, ort_session
+
+__all__ = ["ORT_INT8_OPS", "quantize_onnx_int8", "quantize_openvino_int8", "export_onnx_int8"]
+
+ORT_INT8_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def _check_calibration(calibration: np.ndarray) -> np.ndarray:
+    calibration = np.asarray(calibration, dtype=np.float32)
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ValueError(f"calibration images must be a non-empty (N, C, H, W) array, got shape {calibration.shape}")
+    return calibration
+
+
+class _Images:
+    """The calibration images one by one, as ONNX Runtime's ``CalibrationDataReader``."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position == len(self.images):
+            return None
+        self.position += 1
+        return {"input": self.images[self.position - 1][None]}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def quantize_onnx_int8(source: str | os.PathLike, target: str | os.PathLike, calibration: np.ndarray,
+                       per_channel: bool = True) -> Path:
+    """Statically quantise the float32 ONNX file ``source`` to a QDQ int8 file ``target``
+    (written atomically), calibrated on ``calibration``. The metadata of ``source`` is kept.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration = _check_calibration(calibration)
+    target = Path(target)
+    metadata = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+
+    def write(tmp: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="efficientmod-int8-") as folder:
+            prepared = Path(folder) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared), tmp, _Images(calibration), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(ORT_INT8_OPS), per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                               # their outputs feed float ops (norms, GELU, the modulation multiply):
+                               # no quantise-dequantise round trip there
+                               "OpTypesToExcludeOutputQuantization": list(ORT_INT8_OPS)},
+            )
+        proto = onnx.load(tmp)
+        del proto.metadata_props[:]
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, tmp)
+
+    atomic_write(target, write)
+    return target
+
+
+def quantize_openvino_int8(ov_model, calibration: np.ndarray):
+    """NNCF post-training int8 quantisation of an ``openvino.Model`` (transformer placement,
+    every calibration image used); returns the quantised model."""
+    try:
+        import nncf
+    except ImportError:
+        raise ImportError("NNCF is not installed: pip install 'efficientmod[openvino]'") from None
+    calibration = _check_calibration(calibration)
+    dataset = nncf.Dataset([image[None] for image in calibration])
+    return nncf.quantize(ov_model, dataset, subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                         fast_bias_correction=True)
+
+
+def export_onnx_int8(
+    model: nn.Module,
+    path: str | os.PathLike,
+    calibration: np.ndarray,
+    input_size: tuple[int, int, int] = (3, 224, 224),
+    metadata: dict[str, object] | None = None,
+    check_images: np.ndarray | None = None,
+    tolerance: float = 1e-4,
+    agreement_tolerance: float = 1.0,
+    batch_sizes: Sequence[int] = (1, 2, 3),
+    opset: int = 18,
+) -> VerifiedExport:
+    """The verified float32 ONNX export of ``model`` (:func:`~efficientmod.export.onnx.export_verified`),
+    quantised by :func:`quantize_onnx_int8` into ``path``, whose top-1 / top-5 agreement with
+    the float32 file on ``check_images`` (default: ``calibration``) must be within
+    ``agreement_tolerance`` points of 100; nothing is written otherwise."""
+    path = Path(path)
+    calibration = _check_calibration(calibration)
+    check_images = calibration if check_images is None else check_images
+    with tempfile.TemporaryDirectory(prefix="efficientmod-int8-") as folder:
+        fp32_path = Path(folder) / "fp32.onnx"
+        worst = export_verified(model, fp32_path, input_size, opset, True, {**(metadata or {}), "precision": "int8"},
+                                batch_sizes, tolerance)
+        fp32 = ort_session(fp32_path)
+        reference = run_batched(lambda b: fp32.run(None, {"input": b})[0], check_images)
+        int8_path = quantize_onnx_int8(fp32_path, Path(folder) / "int8.onnx", calibration)
+        int8 = ort_session(int8_path)
+        agreement = check_agreement(
+            prediction_agreement(reference, run_batched(lambda b: int8.run(None, {"input": b})[0], check_images)),
+            agreement_tolerance, f"{path} (int8)")
+        atomic_write(path, lambda tmp: os.replace(int8_path, tmp))
+    return VerifiedExport(path, "int8", worst, agreement)
