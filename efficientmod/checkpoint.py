@@ -120,12 +120,13 @@ def _family_of(model: nn.Module) -> str | None:
     return model_info(name).family if name else None
 
 
-def to_own_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, str]:
-    """Convert ``state`` to ``model``'s own key names; returns it and the layout's name."""
+def to_own_layout(model: nn.Module, state: dict[str, torch.Tensor], family: str | None = None) -> tuple[dict, str]:
+    """Convert ``state`` to ``model``'s own key names; returns it and the layout's name.
+    Foreign layouts are those of ``family`` (by default the family ``model`` is registered in)."""
     own_keys = set(model.state_dict())
     if set(state) & own_keys and len(set(state) & own_keys) >= len(own_keys) // 2:
         return state, "efficientmod"
-    family = _family_of(model)
+    family = family or _family_of(model)
     for layout in _LAYOUTS:
         if (family is None or layout.family == family) and layout.detect(state):
             return layout.convert(state), layout.name
@@ -218,7 +219,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None) -> None:
-    """``model.safetensors`` + ``config.json`` (architecture, classes, input, mean/std)."""
+    """Write a folder that is a Hugging Face hub repository as it stands: ``model.safetensors``,
+    ``config.json`` in timm's format (architecture, classes, ``model_args``, ``pretrained_cfg``
+    with input size, mean/std and crop) and a ``README.md`` model card. It loads with
+    :func:`from_pretrained`, ``efficientmod.create_model(name, pretrained=FOLDER_OR_HUB_ID)``
+    and ``timm.create_model("local-dir:FOLDER" / "hf-hub:USER/REPO", pretrained=True)``."""
+    from efficientmod.models.pretrained import model_card
     from efficientmod.models.registry import model_info
 
     if not model.registry_name:
@@ -228,30 +234,38 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
                          "save it before efficientmod.deploy")
     info = model_info(model.registry_name)
     directory = Path(directory)
+    pretrained_cfg = dict(info.pretrained_cfg(), num_classes=model.num_classes,
+                          input_size=[model.in_chans, *info.input_size[1:]])
+    for key in ("tag", "hf_hub_id", "origin_url", "notes", "architecture"):  # those of the released weights
+        pretrained_cfg.pop(key, None)
     config = dict(
-        architecture=info.name,
+        architecture=info.timm_name,
         num_classes=model.num_classes,
-        in_chans=model.in_chans,
-        model_kwargs=dict(model.build_kwargs),
-        input_size=[model.in_chans, *info.input_size[1:]],
-        mean=list(info.mean),
-        std=list(info.std),
-        interpolation=info.interpolation,
-        crop_pct=info.crop_pct,
-        class_names=class_names,
+        num_features=model.num_features,
+        global_pool=model.global_pool_type,
+        model_args=dict(model.build_kwargs, in_chans=model.in_chans),
+        pretrained_cfg=pretrained_cfg,
+        label_names=class_names,
     )
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
     atomic_write(directory / "config.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    card = model_card(info, model, class_names)
+    atomic_write(directory / "README.md", lambda tmp: Path(tmp).write_text(card))
 
 
 def read_config(directory: str | os.PathLike) -> dict:
-    """The ``config.json`` of a ``save_pretrained`` folder."""
+    """The ``config.json`` of a ``save_pretrained`` folder, its ``architecture`` given as
+    this library's name (``efficientvit_m0`` for timm's ``em_efficientvit_m0``)."""
+    from efficientmod.models.registry import model_info
+
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{directory} is not a save_pretrained folder (no config.json)")
-    return json.loads(path.read_text())
+    config = json.loads(path.read_text())
+    config["architecture"] = model_info(config["architecture"]).name
+    return config
 
 
 def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
@@ -262,10 +276,17 @@ def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
     from efficientmod.models.registry import create_model
 
     config = read_config(directory)
-    build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], **config.get("model_kwargs", {}))
+    if "model_args" in config:
+        build = dict(config["model_args"], num_classes=config["num_classes"])
+        class_names = config.get("label_names")
+    else:  # a folder written before config.json took timm's format
+        build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], **config.get("model_kwargs", {}))
+        class_names = config.get("class_names")
+    if config.get("global_pool", "avg") != "avg":
+        build["global_pool"] = config["global_pool"]
     build.update(kwargs)
     new_head = build["num_classes"] != config["num_classes"]
     model = create_model(config["architecture"], **build)
     load_checkpoint(model, directory, strict=True, ignore_head=new_head)
-    model.class_names = None if new_head else config.get("class_names")
+    model.class_names = None if new_head else class_names
     return model

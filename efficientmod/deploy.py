@@ -127,22 +127,25 @@ def _stacked_linear(*linears: nn.Linear) -> nn.Linear:
     return _linear_from(weight, torch.cat(biases))
 
 
-def _stacked_outputs(linear: nn.Linear, x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """``linear(x).split(sizes, -1)`` for a linear layer that stacks several projections.
+def _stacked_outputs(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor,
+                     sizes: list[int]) -> list[torch.Tensor]:
+    """``linear(x).split(sizes, -1)`` for a linear layer (``weight``, ``bias``) that stacks
+    several projections.
 
     PyTorch runs one matrix multiply and returns views. An ONNX export gets one Gemm per
     part, on the matching rows of the weight (constant-folded): ONNX Runtime's Split copies
     its outputs, which costs a CPU more than the merged multiply saves (efficientmod_s:
     1.6 of 34 ms).
     """
-    if not torch.onnx.is_in_onnx_export():
-        return list(linear(x).split(sizes, dim=-1))
-    parts, start = [], 0
-    for size in sizes:
-        rows = slice(start, start + size)
-        parts.append(F.linear(x, linear.weight[rows], None if linear.bias is None else linear.bias[rows]))
-        start += size
-    return parts
+    if not torch.jit.is_scripting():  # (TorchScript compiles only the split)
+        if torch.onnx.is_in_onnx_export():
+            parts, start = [], 0
+            for size in sizes:
+                rows = slice(start, start + size)
+                parts.append(F.linear(x, weight[rows], None if bias is None else bias[rows]))
+                start += size
+            return parts
+    return list(F.linear(x, weight, bias).split(sizes, dim=-1))
 
 
 def _static_hwc(x: torch.Tensor) -> tuple[int, int, int]:
@@ -182,7 +185,7 @@ class FusedModulationBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         height, width, dim = _static_hwc(x)
         ratio = self.expansion_ratio
-        f, v = _stacked_outputs(self.fv, self.norm(x).reshape(-1, dim), [dim, ratio * dim])
+        f, v = _stacked_outputs(self.fv.weight, self.fv.bias, self.norm(x).reshape(-1, dim), [dim, ratio * dim])
         context = self.dwconv(f.reshape(-1, height, width, dim).permute(0, 3, 1, 2))
         context = self.g(self.ctx_act(context).permute(0, 2, 3, 1).reshape(-1, dim))
         v = self.v_act(v)
@@ -216,12 +219,12 @@ class FusedAttentionBlock(nn.Module):
     def attention(self, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """Multi-head attention of (B·N, C) tokens, N per image."""
         heads, head_dim = self.heads, self.head_dim
-        q, k, v = (t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2)
-                   for t in _stacked_outputs(self.qkv, tokens, [heads * head_dim] * 3))
-        if torch.onnx.is_in_onnx_export():
-            x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        q, k, v = [t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2)
+                   for t in _stacked_outputs(self.qkv.weight, self.qkv.bias, tokens, [heads * head_dim] * 3)]
+        x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        if not torch.jit.is_scripting():  # (TorchScript compiles only the fused kernel)
+            if torch.onnx.is_in_onnx_export():
+                x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(-1, heads * head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
@@ -263,7 +266,7 @@ class FusedCascadedGroupAttention(CascadedGroupAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Window partition with constant shapes (batch -1), skipped when the map is one
         window (the last two stages at 224²)."""
-        channels, height, width = (int(size) for size in x.shape[1:])
+        channels, height, width = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
         w = self.window
         if height == width == w:
             return self.attend(x)
@@ -283,15 +286,14 @@ class FusedCascadedGroupAttention(CascadedGroupAttention):
         tokens = height * width
         key_dim, head_dim = self.key_dim, self.head_dim
         splits = x.split(head_dim, dim=1)  # constant sizes, unlike chunk's in ONNX
-        outputs, previous = [], None
-        for j in range(self.heads):
-            feature = splits[j] if previous is None else splits[j] + previous
-            q, k, v = self.qkv[j](feature).split([key_dim, key_dim, head_dim], dim=1)
-            q = self.query_dw[j](q).reshape(-1, key_dim, tokens)
+        outputs: list[torch.Tensor] = []
+        for j, (qkv, query_dw) in enumerate(zip(self.qkv, self.query_dw)):  # noqa: B905 (TorchScript: no strict=)
+            feature = splits[j] if j == 0 else splits[j] + outputs[j - 1]
+            q, k, v = qkv(feature).split([key_dim, key_dim, head_dim], dim=1)
+            q = query_dw(q).reshape(-1, key_dim, tokens)
             k, v = k.reshape(-1, key_dim, tokens), v.reshape(-1, head_dim, tokens)
             attention = (q.transpose(1, 2) @ k + self.attention_bias[j]).softmax(dim=-1)
-            previous = (v @ attention.transpose(1, 2)).reshape(-1, head_dim, height, width)
-            outputs.append(previous)
+            outputs.append((v @ attention.transpose(1, 2)).reshape(-1, head_dim, height, width))
         return self.proj(self.act(torch.cat(outputs, dim=1)))
 
 

@@ -30,7 +30,7 @@ from timm.layers import Mlp, trunc_normal_
 from efficientmod.checkpoint import register_layout
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import Stage, drop_path_or_identity
-from efficientmod.models.registry import ModelInfo, register_variant
+from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant
 
 __all__ = ["EfficientModCfg", "EfficientMod", "ModulationBlock", "AttentionBlock", "convert_official"]
 
@@ -140,12 +140,18 @@ def _frozen(value):
     return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+class UnknownOptionError(TypeError, ValueError):
+    """A keyword that is no EfficientMod option: a ``TypeError`` like any unexpected keyword
+    argument (what timm's factory expects), and a ``ValueError`` like the library's other
+    bad-input errors."""
+
+
 def override_cfg(cfg: EfficientModCfg, overrides: dict) -> EfficientModCfg:
     """``cfg`` with the fields named in ``overrides`` replaced (how ablations are built)."""
     names = [f.name for f in fields(cfg)]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise ValueError(f"unknown EfficientMod option(s) {unknown}; the configuration fields are {names}")
+        raise UnknownOptionError(f"unknown EfficientMod option(s) {unknown}; the configuration fields are {names}")
     cfg = replace(cfg, **{k: _frozen(v) for k, v in overrides.items()})
     if cfg.block not in MODULATION_BLOCKS:
         raise ValueError(f"unknown block {cfg.block!r}; choose from {sorted(MODULATION_BLOCKS)}")
@@ -166,11 +172,11 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C)
-        batch, tokens, _ = x.shape
+        batch, tokens = x.shape[0], x.shape[1]
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, -1))
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
 
 
 class AttentionBlock(nn.Module):
@@ -186,11 +192,11 @@ class AttentionBlock(nn.Module):
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, dim = x.shape
-        x = x.reshape(batch, height * width, dim)
+        shape = x.shape
+        x = x.flatten(1, 2)  # (B, H·W, C)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x.reshape(batch, height, width, dim)
+        return x.reshape(shape)
 
 
 class ConvEmbed(nn.Module):
@@ -218,15 +224,16 @@ class EfficientMod(Backbone):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
         **cfg_overrides,
     ):
         """``cfg_overrides`` replace fields of ``cfg`` (``block="van"``, ``context_kernel=5`` ...)."""
         cfg = override_cfg(cfg, cfg_overrides)
-        super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1])
+        super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1], global_pool=global_pool)
 
         self.stem = ConvEmbed(in_chans, cfg.dims[0], cfg.stem_kernel, stride=4, channels_last_in=False)
         total_blocks = sum(cfg.depths) + sum(cfg.attention_depths)
-        drop_paths = iter(torch.linspace(0, drop_path_rate, total_blocks).tolist())
+        drop_paths = iter(torch.linspace(0, drop_path_rate, total_blocks, device="cpu").tolist())
         stages, self.feature_info = [], []
         for i, dim in enumerate(cfg.dims):
             blocks: list[nn.Module] = [
@@ -328,42 +335,34 @@ def _alternate(ratio: int, depth: int) -> tuple[int, ...]:
     return tuple(1 if j % 2 == 0 else ratio for j in range(depth))
 
 
-VARIANTS = {
-    "efficientmod_xxs": (
-        EfficientModCfg(
-            dims=(32, 64, 128, 256),
-            expansion_ratios=tuple(_alternate(6, d) for d in (2, 2, 6, 2)),
-            attention_depths=(0, 0, 1, 2),
-        ),
-        76.0, 0.0,
-    ),
-    "efficientmod_xs": (
-        EfficientModCfg(
-            dims=(32, 64, 144, 288),
-            expansion_ratios=tuple(_alternate(4, d) for d in (3, 3, 4, 2)),
-            attention_depths=(0, 0, 3, 3),
-        ),
-        78.3, 0.0,
-    ),
-    "efficientmod_s": (
-        EfficientModCfg(
-            dims=(32, 64, 144, 312),
-            expansion_ratios=tuple(_alternate(6, d) for d in (4, 4, 8, 4)),
-            attention_depths=(0, 0, 4, 4),
-            attention_mlp_ratios=(4, 4, 4, 5),
-        ),
-        81.0, 0.02,
-    ),
-    "efficientmod_s_conv": (
-        EfficientModCfg(
-            dims=(40, 80, 160, 344),
-            expansion_ratios=tuple(_alternate(6, d) for d in (4, 4, 12, 8)),
-        ),
-        80.5, 0.02,
-    ),
+def _stage_ratios(ratio: int, depths: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    return tuple(_alternate(ratio, d) for d in depths)
+
+
+VARIANTS = {  # the official release's networks
+    "efficientmod_xxs": EfficientModCfg(
+        dims=(32, 64, 128, 256), expansion_ratios=_stage_ratios(6, (2, 2, 6, 2)), attention_depths=(0, 0, 1, 2)),
+    "efficientmod_xs": EfficientModCfg(
+        dims=(32, 64, 144, 288), expansion_ratios=_stage_ratios(4, (3, 3, 4, 2)), attention_depths=(0, 0, 3, 3)),
+    "efficientmod_s": EfficientModCfg(
+        dims=(32, 64, 144, 312), expansion_ratios=_stage_ratios(6, (4, 4, 8, 4)), attention_depths=(0, 0, 4, 4),
+        attention_mlp_ratios=(4, 4, 4, 5)),
+    "efficientmod_s_conv": EfficientModCfg(
+        dims=(40, 80, 160, 344), expansion_ratios=_stage_ratios(6, (4, 4, 12, 8))),
+}
+PAPER_TOP1 = dict(efficientmod_xxs=76.0, efficientmod_xs=78.3, efficientmod_s=81.0, efficientmod_s_conv=80.5)
+TRAIN_DROP_PATH = dict(efficientmod_xxs=0.0, efficientmod_xs=0.0, efficientmod_s=0.02, efficientmod_s_conv=0.02)
+# The authors' checkpoints (with logs), one Google Drive folder per variant (the official
+# README's table); trained with distillation except s_conv. No stable file URL exists.
+RELEASES = {
+    "efficientmod_xxs": ("dist_in1k", "https://drive.google.com/drive/folders/1c0dlnN7w1bHlAsKcJFhGVA2mIhoA6ZHz", 77.1),
+    "efficientmod_xs": ("dist_in1k", "https://drive.google.com/drive/folders/1PPQFO891WfJRUiH58NlWOgHDEzDnwC0_", 79.4),
+    "efficientmod_s": ("dist_in1k", "https://drive.google.com/drive/folders/1rJs8LcWmdTFmj-IJ0cmlVp_MxGfZFsFk", 81.9),
+    "efficientmod_s_conv": ("in1k", "https://drive.google.com/drive/folders/1EY637XRiDPL4AwrVGESJWsK-ZP2GhnaI", 80.5),
 }
 
-for _name, (_cfg, _top1, _drop_path) in VARIANTS.items():
+for _name, _cfg in VARIANTS.items():
+    _tag, _folder, _released_top1 = RELEASES[_name]
     register_variant(
         ModelInfo(
             name=_name,
@@ -371,8 +370,21 @@ for _name, (_cfg, _top1, _drop_path) in VARIANTS.items():
             model_cls=EfficientMod,
             cfg=_cfg,
             timm_name=_name,
-            top1=_top1,
+            first_conv="stem.conv",
+            classifier="head",
+            pool_size=(7, 7),
+            paper_name="Efficient Modulation for Vision Networks",
+            paper_ids="arXiv:2403.19963",
+            license="unknown (the official repository states none)",
+            top1=PAPER_TOP1[_name],
             top1_source=PAPER + " (DeiT recipe, no distillation)",
-            extra=dict(first_conv="stem.conv", classifier="head", drop_path_rate=_drop_path),
+            drop_path_rate=TRAIN_DROP_PATH[_name],
+            weights=ReleasedWeights(
+                tag=_tag,
+                origin_url=_folder,
+                top1=_released_top1,
+                notes="official release: a Google Drive folder holding the .pth checkpoint and training logs; no "
+                      "stable URL: pass the downloaded file with pretrained_cfg_overlay=dict(file=PATH)",
+            ),
         )
     )
