@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
-from timm.models import checkpoint, checkpoint_seq
 
 from efficientmod.models.layers import check_image_input
 
@@ -97,7 +96,7 @@ class Backbone(nn.Module):
     @torch.jit.unused
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training:
-            return checkpoint(stage, x, use_reentrant=False)
+            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
         return stage(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +106,8 @@ class Backbone(nn.Module):
             self.check_input(x)
         x = self.stem(x)
         if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x, use_reentrant=False)
+            for stage in self.stages:
+                x = self._run_stage(stage, x)
         else:
             x = self.stages(x)
         return self.final_map(x)

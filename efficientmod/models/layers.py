@@ -112,7 +112,7 @@ class LinearNorm(nn.Sequential):
                  drop: float = 0.0):
         super().__init__()
         self.bn = nn.BatchNorm1d(in_features)
-        self.drop = nn.Dropout(drop)
+        self.dropout = nn.Dropout(drop)
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         nn.init.trunc_normal_(self.linear.weight, std=std)
         if bias:

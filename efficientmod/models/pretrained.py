@@ -46,14 +46,15 @@ def _hub_cache(cache_dir) -> str:
     return str(cache_dir or constants.HF_HUB_CACHE)
 
 
-def _not_available(what: str, cache_dir) -> WeightsNotAvailableError:
+def _not_available(repo_id: str, cache_dir, model_name: str = "") -> WeightsNotAvailableError:
     from huggingface_hub import constants
 
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face hub cannot be reached"
+    of = f" of {model_name}" if model_name else ""
     return WeightsNotAvailableError(
-        f"pretrained weights {what} are not in the Hugging Face cache {_hub_cache(cache_dir)} and {why}. "
-        f"On a machine with network run `hf download {what}` (with the same HF_HUB_CACHE) and copy that cache "
-        "folder here, point HF_HUB_CACHE at a cache that holds them, or pass pretrained=PATH to a local file"
+        f"pretrained weights{of} ({repo_id} on the Hugging Face hub) are not in the cache {_hub_cache(cache_dir)} "
+        f"and {why}. On a machine with network run `hf download {repo_id}` and copy its cache folder here, "
+        "point HF_HUB_CACHE at a cache that holds them, or pass pretrained=PATH to a local checkpoint file"
     )
 
 
@@ -87,7 +88,7 @@ def build_error(info: ModelInfo, error: BaseException, kwargs: dict) -> Exceptio
     if _is_hub_unreachable(error):
         cfg = resolve_pretrained_cfg(info.timm_name, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                      pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
-        return _not_available(f"{cfg.hf_hub_id} (for {info.name})", kwargs.get("cache_dir"))
+        return _not_available(cfg.hf_hub_id, kwargs.get("cache_dir"), info.name)
     return None
 
 
