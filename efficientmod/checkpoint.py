@@ -242,8 +242,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
         architecture=info.timm_name,
         num_classes=model.num_classes,
         num_features=model.num_features,
-        global_pool=model.global_pool_type,
-        model_args=dict(model.build_kwargs, in_chans=model.in_chans),
+        model_args=dict(model.build_kwargs, in_chans=model.in_chans,
+                        **({} if model.global_pool_type == "avg" else {"global_pool": model.global_pool_type})),
         pretrained_cfg=pretrained_cfg,
         label_names=class_names,
     )
@@ -282,8 +282,6 @@ def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
     else:  # a folder written before config.json took timm's format
         build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], **config.get("model_kwargs", {}))
         class_names = config.get("class_names")
-    if config.get("global_pool", "avg") != "avg":
-        build["global_pool"] = config["global_pool"]
     build.update(kwargs)
     new_head = build["num_classes"] != config["num_classes"]
     model = create_model(config["architecture"], **build)

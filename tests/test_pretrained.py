@@ -122,7 +122,8 @@ def test_hub_environment_variables_are_honoured(tmp_path):
         "    torch.testing.assert_close(m(e['x']), e['y'], rtol=1e-5, atol=1e-5)\n"
         "print('loaded')\n"
     )
-    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(efficientmod.__file__).parents[1]))
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(Path(efficientmod.__file__).parents[1]))
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "expected.pt")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
@@ -133,7 +134,8 @@ def test_hub_environment_variables_are_honoured(tmp_path):
 def official_file(tmp_path, reference):
     """An official-release checkpoint of efficientmod_xxs as the authors' training script
     writes it (``{"model": ...}``, DDP ``module.`` prefixes), with the reference weights."""
-    state = {f"module.{k}": v.float() for k, v in draw_reference_weights(reference("efficientmod_xxs")["layout"], 0).items()}
+    weights = draw_reference_weights(reference("efficientmod_xxs")["layout"], seed=0)
+    state = {f"module.{k}": v.float() for k, v in weights.items()}
     path = tmp_path / "EfficientMod_xxs.pth"
     torch.save({"model": state, "epoch": 299}, path)
     return path
@@ -147,7 +149,8 @@ def assert_reproduces_reference(model, reference):
 
 
 def test_official_file_through_timms_overlay_and_pretrained_path(official_file, reference):
-    via_timm = timm.create_model("efficientmod_xxs", pretrained=True, pretrained_cfg_overlay=dict(file=str(official_file)))
+    via_timm = timm.create_model("efficientmod_xxs", pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(official_file)))
     assert_reproduces_reference(via_timm, reference)
     ours = efficientmod.create_model("efficientmod_xxs", pretrained=str(official_file))
     assert_reproduces_reference(ours, reference)

@@ -153,8 +153,9 @@ def model_card(info: ModelInfo, model: nn.Module, class_names: list[str] | None)
         "---",
         f"# {info.name}",
         "",
-        f"A {info.family} image classifier ({info.paper_name}, {info.paper_ids}), saved by the `efficientmod` "
-        "library; it loads with timm once `efficientmod` is imported (which registers the architecture).",
+        f"An image classifier of the {info.family} family ({info.paper_name}, {info.paper_ids}), saved by the "
+        "`efficientmod` library; it loads with timm once `efficientmod` is imported (which registers the "
+        "architecture).",
         "",
         "| | |",
         "|---|---|",
