@@ -37,7 +37,7 @@ __all__ = ["EfficientModCfg", "EfficientMod", "ModulationBlock", "AttentionBlock
 PAPER = "Ma et al., Efficient Modulation for Vision Networks, ICLR 2024, Table 2 (arXiv 2403.19963)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EfficientModCfg:
     """Architecture of one variant.
 

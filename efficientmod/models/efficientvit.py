@@ -45,7 +45,7 @@ PAPER = ("Liu et al., EfficientViT: Memory Efficient Vision Transformer with Cas
 PATCH_SIZE = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EfficientViTCfg:
     """Architecture of one variant: per stage the width, the number of sandwich blocks and
     of attention heads; ``query_kernels[j]`` is the DW-conv kernel on head j's queries."""

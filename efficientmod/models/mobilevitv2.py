@@ -41,7 +41,7 @@ PAPER = ("Mehta & Rastegari, Separable Self-attention for Mobile Vision Transfor
          "TMLR 2023 (arXiv 2206.02680), ImageNet-1K table")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MobileViTv2Cfg:
     """Architecture of one variant: the width multiplier α scales ``base_widths`` (stage
     outputs) and ``base_stem_width``; stage i has ``depths[i]`` inverted residuals, then a

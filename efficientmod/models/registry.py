@@ -30,7 +30,7 @@ from timm.models import register_model as timm_register_model
 __all__ = ["ReleasedWeights", "ModelInfo", "register_variant", "create_model", "list_models", "model_info"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReleasedWeights:
     """Published ImageNet weights of one variant, under a timm pretrained tag.
 
@@ -48,7 +48,7 @@ class ReleasedWeights:
     notes: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelInfo:
     """Everything the library knows about one registered variant."""
 
