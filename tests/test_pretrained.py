@@ -107,6 +107,7 @@ def test_offline_with_an_empty_cache_is_one_clear_error(offline_hub):
         timm.create_model("em_mobilevitv2_050", pretrained=True)
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch, timm and the library
 def test_hub_environment_variables_are_honoured(tmp_path):
     """HF_HUB_CACHE and HF_HUB_OFFLINE as a user sets them, read by a fresh process."""
     cache = tmp_path / "hf-cache"
@@ -230,3 +231,13 @@ def test_a_repository_of_another_architecture_is_refused(tmp_path):
 def test_a_hub_id_offline_and_not_cached_is_one_clear_error(offline_hub):
     with pytest.raises(WeightsNotAvailableError, match="someone/missing.*hf download someone/missing"):
         efficientmod.create_model("efficientmod_xxs", pretrained="someone/missing")
+
+
+def test_pretrained_folder_brings_its_architecture_arguments(tmp_path):
+    model = efficientmod.create_model("efficientvit_m0", img_size=160, num_classes=2).eval()
+    model.save_pretrained(tmp_path)
+    loaded = efficientmod.create_model("efficientvit_m0", pretrained=str(tmp_path), num_classes=2).eval()
+    assert loaded.build_kwargs == {"img_size": 160}
+    x = torch.randn(1, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -119,24 +119,28 @@ def _read_repo_config(info: ModelInfo, source: str, cache_dir) -> dict:
     return config
 
 
-def source_overlay(info: ModelInfo, source: str | os.PathLike, cache_dir=None) -> dict:
-    """The timm ``pretrained_cfg_overlay`` that loads ``info``'s weights from ``source``:
-    a checkpoint file, a ``save_pretrained`` folder, an ``http(s)://`` URL or a hub id."""
+def source_overlay(info: ModelInfo, source: str | os.PathLike, cache_dir=None) -> tuple[dict, dict]:
+    """The timm ``pretrained_cfg_overlay`` that loads ``info``'s weights from ``source`` (a
+    checkpoint file, a ``save_pretrained`` folder, an ``http(s)://`` URL or a hub id), and
+    the architecture arguments the source was saved with (``model_args`` of its config)."""
     source = str(source)
     if source.startswith(("http://", "https://")):
-        return dict(url=source, hf_hub_id=None, file=None)
+        return dict(url=source, hf_hub_id=None, file=None), {}
     path = Path(source).expanduser()
     if path.is_file():
-        return dict(file=str(path))
+        return dict(file=str(path)), {}
     if path.is_dir() or "/" not in source or source.startswith((".", "/", "~")):
         weights = path / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"pretrained weights not found: {source} is neither a checkpoint file nor a "
                                     "save_pretrained folder (with model.safetensors)")
         config = _read_repo_config(info, source, cache_dir)
-        return dict(file=str(weights), num_classes=config.get("num_classes", 1000))
-    config = _read_repo_config(info, source, cache_dir)  # a hub repository: user/name
-    return dict(source="hf-hub", hf_hub_id=source, num_classes=config.get("num_classes", 1000))
+        overlay = dict(file=str(weights))
+    else:  # a hub repository: user/name
+        config = _read_repo_config(info, source, cache_dir)
+        overlay = dict(source="hf-hub", hf_hub_id=source)
+    overlay["num_classes"] = config.get("num_classes", 1000)  # timm drops a classifier of another width
+    return overlay, dict(config.get("model_args", {}))
 
 
 def model_card(info: ModelInfo, model: nn.Module, class_names: list[str] | None) -> str:

@@ -210,7 +210,8 @@ def create_model(
     if isinstance(pretrained, str):
         from efficientmod.models.pretrained import source_overlay
 
-        kwargs["pretrained_cfg_overlay"] = source_overlay(info, pretrained, kwargs.get("cache_dir"))
+        kwargs["pretrained_cfg_overlay"], saved_args = source_overlay(info, pretrained, kwargs.get("cache_dir"))
+        kwargs = {**saved_args, **kwargs}  # the architecture it was saved with, unless overridden
         pretrained = True
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", info.feature_out_indices)
