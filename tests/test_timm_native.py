@@ -41,11 +41,13 @@ def test_fx_feature_extractors_give_the_features_only_maps(name):
 
 
 @pytest.mark.parametrize("name", ALL_VARIANTS)
-def test_torchscript_plain_and_deployed(name):
+def test_torchscript_plain_traced_and_deployed(name):
     model = seeded(name)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=1e-5, atol=1e-5)
+        traced_then_scripted = torch.jit.script(torch.fx.symbolic_trace(model))
+        torch.testing.assert_close(traced_then_scripted(x), model(x), rtol=1e-5, atol=1e-5)
         deployed = efficientmod.deploy(model)
         torch.testing.assert_close(torch.jit.script(deployed)(x), deployed(x), rtol=1e-5, atol=1e-5)
 

@@ -1,7 +1,10 @@
 """What every classification backbone of the library shares: the timm-style interface
 (``forward_features`` → ``forward_head``, ``forward_intermediates`` for dense tasks,
-``global_pool`` / ``reset_classifier``), input checking and ``save_pretrained``."""
-from __future__ import annotations
+``global_pool`` / ``reset_classifier``), input checking and ``save_pretrained``.
+
+No ``from __future__ import annotations`` here: torch.fx writes the root ``forward``'s
+annotations into the code it generates, and a string annotation there breaks scripting it.
+"""
 
 import torch
 import torch.nn as nn
