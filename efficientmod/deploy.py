@@ -221,10 +221,11 @@ class FusedAttentionBlock(nn.Module):
         heads, head_dim = self.heads, self.head_dim
         q, k, v = [t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2)
                    for t in _stacked_outputs(self.qkv.weight, self.qkv.bias, tokens, [heads * head_dim] * 3)]
-        x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         if not torch.jit.is_scripting():  # (TorchScript compiles only the fused kernel)
             if torch.onnx.is_in_onnx_export():
                 x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+                return self.proj(x.transpose(1, 2).reshape(-1, heads * head_dim))
+        x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         return self.proj(x.transpose(1, 2).reshape(-1, heads * head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
