@@ -135,22 +135,25 @@ def stacked_linear(*linears: nn.Linear) -> nn.Linear:
     return linear_from(weight, torch.cat(biases))
 
 
-def stacked_outputs(linear: nn.Linear, x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """``linear(x).split(sizes, -1)`` for a linear layer that stacks several projections.
+def stacked_outputs(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor,
+                    sizes: list[int]) -> list[torch.Tensor]:
+    """``linear(x).split(sizes, -1)`` for a linear layer (``weight``, ``bias``) that stacks
+    several projections.
 
     PyTorch runs one matrix multiply and returns views. An ONNX export gets one Gemm per
     part, on the matching rows of the weight (constant-folded): ONNX Runtime's Split copies
     its outputs, which costs a CPU more than the merged multiply saves (efficientmod_s:
     1.6 of 34 ms).
     """
-    if not torch.onnx.is_in_onnx_export():
-        return list(linear(x).split(sizes, dim=-1))
-    parts, start = [], 0
-    for size in sizes:
-        rows = slice(start, start + size)
-        parts.append(F.linear(x, linear.weight[rows], None if linear.bias is None else linear.bias[rows]))
-        start += size
-    return parts
+    if not torch.jit.is_scripting():  # (TorchScript compiles only the split)
+        if torch.onnx.is_in_onnx_export():
+            parts, start = [], 0
+            for size in sizes:
+                rows = slice(start, start + size)
+                parts.append(F.linear(x, weight[rows], None if bias is None else bias[rows]))
+                start += size
+            return parts
+    return list(F.linear(x, weight, bias).split(sizes, dim=-1))
 
 
 def static_hwc(x: torch.Tensor) -> tuple[int, int, int]:

@@ -328,7 +328,7 @@ class Trainer:
 
     def _build_model(self, info) -> nn.Module:
         cfg = self.cfg
-        drop_path = cfg.drop_path if cfg.drop_path is not None else info.extra.get("drop_path_rate", 0.0)
+        drop_path = cfg.drop_path if cfg.drop_path is not None else info.drop_path_rate
         kwargs = dict(num_classes=len(self.class_names), in_chans=self.in_chans)
         if drop_path:
             kwargs["drop_path_rate"] = drop_path

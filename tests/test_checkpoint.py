@@ -116,13 +116,13 @@ def test_save_pretrained_round_trip_is_exact(tmp_path):
     model.save_pretrained(tmp_path / "run", class_names=["a", "b", "c", "d"])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["architecture"] == "efficientmod_xxs" and config["num_classes"] == 4
-    assert config["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert config["pretrained_cfg"]["mean"] == pytest.approx([0.485, 0.456, 0.406])  # timm's hub format
     restored = efficientmod.from_pretrained(tmp_path / "run").eval()
     assert restored.class_names == ["a", "b", "c", "d"]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), restored(x))
-    assert sorted(os.listdir(tmp_path / "run")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "run")) == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_from_pretrained_needs_a_config(tmp_path):

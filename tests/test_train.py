@@ -332,8 +332,9 @@ def test_demo_life_cycle(tmp_path, capsys):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert [config[k] for k in ("model", "img_size", "in_chans", "threads")] == ["efficientmod_xxs", 32, 1, 1]
     saved = yaml.safe_load((run / "model" / "config.json").read_text())
-    assert (saved["input_size"], saved["mean"], saved["std"]) == ([1, 32, 32], [0.5], [0.5])
-    assert saved["class_names"] == [str(d) for d in range(10)]
+    preprocessing = saved["pretrained_cfg"]  # timm's config.json format
+    assert (preprocessing["input_size"], preprocessing["mean"], preprocessing["std"]) == ([1, 32, 32], [0.5], [0.5])
+    assert saved["label_names"] == [str(d) for d in range(10)]
     assert load(run / "best.pth")["preprocessing"]["input_size"] == [1, 32, 32]
 
     paths, labels = _digit_pngs(tmp_path / "pngs")

@@ -1,14 +1,46 @@
 """What every classification backbone of the library shares: the timm-style interface
-(``forward_features`` → ``forward_head``, ``forward_intermediates`` for dense tasks),
-input checking and ``save_pretrained``."""
-from __future__ import annotations
+(``forward_features`` → ``forward_head``, ``forward_intermediates`` for dense tasks,
+``global_pool`` / ``reset_classifier``), input checking and ``save_pretrained``.
+
+No ``from __future__ import annotations`` here: torch.fx writes the root ``forward``'s
+annotations into the code it generates, and a string annotation there breaks scripting it.
+"""
 
 import torch
 import torch.nn as nn
-from timm.models._features import feature_take_indices
+from timm.layers import SelectAdaptivePool2d
 
 from efficientmod.models.layers import check_image_input
 from efficientmod.models.pretrained import save_pretrained
+
+GLOBAL_POOLS = ("avg", "max", "avgmax", "")  # timm's pool types that keep the feature width
+
+
+def global_pool_layer(pool_type: str, num_classes: int) -> SelectAdaptivePool2d:
+    """timm's global pooling of an NCHW map to (B, C): ``avg`` (the papers' pooled feature,
+    a plain mean over H×W), ``max``, ``avgmax``, or ``""`` for none (the map itself, which
+    only a model without classifier can return)."""
+    if pool_type not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {pool_type!r}")
+    if not pool_type and num_classes > 0:
+        raise ValueError("global_pool='' (no pooling) needs num_classes=0: a classifier needs pooled features")
+    return SelectAdaptivePool2d(pool_type=f"fast{pool_type}" if pool_type else "", flatten=bool(pool_type))
+
+
+def take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[list[int], int]:
+    """timm's feature-index convention: ``None`` every stage, an int n the last n stages, a
+    sequence those stages (negative from the end); returns them and the largest."""
+    if indices is None:
+        take = list(range(num_stages))
+    elif isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"indices={indices}: the model has {num_stages} stages")
+        take = list(range(num_stages - indices, num_stages))
+    else:
+        take = [i + num_stages if i < 0 else i for i in indices]
+        if not all(0 <= i < num_stages for i in take):
+            raise ValueError(f"indices {list(indices)} out of range for {num_stages} stages")
+    return take, max(take)
 
 
 class Backbone(nn.Module):
@@ -21,15 +53,9 @@ class Backbone(nn.Module):
     (EfficientMod runs channels-last) overrides :meth:`stage_map` and :meth:`final_map`.
     """
 
-    in_chans: int
-    num_classes: int
-    num_features: int
     input_multiple: int = 32
-    grad_checkpointing: bool = False
-    registry_name: str = ""  # set by the registry when built through it
-    build_kwargs: dict = {}  # architecture arguments it was built with (set by the registry)
 
-    def __init__(self, cfg, num_classes: int, in_chans: int, num_features: int):
+    def __init__(self, cfg, num_classes: int, in_chans: int, num_features: int, global_pool: str = "avg"):
         """Record what every family's network is built from: its variant ``cfg``, the
         classifier width, the input channels and the width of the final feature map."""
         super().__init__()
@@ -37,7 +63,27 @@ class Backbone(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = num_features
+        self.global_pool_type = global_pool
+        self.global_pool = global_pool_layer(global_pool, num_classes)
+        self.grad_checkpointing = False
+        self.registry_name = ""  # set by the registry when built through it
+        self.build_kwargs: dict = {}  # architecture arguments it was built with (set by the registry)
 
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """The family's initialisation of one module (applied to the whole network and to a
+        new classifier); by default PyTorch's own."""
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        """The classifier on the pooled features (a linear layer, initialised as the
+        family's), or ``nn.Identity`` for ``num_classes=0``."""
+        if num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes)
+        self._init_weights(head)
+        return head
+
+    @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
         check_image_input(x, self.in_chans, self.input_multiple)
 
@@ -51,22 +97,28 @@ class Backbone(nn.Module):
         return self.stage_map(x)
 
     # -- forward --------------------------------------------------------------------
+    @torch.jit.unused
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting() and self.training:
+        if self.grad_checkpointing and self.training:
             return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
         return stage(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) → the last stage's map (B, C, H/s, W/s)."""
-        self.check_input(x)
+        """(B, C_in, H, W) → the last stage's map (B, C, H/s, W/s); with gradient
+        checkpointing (training), each stage's activations are recomputed in the backward."""
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         x = self.stem(x)
-        for stage in self.stages:
-            x = self._run_stage(stage, x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            for stage in self.stages:
+                x = self._run_stage(stage, x)
+        else:
+            x = self.stages(x)
         return self.final_map(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool (the pooled features), dropout, linear classifier."""
-        x = x.mean(dim=(2, 3))
+        """Global pool (average: the pooled features), dropout, classifier."""
+        x = self.global_pool(x)
         return x if pre_logits else self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +138,7 @@ class Backbone(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"{type(self).__name__} intermediates are NCHW only")
         self.check_input(x)
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        take, max_index = take_indices(len(self.stages), indices)
         stages = self.stages[: max_index + 1] if stop_early else self.stages
         last = len(self.stages) - 1
         intermediates = []
@@ -107,17 +159,24 @@ class Backbone(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
+        """A fresh classifier of ``num_classes`` (0: none), on the device and dtype of the
+        network and in its train/eval mode; ``global_pool`` replaces the pooling (None keeps it,
+        except that a classifier on a model built without pooling gets the average)."""
+        pool_type = self.global_pool_type if global_pool is None else global_pool
+        if global_pool is None and not pool_type and num_classes > 0:
+            pool_type = "avg"
+        pool = global_pool_layer(pool_type, num_classes)
+        reference = next(self.parameters())
+        head = self._make_head(num_classes).to(device=reference.device, dtype=reference.dtype)
+        self.global_pool, self.global_pool_type, self.num_classes = pool.train(self.training), pool_type, num_classes
+        self.head = head.train(self.training)
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the stages after the last wanted one; the final norm and the head go too
         when asked or when the kept features are no longer the ones they were built for."""
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        take, max_index = take_indices(len(self.stages), indices)
         pruned_end = max_index < len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
         self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]

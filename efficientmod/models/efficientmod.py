@@ -31,7 +31,7 @@ from efficientmod.checkpoint import register_layout
 from efficientmod.deploy import register_fuser, scaled_linear, stacked_linear, stacked_outputs, static_hwc
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import Stage, drop_path_or_identity
-from efficientmod.models.registry import ModelInfo, register_variant
+from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant
 from efficientmod.viz import Emit, Query, attention_map, register_attention_reader, register_context_module
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
 PAPER = "Ma et al., Efficient Modulation for Vision Networks, ICLR 2024, Table 2 (arXiv 2403.19963)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EfficientModCfg:
     """Architecture of one variant.
 
@@ -145,12 +145,18 @@ def _frozen(value):
     return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+class UnknownOptionError(TypeError, ValueError):
+    """A keyword that is no EfficientMod option: a ``TypeError`` like any unexpected keyword
+    argument (what timm's factory expects), and a ``ValueError`` like the library's other
+    bad-input errors."""
+
+
 def override_cfg(cfg: EfficientModCfg, overrides: dict) -> EfficientModCfg:
     """``cfg`` with the fields named in ``overrides`` replaced (how ablations are built)."""
     names = [f.name for f in fields(cfg)]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise ValueError(f"unknown EfficientMod option(s) {unknown}; the configuration fields are {names}")
+        raise UnknownOptionError(f"unknown EfficientMod option(s) {unknown}; the configuration fields are {names}")
     cfg = replace(cfg, **{k: _frozen(v) for k, v in overrides.items()})
     if cfg.block not in MODULATION_BLOCKS:
         raise ValueError(f"unknown block {cfg.block!r}; choose from {sorted(MODULATION_BLOCKS)}")
@@ -171,11 +177,11 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C)
-        batch, tokens, _ = x.shape
+        batch, tokens = x.shape[0], x.shape[1]
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, -1))
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
 
 
 class AttentionBlock(nn.Module):
@@ -191,11 +197,11 @@ class AttentionBlock(nn.Module):
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, dim = x.shape
-        x = x.reshape(batch, height * width, dim)
+        shape = x.shape
+        x = x.flatten(1, 2)  # (B, H·W, C)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x.reshape(batch, height, width, dim)
+        return x.reshape(shape)
 
 
 class ConvEmbed(nn.Module):
@@ -223,15 +229,16 @@ class EfficientMod(Backbone):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
         **cfg_overrides,
     ):
         """``cfg_overrides`` replace fields of ``cfg`` (``block="van"``, ``context_kernel=5`` ...)."""
         cfg = override_cfg(cfg, cfg_overrides)
-        super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1])
+        super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1], global_pool=global_pool)
 
         self.stem = ConvEmbed(in_chans, cfg.dims[0], cfg.stem_kernel, stride=4, channels_last_in=False)
         total_blocks = sum(cfg.depths) + sum(cfg.attention_depths)
-        drop_paths = iter(torch.linspace(0, drop_path_rate, total_blocks).tolist())
+        drop_paths = iter(torch.linspace(0, drop_path_rate, total_blocks, device="cpu").tolist())
         stages, self.feature_info = [], []
         for i, dim in enumerate(cfg.dims):
             blocks: list[nn.Module] = [
@@ -308,7 +315,7 @@ class FusedModulationBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         height, width, dim = static_hwc(x)
         ratio = self.expansion_ratio
-        f, v = stacked_outputs(self.fv, self.norm(x).reshape(-1, dim), [dim, ratio * dim])
+        f, v = stacked_outputs(self.fv.weight, self.fv.bias, self.norm(x).reshape(-1, dim), [dim, ratio * dim])
         context = self.dwconv(f.reshape(-1, height, width, dim).permute(0, 3, 1, 2))
         context = self.g(self.ctx_act(context).permute(0, 2, 3, 1).reshape(-1, dim))
         v = self.v_act(v)
@@ -342,12 +349,13 @@ class FusedAttentionBlock(nn.Module):
     def attention(self, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """Multi-head attention of (B·N, C) tokens, N per image."""
         heads, head_dim = self.heads, self.head_dim
-        q, k, v = (t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2)
-                   for t in stacked_outputs(self.qkv, tokens, [heads * head_dim] * 3))
-        if torch.onnx.is_in_onnx_export():
-            x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        q, k, v = [t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2)
+                   for t in stacked_outputs(self.qkv.weight, self.qkv.bias, tokens, [heads * head_dim] * 3)]
+        if not torch.jit.is_scripting():  # (TorchScript compiles only the fused kernel)
+            if torch.onnx.is_in_onnx_export():
+                x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+                return self.proj(x.transpose(1, 2).reshape(-1, heads * head_dim))
+        x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         return self.proj(x.transpose(1, 2).reshape(-1, heads * head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
@@ -439,42 +447,34 @@ def _alternate(ratio: int, depth: int) -> tuple[int, ...]:
     return tuple(1 if j % 2 == 0 else ratio for j in range(depth))
 
 
-VARIANTS = {
-    "efficientmod_xxs": (
-        EfficientModCfg(
-            dims=(32, 64, 128, 256),
-            expansion_ratios=tuple(_alternate(6, d) for d in (2, 2, 6, 2)),
-            attention_depths=(0, 0, 1, 2),
-        ),
-        76.0, 0.0,
-    ),
-    "efficientmod_xs": (
-        EfficientModCfg(
-            dims=(32, 64, 144, 288),
-            expansion_ratios=tuple(_alternate(4, d) for d in (3, 3, 4, 2)),
-            attention_depths=(0, 0, 3, 3),
-        ),
-        78.3, 0.0,
-    ),
-    "efficientmod_s": (
-        EfficientModCfg(
-            dims=(32, 64, 144, 312),
-            expansion_ratios=tuple(_alternate(6, d) for d in (4, 4, 8, 4)),
-            attention_depths=(0, 0, 4, 4),
-            attention_mlp_ratios=(4, 4, 4, 5),
-        ),
-        81.0, 0.02,
-    ),
-    "efficientmod_s_conv": (
-        EfficientModCfg(
-            dims=(40, 80, 160, 344),
-            expansion_ratios=tuple(_alternate(6, d) for d in (4, 4, 12, 8)),
-        ),
-        80.5, 0.02,
-    ),
+def _stage_ratios(ratio: int, depths: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    return tuple(_alternate(ratio, d) for d in depths)
+
+
+VARIANTS = {  # the official release's networks
+    "efficientmod_xxs": EfficientModCfg(
+        dims=(32, 64, 128, 256), expansion_ratios=_stage_ratios(6, (2, 2, 6, 2)), attention_depths=(0, 0, 1, 2)),
+    "efficientmod_xs": EfficientModCfg(
+        dims=(32, 64, 144, 288), expansion_ratios=_stage_ratios(4, (3, 3, 4, 2)), attention_depths=(0, 0, 3, 3)),
+    "efficientmod_s": EfficientModCfg(
+        dims=(32, 64, 144, 312), expansion_ratios=_stage_ratios(6, (4, 4, 8, 4)), attention_depths=(0, 0, 4, 4),
+        attention_mlp_ratios=(4, 4, 4, 5)),
+    "efficientmod_s_conv": EfficientModCfg(
+        dims=(40, 80, 160, 344), expansion_ratios=_stage_ratios(6, (4, 4, 12, 8))),
+}
+PAPER_TOP1 = dict(efficientmod_xxs=76.0, efficientmod_xs=78.3, efficientmod_s=81.0, efficientmod_s_conv=80.5)
+TRAIN_DROP_PATH = dict(efficientmod_xxs=0.0, efficientmod_xs=0.0, efficientmod_s=0.02, efficientmod_s_conv=0.02)
+# The authors' checkpoints (with logs), one Google Drive folder per variant (the official
+# README's table); trained with distillation except s_conv. No stable file URL exists.
+RELEASES = {
+    "efficientmod_xxs": ("dist_in1k", "https://drive.google.com/drive/folders/1c0dlnN7w1bHlAsKcJFhGVA2mIhoA6ZHz", 77.1),
+    "efficientmod_xs": ("dist_in1k", "https://drive.google.com/drive/folders/1PPQFO891WfJRUiH58NlWOgHDEzDnwC0_", 79.4),
+    "efficientmod_s": ("dist_in1k", "https://drive.google.com/drive/folders/1rJs8LcWmdTFmj-IJ0cmlVp_MxGfZFsFk", 81.9),
+    "efficientmod_s_conv": ("in1k", "https://drive.google.com/drive/folders/1EY637XRiDPL4AwrVGESJWsK-ZP2GhnaI", 80.5),
 }
 
-for _name, (_cfg, _top1, _drop_path) in VARIANTS.items():
+for _name, _cfg in VARIANTS.items():
+    _tag, _folder, _released_top1 = RELEASES[_name]
     register_variant(
         ModelInfo(
             name=_name,
@@ -482,9 +482,22 @@ for _name, (_cfg, _top1, _drop_path) in VARIANTS.items():
             model_cls=EfficientMod,
             cfg=_cfg,
             timm_name=_name,
-            top1=_top1,
+            first_conv="stem.conv",
+            classifier="head",
+            pool_size=(7, 7),
+            paper_name="Efficient Modulation for Vision Networks",
+            paper_ids="arXiv:2403.19963",
+            license="unknown (the official repository states none)",
+            top1=PAPER_TOP1[_name],
             top1_source=PAPER + " (DeiT recipe, no distillation)",
             crop_pct=0.875,  # the official eval: timm 0.6's default crop (the official models set none)
-            extra=dict(first_conv="stem.conv", classifier="head", drop_path_rate=_drop_path),
+            drop_path_rate=TRAIN_DROP_PATH[_name],
+            weights=ReleasedWeights(
+                tag=_tag,
+                origin_url=_folder,
+                top1=_released_top1,
+                notes="official release: a Google Drive folder holding the .pth checkpoint and training logs; no "
+                      "stable URL: pass the downloaded file with pretrained_cfg_overlay=dict(file=PATH)",
+            ),
         )
     )

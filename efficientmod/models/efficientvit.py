@@ -37,7 +37,7 @@ from efficientmod.checkpoint import register_layout, rename_keys
 from efficientmod.deploy import register_fuser
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import ConvNorm, LinearNorm, Stage, drop_path_or_identity
-from efficientmod.models.registry import ModelInfo, register_variant
+from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant
 from efficientmod.viz import Emit, Query, attention_map, register_attention_reader
 
 __all__ = [
@@ -50,7 +50,7 @@ PAPER = ("Liu et al., EfficientViT: Memory Efficient Vision Transformer with Cas
 PATCH_SIZE = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EfficientViTCfg:
     """Architecture of one variant: per stage the width, the number of sandwich blocks and
     of attention heads; ``query_kernels[j]`` is the DW-conv kernel on head j's queries."""
@@ -89,6 +89,39 @@ class InteractionFFN(nn.Module):
         return x + self.drop_path(self.ffn(x))
 
 
+def pad_to_windows(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) at the bottom/right to whole ``window``×``window`` windows."""
+    pad_bottom, pad_right = (-x.shape[2]) % window, (-x.shape[3]) % window
+    if pad_bottom or pad_right:
+        x = F.pad(x, (0, pad_right, 0, pad_bottom))
+    return x
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, C, H, W), sides multiples of ``window`` → (B·rows·cols, C, window, window)."""
+    batch, channels = x.shape[0], x.shape[1]
+    rows, cols = x.shape[2] // window, x.shape[3] // window
+    x = x.reshape(batch, channels, rows, window, cols, window).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(batch * rows * cols, channels, window, window)
+
+
+def window_merge(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of :func:`window_partition` after :func:`pad_to_windows`: back to
+    (B, C, ``height``, ``width``), the padding cropped."""
+    rows, cols = (height + window - 1) // window, (width + window - 1) // window
+    batch, channels = windows.shape[0] // (rows * cols), windows.shape[1]
+    x = windows.reshape(batch, rows, cols, channels, window, window).permute(0, 3, 1, 4, 2, 5)
+    x = x.reshape(batch, channels, rows * window, cols * window)
+    if rows * window != height or cols * window != width:
+        x = x[:, :, :height, :width]
+    return x
+
+
+# Shape-dependent branches: torch.fx keeps these as calls (leaves) instead of tracing into them.
+torch.fx.wrap("pad_to_windows")
+torch.fx.wrap("window_merge")
+
+
 def relative_offset_index(window: int) -> torch.Tensor:
     """(window², window²) index into a per-head bias table of window² entries: tokens p, q
     of a window share bias number |p_y − q_y|·window + |p_x − q_x|."""
@@ -119,32 +152,23 @@ class CascadedGroupAttention(nn.Module):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The cascade on windows (B', C, w, w)."""
-        batch, _, height, width = x.shape
+        batch, height, width = x.shape[0], x.shape[2], x.shape[3]
         biases = self.attention_biases[:, self.bias_index]  # (heads, w², w²)
         splits = x.chunk(self.heads, dim=1)
-        outputs, previous = [], None
-        for j in range(self.heads):
-            feature = splits[j] if previous is None else splits[j] + previous
-            q, k, v = self.qkv[j](feature).split([self.key_dim, self.key_dim, self.head_dim], dim=1)
-            q = self.query_dw[j](q)
-            q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (B', tokens, channels)
+        outputs: list[torch.Tensor] = []
+        for j, (qkv, query_dw) in enumerate(zip(self.qkv, self.query_dw)):  # noqa: B905 (TorchScript: no strict=)
+            feature = splits[j] if j == 0 else splits[j] + outputs[j - 1]
+            q, k, v = qkv(feature).split([self.key_dim, self.key_dim, self.head_dim], dim=1)
+            q = query_dw(q).flatten(2).transpose(1, 2)  # (B', tokens, channels)
+            k, v = k.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=biases[j].to(q.dtype))
-            previous = out.transpose(1, 2).reshape(batch, self.head_dim, height, width)
-            outputs.append(previous)
+            outputs.append(out.transpose(1, 2).reshape(batch, self.head_dim, height, width))
         return self.proj(self.act(torch.cat(outputs, dim=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        w = self.window
-        pad_bottom, pad_right = (-height) % w, (-width) % w
-        if pad_bottom or pad_right:
-            x = F.pad(x, (0, pad_right, 0, pad_bottom))
-        rows, cols = (height + pad_bottom) // w, (width + pad_right) // w
-        windows = x.reshape(batch, channels, rows, w, cols, w).permute(0, 2, 4, 1, 3, 5)
-        windows = self.attend(windows.reshape(batch * rows * cols, channels, w, w))
-        x = windows.reshape(batch, rows, cols, channels, w, w).permute(0, 3, 1, 4, 2, 5)
-        x = x.reshape(batch, channels, rows * w, cols * w)
-        return x[:, :, :height, :width] if pad_bottom or pad_right else x
+        height, width = x.shape[2], x.shape[3]
+        windows = self.attend(window_partition(pad_to_windows(x, self.window), self.window))
+        return window_merge(windows, self.window, height, width)
 
 
 class SandwichBlock(nn.Module):
@@ -217,12 +241,13 @@ class EfficientViT(Backbone):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         img_size: int = 224,
+        global_pool: str = "avg",
     ):
-        super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1])
+        super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1], global_pool=global_pool)
         self.drop_rate = drop_rate
 
         self.stem = patch_embedding(in_chans, cfg.dims[0])
-        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(cfg.depths)).tolist())
+        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(cfg.depths), device="cpu").tolist())
         resolution = img_size // PATCH_SIZE
         stages, self.feature_info = [], []
         for i, (dim, depth, heads) in enumerate(zip(cfg.dims, cfg.depths, cfg.heads)):
@@ -234,6 +259,7 @@ class EfficientViT(Backbone):
             stages.append(Stage(downsample, blocks))
             self.feature_info.append(dict(num_chs=dim, reduction=PATCH_SIZE * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.head_drop = nn.Identity()  # the head's dropout sits inside it, after its BatchNorm
         self.head = self._make_head(num_classes)
 
     def _make_head(self, num_classes: int) -> nn.Module:
@@ -256,15 +282,6 @@ class EfficientViT(Backbone):
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.linear if isinstance(self.head, LinearNorm) else self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool, then BatchNorm1d → dropout → linear."""
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(x)
 
 
 # -- deployment: the fused inference forms (efficientmod.deploy) -------------------------
@@ -294,7 +311,7 @@ class FusedCascadedGroupAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Window partition with constant shapes (batch -1), skipped when the map is one
         window (the last two stages at 224²)."""
-        channels, height, width = (int(size) for size in x.shape[1:])
+        channels, height, width = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
         w = self.window
         if height == width == w:
             return self.attend(x)
@@ -314,15 +331,14 @@ class FusedCascadedGroupAttention(nn.Module):
         tokens = height * width
         key_dim, head_dim = self.key_dim, self.head_dim
         splits = x.split(head_dim, dim=1)  # constant sizes, unlike chunk's in ONNX
-        outputs, previous = [], None
-        for j in range(self.heads):
-            feature = splits[j] if previous is None else splits[j] + previous
-            q, k, v = self.qkv[j](feature).split([key_dim, key_dim, head_dim], dim=1)
-            q = self.query_dw[j](q).reshape(-1, key_dim, tokens)
+        outputs: list[torch.Tensor] = []
+        for j, (qkv, query_dw) in enumerate(zip(self.qkv, self.query_dw)):  # noqa: B905 (TorchScript: no strict=)
+            feature = splits[j] if j == 0 else splits[j] + outputs[j - 1]
+            q, k, v = qkv(feature).split([key_dim, key_dim, head_dim], dim=1)
+            q = query_dw(q).reshape(-1, key_dim, tokens)
             k, v = k.reshape(-1, key_dim, tokens), v.reshape(-1, head_dim, tokens)
             attention = (q.transpose(1, 2) @ k + self.attention_bias[j]).softmax(dim=-1)
-            previous = (v @ attention.transpose(1, 2)).reshape(-1, head_dim, height, width)
-            outputs.append(previous)
+            outputs.append((v @ attention.transpose(1, 2)).reshape(-1, head_dim, height, width))
         return self.proj(self.act(torch.cat(outputs, dim=1)))
 
 
@@ -441,16 +457,24 @@ register_layout(EfficientViT, "timm", is_timm_layout, convert_timm)
 
 
 # -- variants -----------------------------------------------------------------------------
-VARIANTS = {
-    "efficientvit_m0": (EfficientViTCfg((64, 128, 192), (1, 2, 3), (4, 4, 4), (5, 5, 5, 5)), 63.2),
-    "efficientvit_m1": (EfficientViTCfg((128, 144, 192), (1, 2, 3), (2, 3, 3), (7, 5, 3, 3)), 68.4),
-    "efficientvit_m2": (EfficientViTCfg((128, 192, 224), (1, 2, 3), (4, 3, 2), (7, 5, 3, 3)), 70.8),
-    "efficientvit_m3": (EfficientViTCfg((128, 240, 320), (1, 2, 3), (4, 3, 4), (5, 5, 5, 5)), 73.4),
-    "efficientvit_m4": (EfficientViTCfg((128, 256, 384), (1, 2, 3), (4, 4, 4), (7, 5, 3, 3)), 74.3),
-    "efficientvit_m5": (EfficientViTCfg((192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)), 77.1),
+VARIANTS = {  # the paper's Table of model variants
+    "efficientvit_m0": EfficientViTCfg(dims=(64, 128, 192), depths=(1, 2, 3), heads=(4, 4, 4),
+                                       query_kernels=(5, 5, 5, 5)),
+    "efficientvit_m1": EfficientViTCfg(dims=(128, 144, 192), depths=(1, 2, 3), heads=(2, 3, 3),
+                                       query_kernels=(7, 5, 3, 3)),
+    "efficientvit_m2": EfficientViTCfg(dims=(128, 192, 224), depths=(1, 2, 3), heads=(4, 3, 2),
+                                       query_kernels=(7, 5, 3, 3)),
+    "efficientvit_m3": EfficientViTCfg(dims=(128, 240, 320), depths=(1, 2, 3), heads=(4, 3, 4),
+                                       query_kernels=(5, 5, 5, 5)),
+    "efficientvit_m4": EfficientViTCfg(dims=(128, 256, 384), depths=(1, 2, 3), heads=(4, 4, 4),
+                                       query_kernels=(7, 5, 3, 3)),
+    "efficientvit_m5": EfficientViTCfg(dims=(192, 288, 384), depths=(1, 3, 4), heads=(3, 3, 4),
+                                       query_kernels=(7, 5, 3, 3)),
 }
+PAPER_TOP1 = dict(efficientvit_m0=63.2, efficientvit_m1=68.4, efficientvit_m2=70.8, efficientvit_m3=73.4,
+                  efficientvit_m4=74.3, efficientvit_m5=77.1)
 
-for _name, (_cfg, _top1) in VARIANTS.items():
+for _name, _cfg in VARIANTS.items():
     register_variant(
         ModelInfo(
             name=_name,
@@ -458,10 +482,18 @@ for _name, (_cfg, _top1) in VARIANTS.items():
             model_cls=EfficientViT,
             cfg=_cfg,
             timm_name=f"em_{_name}",
+            first_conv="stem.conv1.conv",
+            classifier="head.linear",
+            pool_size=(4, 4),  # stride 64: ceil(224 / 64)
+            paper_name="EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention",
+            paper_ids="arXiv:2305.07027",
+            license="mit",
             crop_pct=0.875,
             feature_out_indices=(0, 1, 2),
-            top1=_top1,
+            top1=PAPER_TOP1[_name],
             top1_source=PAPER,
-            extra=dict(first_conv="stem.conv1.conv", classifier="head.linear"),
+            # the authors' ImageNet-1K weights as timm publishes them (converted on loading)
+            weights=ReleasedWeights(tag="r224_in1k", hf_hub_id=f"timm/{_name}.r224_in1k",
+                                    origin_url="https://github.com/microsoft/Cream/tree/main/EfficientViT"),
         )
     )

@@ -22,9 +22,11 @@ def check_image_input(x: torch.Tensor, in_chans: int, multiple: int) -> None:
     """Raise a ``ValueError`` stating the expected shape unless ``x`` is N×C×H×W with
     ``C == in_chans`` and both sides multiples of ``multiple``.
 
-    Shape checks are skipped while tracing / exporting, where sizes may be symbolic.
+    Shape checks are skipped while tracing (torch.fx, torch.jit) or exporting, where sizes
+    may be symbolic.
     """
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+    if (isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export()):
         return
     shape = tuple(x.shape)
     if (
@@ -110,7 +112,7 @@ class LinearNorm(nn.Sequential):
                  drop: float = 0.0):
         super().__init__()
         self.bn = nn.BatchNorm1d(in_features)
-        self.drop = nn.Dropout(drop)
+        self.dropout = nn.Dropout(drop)
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         nn.init.trunc_normal_(self.linear.weight, std=std)
         if bias:

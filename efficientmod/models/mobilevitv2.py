@@ -34,7 +34,7 @@ from efficientmod.checkpoint import register_layout, rename_keys
 from efficientmod.deploy import conv1x1_from, register_fuser
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import ConvNorm, ConvNormAct, drop_path_or_identity
-from efficientmod.models.registry import ModelInfo, register_variant
+from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant
 from efficientmod.viz import Emit, Query, check_query, register_attention_reader
 
 __all__ = [
@@ -46,7 +46,7 @@ PAPER = ("Mehta & Rastegari, Separable Self-attention for Mobile Vision Transfor
          "TMLR 2023 (arXiv 2206.02680), ImageNet-1K table")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MobileViTv2Cfg:
     """Architecture of one variant: the width multiplier α scales ``base_widths`` (stage
     outputs) and ``base_stem_width``; stage i has ``depths[i]`` inverted residuals, then a
@@ -126,16 +126,32 @@ class LinearTransformerLayer(nn.Module):
 
 def unfold_patches(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) → (B, C, P, N): P = patch² pixel positions, N = (H/patch)(W/patch) patches."""
-    batch, channels, height, width = x.shape
-    x = x.reshape(batch, channels, height // patch, patch, width // patch, patch)
-    return x.permute(0, 1, 3, 5, 2, 4).reshape(batch, channels, patch * patch, -1)
+    batch, channels = x.shape[0], x.shape[1]
+    rows, cols = x.shape[2] // patch, x.shape[3] // patch
+    x = x.reshape(batch, channels, rows, patch, cols, patch)
+    return x.permute(0, 1, 3, 5, 2, 4).reshape(batch, channels, patch * patch, rows * cols)
 
 
 def fold_patches(x: torch.Tensor, patch: int, height: int, width: int) -> torch.Tensor:
     """The inverse of :func:`unfold_patches`."""
-    batch, channels = x.shape[:2]
+    batch, channels = x.shape[0], x.shape[1]
     x = x.reshape(batch, channels, patch, patch, height // patch, width // patch)
     return x.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, height, width)
+
+
+def resize_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(B, C, H, W) resized up to sides that are multiples of ``multiple`` (bilinear,
+    corners aligned), as the reference does; unchanged when they already are."""
+    # (n + p − 1) // p rounds up; also when exported, where integer division truncates
+    height = (x.shape[2] + multiple - 1) // multiple * multiple
+    width = (x.shape[3] + multiple - 1) // multiple * multiple
+    if height != x.shape[2] or width != x.shape[3]:
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
+    return x
+
+
+# A shape-dependent branch: torch.fx keeps this as a call (a leaf) instead of tracing into it.
+torch.fx.wrap("resize_to_multiple")
 
 
 class MobileViTv2Block(nn.Module):
@@ -159,10 +175,8 @@ class MobileViTv2Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patch = self.patch_size
-        # (n + p − 1) // p rounds up; also when exported, where integer division truncates
-        height, width = (x.shape[2] + patch - 1) // patch * patch, (x.shape[3] + patch - 1) // patch * patch
-        if (height, width) != tuple(x.shape[2:]):
-            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
+        x = resize_to_multiple(x, patch)
+        height, width = x.shape[2], x.shape[3]
         x = self.local_proj(self.local_dw(x))
         x = self.norm(self.transformer(unfold_patches(x, patch)))
         return self.out_proj(fold_patches(x, patch, height, width))
@@ -185,12 +199,13 @@ class MobileViTv2(Backbone):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
     ):
-        super().__init__(cfg, num_classes, in_chans, num_features=cfg.widths[-1])
+        super().__init__(cfg, num_classes, in_chans, num_features=cfg.widths[-1], global_pool=global_pool)
 
         self.stem = ConvNormAct(in_chans, cfg.stem_width, 3, stride=2)
         blocks_per_stage = [d + (a > 0) for d, a in zip(cfg.depths, cfg.attention_depths)]
-        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(blocks_per_stage)).tolist())
+        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(blocks_per_stage), device="cpu").tolist())
         in_chs, stages, self.feature_info = cfg.stem_width, [], []
         for i, (width, depth, attention_depth) in enumerate(zip(cfg.widths, cfg.depths, cfg.attention_depths)):
             stride = 1 if i == 0 else 2
@@ -411,8 +426,14 @@ for _name, (_multiplier, _top1) in VARIANTS.items():
             name=_name,
             family="mobilevitv2",
             model_cls=MobileViTv2,
-            cfg=MobileViTv2Cfg(_multiplier),
+            cfg=MobileViTv2Cfg(width_multiplier=_multiplier),
             timm_name=f"em_{_name}",
+            first_conv="stem.conv",
+            classifier="head",
+            pool_size=(8, 8),
+            paper_name="Separable Self-attention for Mobile Vision Transformers",
+            paper_ids="arXiv:2206.02680",
+            license="cvnets-license",  # Apple's CVNets sample-code license, as timm records it
             input_size=(3, 256, 256),
             mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0),
@@ -420,6 +441,8 @@ for _name, (_multiplier, _top1) in VARIANTS.items():
             feature_out_indices=(0, 1, 2, 3, 4),
             top1=_top1,
             top1_source=PAPER + " (256², trained on ImageNet-1K only)",
-            extra=dict(first_conv="stem.conv", classifier="head"),
+            # the authors' (CVNets) ImageNet-1K weights as timm publishes them (converted on loading)
+            weights=ReleasedWeights(tag="cvnets_in1k", hf_hub_id=f"timm/{_name}.cvnets_in1k",
+                                    origin_url="https://github.com/apple/ml-cvnets"),
         )
     )

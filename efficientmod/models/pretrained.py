@@ -1,9 +1,12 @@
-"""The library's own folder format: ``model.safetensors`` + ``config.json``.
+"""The library's own folder format, which is a Hugging Face hub repository as it stands.
 
-:func:`save_pretrained` records what :func:`from_pretrained` needs to rebuild the same
-network through the registry (architecture name, class count, input channels, the
-architecture arguments it was built with) beside the preprocessing a predictor needs
-(input size, mean / std, interpolation, crop) and optional class names. Writes are
+:func:`save_pretrained` writes ``model.safetensors``, ``config.json`` in timm's format
+(architecture, classes, the architecture arguments the model was built with as
+``model_args``, and a ``pretrained_cfg`` with the preprocessing a predictor needs: input
+size, mean / std, interpolation, crop) and a ``README.md`` model card. :func:`from_pretrained`
+rebuilds the same network through the registry; the folder also loads with
+``efficientmod.create_model(name, pretrained=FOLDER_OR_HUB_ID)`` and
+``timm.create_model("local-dir:FOLDER" / "hf-hub:USER/REPO", pretrained=True)``. Writes are
 atomic; weights are read back with :func:`efficientmod.checkpoint.load_checkpoint`.
 """
 from __future__ import annotations
@@ -16,18 +19,21 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from efficientmod.checkpoint import atomic_write, load_checkpoint
+from efficientmod.models.hub import model_card
 from efficientmod.models.registry import create_model, model_info
 
 __all__ = ["PREPROCESSING_KEYS", "save_pretrained", "from_pretrained", "read_config"]
 
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+# pretrained_cfg entries that describe the released weights, not a saved model
+_RELEASE_KEYS = ("tag", "hf_hub_id", "origin_url", "notes", "architecture")
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None,
                     preprocessing: dict | None = None) -> None:
-    """``model.safetensors`` + ``config.json`` (architecture, classes, input, mean/std);
-    ``preprocessing`` overrides the registry's input_size / mean / std / interpolation /
-    crop_pct with what the model was actually trained on."""
+    """Write ``model`` to ``directory`` (see the module's docstring). ``preprocessing``
+    overrides the registry's input_size / mean / std / interpolation / crop_pct with what
+    the model was actually trained on."""
     if not model.registry_name:
         raise ValueError("save_pretrained needs a model built by efficientmod.create_model")
     if getattr(model, "deployed", False):  # its fused layers cannot be rebuilt by create_model
@@ -35,44 +41,55 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
                          "save it before efficientmod.deploy")
     info = model_info(model.registry_name)
     directory = Path(directory)
+    pretrained_cfg = dict(info.pretrained_cfg(), num_classes=model.num_classes,
+                          input_size=[model.in_chans, *info.input_size[1:]])
+    for key in _RELEASE_KEYS:
+        pretrained_cfg.pop(key, None)
+    pretrained_cfg.update({key: value for key, value in (preprocessing or {}).items() if key in PREPROCESSING_KEYS})
     config = dict(
-        architecture=info.name,
+        architecture=info.timm_name,
         num_classes=model.num_classes,
-        in_chans=model.in_chans,
-        model_kwargs=dict(model.build_kwargs),
-        input_size=[model.in_chans, *info.input_size[1:]],
-        mean=list(info.mean),
-        std=list(info.std),
-        interpolation=info.interpolation,
-        crop_pct=info.crop_pct,
-        class_names=class_names,
+        num_features=model.num_features,
+        model_args=dict(model.build_kwargs, in_chans=model.in_chans,
+                        **({} if model.global_pool_type == "avg" else {"global_pool": model.global_pool_type})),
+        pretrained_cfg=pretrained_cfg,
+        label_names=class_names,
     )
-    config.update({key: value for key, value in (preprocessing or {}).items() if key in PREPROCESSING_KEYS})
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
     atomic_write(directory / "config.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    card = model_card(info, model, class_names)
+    atomic_write(directory / "README.md", lambda tmp: Path(tmp).write_text(card))
 
 
 def read_config(directory: str | os.PathLike) -> dict:
-    """The ``config.json`` of a ``save_pretrained`` folder."""
+    """The ``config.json`` of a ``save_pretrained`` folder, its ``architecture`` given as
+    this library's name (``efficientvit_m0`` for timm's ``em_efficientvit_m0``)."""
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{directory} is not a save_pretrained folder (no config.json)")
-    return json.loads(path.read_text())
+    config = json.loads(path.read_text())
+    config["architecture"] = model_info(config["architecture"]).name
+    return config
 
 
 def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
     """Rebuild a model written by ``save_pretrained``: same architecture arguments (e.g.
-    EfficientViT's ``img_size``), same weights; extra ``kwargs`` go to the model. Another
-    ``num_classes`` (fine-tuning) keeps the trunk's weights and a fresh classifier, with
-    no saved class names."""
+    EfficientViT's ``img_size``), same weights, its preprocessing as ``model.preprocessing``;
+    extra ``kwargs`` go to the model. Another ``num_classes`` (fine-tuning) keeps the
+    trunk's weights and a fresh classifier, with no saved class names."""
     config = read_config(directory)
-    build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], **config.get("model_kwargs", {}))
+    if "model_args" in config:
+        build = dict(config["model_args"], num_classes=config["num_classes"])
+        class_names, preprocessing = config.get("label_names"), config.get("pretrained_cfg", {})
+    else:  # a folder written before config.json took timm's format
+        build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], **config.get("model_kwargs", {}))
+        class_names, preprocessing = config.get("class_names"), config
     build.update(kwargs)
     new_head = build["num_classes"] != config["num_classes"]
     model = create_model(config["architecture"], **build)
     load_checkpoint(model, directory, strict=True, ignore_head=new_head)
-    model.class_names = None if new_head else config.get("class_names")
-    model.preprocessing = {key: config[key] for key in PREPROCESSING_KEYS if key in config}
+    model.class_names = None if new_head else class_names
+    model.preprocessing = {key: preprocessing[key] for key in PREPROCESSING_KEYS if key in preprocessing}
     return model

@@ -1,33 +1,54 @@
 """One registry for every model family, plugged into timm's.
 
 A family file describes each variant once with :func:`register_variant`: the model class,
-its architecture config, the input it expects and the ImageNet-1K top-1 its paper reports.
-From that single entry the variant becomes available three ways:
+its architecture config, the input it expects, the ImageNet-1K top-1 its paper reports and
+where released weights are. From that single entry the variant becomes available three ways:
 
 * ``efficientmod.create_model(name)`` / ``efficientmod.list_models()``;
 * ``timm.create_model(timm_name)`` (same name for EfficientMod; a ``em_`` prefix for the
-  families timm already ships, so that timm's own ``efficientvit_m2`` stays timm's);
+  families timm already ships, so that timm's own ``efficientvit_m2`` stays timm's), with
+  a complete timm ``pretrained_cfg`` and timm's own weight loading (``pretrained=True``,
+  ``pretrained_cfg_overlay=dict(file=...)``, ``hf-hub:`` / ``local-dir:`` repositories);
 * ``features_only=True`` through timm's feature wrapper (models implement
   ``forward_intermediates``), so dense-prediction code gets NCHW maps from either API.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
-from timm.models._features import FeatureGetterNet
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as timm_register_model
 
-__all__ = ["ModelInfo", "register_variant", "create_model", "list_models", "model_info"]
+__all__ = ["ReleasedWeights", "ModelInfo", "register_variant", "create_model", "list_models", "model_info"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class ReleasedWeights:
+    """Published ImageNet weights of one variant, under a timm pretrained tag.
+
+    ``hf_hub_id`` names a Hugging Face hub repository that ``pretrained=True`` downloads
+    (through timm and ``huggingface_hub``: its cache, ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``
+    apply); without one, the weights have no stable URL and ``origin_url`` / ``file_names``
+    say where to fetch them by hand, to pass as a file.
+    """
+
+    tag: str
+    hf_hub_id: str = ""
+    origin_url: str = ""
+    file_names: tuple[str, ...] = ()
+    top1: float | None = None  # ImageNet-1K top-1 (%) of these weights, as their publisher reports
+    notes: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelInfo:
     """Everything the library knows about one registered variant."""
 
@@ -36,6 +57,12 @@ class ModelInfo:
     model_cls: type[nn.Module]
     cfg: Any  # the family's architecture config (a frozen dataclass)
     timm_name: str
+    first_conv: str  # the input convolution (timm adapts its weights to another in_chans)
+    classifier: str  # the classifier's linear layer
+    pool_size: tuple[int, int]  # the final feature map's size at input_size
+    paper_name: str
+    paper_ids: str  # e.g. "arXiv:2403.19963"
+    license: str
     input_size: tuple[int, int, int] = (3, 224, 224)
     mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
@@ -44,39 +71,52 @@ class ModelInfo:
     feature_out_indices: tuple[int, ...] = (0, 1, 2, 3)  # every feature map it has
     top1: float | None = None  # ImageNet-1K top-1 (%) reported by the paper
     top1_source: str = ""
-    extra: dict = field(default_factory=dict)
+    drop_path_rate: float = 0.0  # stochastic depth of the paper's ImageNet training recipe
+    weights: ReleasedWeights | None = None
+
+    @property
+    def timm_tagged_name(self) -> str:
+        """The timm name with the pretrained tag of the released weights, if any."""
+        return f"{self.timm_name}.{self.weights.tag}" if self.weights else self.timm_name
 
     def pretrained_cfg(self) -> dict:
-        """The timm ``pretrained_cfg`` of this variant (no downloadable weights)."""
-        return dict(
+        """The timm ``pretrained_cfg`` of this variant (its released weights, if any)."""
+        cfg = dict(
             architecture=self.timm_name,
             num_classes=1000,
             input_size=self.input_size,
+            pool_size=self.pool_size,
             mean=self.mean,
             std=self.std,
             interpolation=self.interpolation,
             crop_pct=self.crop_pct,
-            first_conv=self.extra.get("first_conv", ""),
-            classifier=self.extra.get("classifier", "head"),
+            first_conv=self.first_conv,
+            classifier=self.classifier,
+            license=self.license,
+            paper_name=self.paper_name,
+            paper_ids=self.paper_ids,
         )
+        if self.weights is not None:
+            weights = self.weights
+            cfg.update(tag=weights.tag, hf_hub_id=weights.hf_hub_id or None, origin_url=weights.origin_url or None,
+                       notes=weights.notes or None)
+        return {k: v for k, v in cfg.items() if v is not None}
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+_BY_TIMM_NAME: dict[str, ModelInfo] = {}
 # timm's register_model reads the pretrained cfgs from the entry point's module.
-default_cfgs: dict[str, dict] = {}
+default_cfgs: dict[str, Any] = {}
 
 
 def register_variant(info: ModelInfo) -> ModelInfo:
     """Register ``info`` in this library and in timm's registry."""
     if info.name in _REGISTRY:
         raise ValueError(f"model {info.name!r} is registered twice")
-    _REGISTRY[info.name] = info
-    default_cfgs[info.timm_name] = info.pretrained_cfg()
+    _REGISTRY[info.name] = _BY_TIMM_NAME[info.timm_name] = info
+    default_cfgs.update(generate_default_cfgs({info.timm_tagged_name: info.pretrained_cfg()}))
 
     def entrypoint(pretrained: bool = False, **kwargs):
-        kwargs.pop("pretrained_cfg", None)  # timm passes its own copy of info.pretrained_cfg()
-        kwargs.pop("pretrained_cfg_overlay", None)
-        kwargs.pop("cache_dir", None)
         return _build(info, pretrained=pretrained, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = info.timm_name
@@ -87,24 +127,35 @@ def register_variant(info: ModelInfo) -> ModelInfo:
     return info
 
 
-_NOT_ARCHITECTURE = {"num_classes", "in_chans", "features_only", "out_indices", "feature_cls"}
+_NOT_ARCHITECTURE = {"num_classes", "in_chans", "global_pool", "features_only", "out_indices", "feature_cls",
+                     "feature_cfg", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "device", "dtype",
+                     "pretrained_model_args"}
 
 
 def _build(info: ModelInfo, pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for ``info``: pretrained weights in any layout our
+    converters know (timm's, the official release's, ours) are read by timm's loader and
+    converted on the way in."""
+    from efficientmod.models.hub import build_error, check_source, convert_pretrained
+
     if pretrained:
-        raise ValueError(
-            f"{info.name}: no weights can be downloaded; pass checkpoint_path= (a released "
-            "official/timm checkpoint or a save_pretrained folder) instead of pretrained=True"
-        )
-    model = build_model_with_cfg(
-        info.model_cls,
-        info.name,
-        pretrained=False,
-        pretrained_cfg=info.pretrained_cfg(),
-        feature_cfg=dict(feature_cls="getter", out_indices=info.feature_out_indices),
-        cfg=info.cfg,
-        **kwargs,
-    )
+        check_source(info, kwargs)
+    kwargs.setdefault("feature_cfg", dict(feature_cls="getter", out_indices=info.feature_out_indices))
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)  # timm's factory placement
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = build_model_with_cfg(
+                info.model_cls, info.timm_name, pretrained=pretrained,
+                pretrained_filter_fn=convert_pretrained,
+                cfg=info.cfg, **kwargs,
+            )
+        if dtype is not None:
+            model.to(dtype=dtype)
+    except Exception as error:
+        clear = build_error(info, error, kwargs) if pretrained else None
+        if clear is None:
+            raise
+        raise clear from None
     inner = getattr(model, "model", model)  # the features_only wrapper holds the network
     inner.registry_name = info.name
     # what save_pretrained must record to rebuild the same architecture
@@ -114,15 +165,13 @@ def _build(info: ModelInfo, pretrained: bool = False, **kwargs) -> nn.Module:
 
 
 def model_info(name: str) -> ModelInfo:
-    """The :class:`ModelInfo` of ``name``; an unknown name lists the closest ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown model {name!r}.{hint} `efficientmod models` lists all {len(_REGISTRY)} names."
-        ) from None
+    """The :class:`ModelInfo` of ``name`` (or of its timm name, e.g. ``em_efficientvit_m0``);
+    an unknown name lists the closest ones."""
+    if name in _REGISTRY or name in _BY_TIMM_NAME:
+        return _REGISTRY.get(name) or _BY_TIMM_NAME[name]
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"Unknown model {name!r}.{hint} `efficientmod models` lists all {len(_REGISTRY)} names.")
 
 
 def list_models(pattern: str | None = None, family: str | None = None) -> list[str]:
@@ -135,7 +184,7 @@ def list_models(pattern: str | None = None, family: str | None = None) -> list[s
 
 def create_model(
     name: str,
-    pretrained: bool = False,
+    pretrained: bool | str = False,
     num_classes: int = 1000,
     checkpoint_path: str | None = None,
     **kwargs,
@@ -144,15 +193,26 @@ def create_model(
 
     Args:
         name: a name from :func:`list_models`.
-        pretrained: weights are never downloaded; use ``checkpoint_path``.
+        pretrained: ``True`` loads the variant's released weights the way timm does
+            (EfficientViT, MobileViTv2: timm's Hugging Face hub repositories, cached); a
+            string loads another source: a checkpoint file (an official EfficientMod
+            release file, a timm or own checkpoint), a ``save_pretrained`` folder, an
+            ``http(s)://`` URL or a Hugging Face hub repository id (``user/repo``).
+            Weights are converted from whatever layout they use; a classifier of another
+            class count is dropped (the model keeps a fresh one).
         num_classes: classifier width (0 for no classifier).
-        checkpoint_path: a checkpoint file (official EfficientMod, timm or own layout; see
-            :func:`efficientmod.load_checkpoint`) or a ``save_pretrained`` folder, loaded
-            with ``ignore_head`` when its classifier has another class count.
-        **kwargs: passed to the model (``in_chans``, ``drop_path_rate``, ...) or to timm's
-            feature wrapper (``features_only=True, out_indices=(...)``).
+        checkpoint_path: a checkpoint file or ``save_pretrained`` folder loaded after
+            building (see :func:`efficientmod.load_checkpoint`), with ``ignore_head``.
+        **kwargs: passed to the model (``in_chans``, ``drop_path_rate``, ``global_pool``,
+            ...) or to timm's feature wrapper (``features_only=True, out_indices=(...)``).
     """
     info = model_info(name)
+    if isinstance(pretrained, str):
+        from efficientmod.models.hub import source_overlay
+
+        kwargs["pretrained_cfg_overlay"], saved_args = source_overlay(info, pretrained, kwargs.get("cache_dir"))
+        kwargs = {**saved_args, **kwargs}  # the architecture it was saved with, unless overridden
+        pretrained = True
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", info.feature_out_indices)
     model = _build(info, pretrained=pretrained, num_classes=num_classes, **kwargs)
@@ -161,5 +221,14 @@ def create_model(
 
         load_checkpoint(model, checkpoint_path, ignore_head=True)
     if features_only:
-        model = FeatureGetterNet(model, out_indices=out_indices)
+        model = _feature_wrapper(model, out_indices)
     return model
+
+
+def _feature_wrapper(model: nn.Module, out_indices) -> nn.Module:
+    """timm's ``features_only`` wrapper around a built ``model`` (after its checkpoint is in):
+    what ``timm.create_model(..., features_only=True)`` returns. The class is not exported by
+    ``timm.models``; pyproject pins the timm range this is tested with."""
+    from timm.models._features import FeatureGetterNet
+
+    return FeatureGetterNet(model, out_indices=out_indices)

@@ -1,0 +1,188 @@
+"""Released weights, loaded the way timm loads weights.
+
+``pretrained=True`` goes through timm's own loader (``build_model_with_cfg`` →
+``load_pretrained``), which reads a variant's ``pretrained_cfg``: EfficientViT and
+MobileViTv2 name timm's Hugging Face hub repositories, fetched by ``huggingface_hub``
+(its cache, ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` apply); EfficientMod's official
+checkpoints sit in Google Drive folders with no stable URL, so their ``pretrained_cfg``
+records where, and the file comes in through timm's ``pretrained_cfg_overlay=dict(file=...)``.
+Whatever the layout of the weights (timm's, the official release's, this library's), the
+loader's filter converts them with the converters each family registers.
+
+This module also writes the model card of a ``save_pretrained`` folder
+(:mod:`efficientmod.models.pretrained`), which is a hub repository as it stands
+(``config.json`` in timm's format, ``model.safetensors``, ``README.md``). It imports the
+registry for type hints only: the registry imports it when a model is built.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+import torch.nn as nn
+from timm.models import resolve_pretrained_cfg
+
+if TYPE_CHECKING:
+    from efficientmod.models.registry import ModelInfo
+
+__all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card"]
+
+
+class WeightsNotAvailableError(FileNotFoundError):
+    """Released weights that are neither cached nor downloadable here; the message names
+    them, the cache searched and what to do."""
+
+
+def convert_pretrained(state_dict: dict, model: nn.Module) -> dict:
+    """timm's ``pretrained_filter_fn``: unwrap (``model`` / ``state_dict`` dicts,
+    ``module.`` prefixes) and convert ``state_dict`` to ``model``'s own layout."""
+    from efficientmod.checkpoint import read_state_dict, to_own_layout
+
+    return to_own_layout(model, read_state_dict(state_dict))[0]
+
+
+def _hub_cache(cache_dir) -> str:
+    from huggingface_hub import constants
+
+    return str(cache_dir or constants.HF_HUB_CACHE)
+
+
+def _not_available(repo_id: str, cache_dir, model_name: str = "") -> WeightsNotAvailableError:
+    from huggingface_hub import constants
+
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face hub cannot be reached"
+    of = f" of {model_name}" if model_name else ""
+    return WeightsNotAvailableError(
+        f"pretrained weights{of} ({repo_id} on the Hugging Face hub) are not in the cache {_hub_cache(cache_dir)} "
+        f"and {why}. On a machine with network run `hf download {repo_id}` and copy its cache folder here, "
+        "point HF_HUB_CACHE at a cache that holds them, or pass pretrained=PATH to a local checkpoint file"
+    )
+
+
+def _is_hub_unreachable(error: BaseException) -> bool:
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    return isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled))
+
+
+def check_source(info: ModelInfo, kwargs: dict) -> None:
+    """Raise a ``ValueError`` saying where weights are when ``pretrained=True`` has no
+    source for ``info`` (EfficientMod: the official Google Drive folders)."""
+    cfg = resolve_pretrained_cfg(info.timm_name, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                 pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict()
+    if any(cfg.get(k) for k in ("hf_hub_id", "url", "file", "state_dict")):
+        return
+    weights = info.weights
+    where = ""
+    if weights is not None and weights.origin_url:
+        files = " or ".join(weights.file_names) or "the checkpoint"
+        where = f" The authors share them at {weights.origin_url} ({files}); download it, then"
+    raise ValueError(
+        f"{info.name}: its weights have no stable download URL.{where} pass the file: "
+        f"efficientmod.create_model({info.name!r}, pretrained=PATH) (or checkpoint_path=PATH), or "
+        f"timm.create_model({info.timm_name!r}, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))"
+    )
+
+
+def build_error(info: ModelInfo, error: BaseException, kwargs: dict) -> Exception | None:
+    """The one clear error that replaces ``error`` (raised while loading weights), or None."""
+    if _is_hub_unreachable(error):
+        cfg = resolve_pretrained_cfg(info.timm_name, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                     pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+        return _not_available(cfg.hf_hub_id, kwargs.get("cache_dir"), info.name)
+    return None
+
+
+def _read_repo_config(info: ModelInfo, source: str, cache_dir) -> dict:
+    """The ``config.json`` of a local folder or hub repository ``source`` ({} if it has
+    none); its architecture must be ``info``'s."""
+    folder = Path(source)
+    if folder.is_dir():
+        path = folder / "config.json"
+        if not path.exists():
+            return {}
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            path = Path(hf_hub_download(source, "config.json", cache_dir=cache_dir))
+        except Exception as error:
+            if _is_hub_unreachable(error):
+                raise _not_available(source, cache_dir) from None
+            if isinstance(error, EntryNotFoundError):
+                return {}
+            raise
+    config = json.loads(Path(path).read_text())
+    architecture = config.get("architecture")
+    if architecture and architecture not in (info.name, info.timm_name):
+        raise ValueError(f"{source} holds weights of {architecture}, not of {info.name}")
+    return config
+
+
+def source_overlay(info: ModelInfo, source: str | os.PathLike, cache_dir=None) -> tuple[dict, dict]:
+    """The timm ``pretrained_cfg_overlay`` that loads ``info``'s weights from ``source`` (a
+    checkpoint file, a ``save_pretrained`` folder, an ``http(s)://`` URL or a hub id), and
+    the architecture arguments the source was saved with (``model_args`` of its config)."""
+    source = str(source)
+    if source.startswith(("http://", "https://")):
+        return dict(url=source, hf_hub_id=None, file=None), {}
+    path = Path(source).expanduser()
+    if path.is_file():
+        return dict(file=str(path)), {}
+    if path.is_dir() or "/" not in source or source.startswith((".", "/", "~")):
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"pretrained weights not found: {source} is neither a checkpoint file nor a "
+                                    "save_pretrained folder (with model.safetensors)")
+        config = _read_repo_config(info, source, cache_dir)
+        overlay = dict(file=str(weights))
+    else:  # a hub repository: user/name
+        config = _read_repo_config(info, source, cache_dir)
+        overlay = dict(source="hf-hub", hf_hub_id=source)
+    overlay["num_classes"] = config.get("num_classes", 1000)  # timm drops a classifier of another width
+    return overlay, dict(config.get("model_args", {}))
+
+
+def model_card(info: ModelInfo, model: nn.Module, class_names: list[str] | None) -> str:
+    """``README.md`` of a ``save_pretrained`` folder: hub metadata, what the model is, the
+    paper's figures for the variant and how to load it with timm and with this library."""
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    license_ = info.license if info.license in ("mit", "apache-2.0") else "other"
+    top1 = f"{info.top1:.1f}" if info.top1 is not None else "n/a"
+    lines = [
+        "---",
+        "tags: [image-classification, timm, efficientmod]",
+        "library_name: timm",
+        f"license: {license_}",
+        "---",
+        f"# {info.name}",
+        "",
+        f"An image classifier of the {info.family} family ({info.paper_name}, {info.paper_ids}), saved by the "
+        "`efficientmod` library; it loads with timm once `efficientmod` is imported (which registers the "
+        "architecture).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | `{info.timm_name}` |",
+        f"| classes | {model.num_classes} |",
+        f"| parameters (this model) | {params:.2f} M |",
+        f"| input | {model.in_chans} × {info.input_size[1]} × {info.input_size[2]}, "
+        f"crop {info.crop_pct}, mean {tuple(info.mean)}, std {tuple(info.std)}, {info.interpolation} |",
+        f"| paper's ImageNet-1K top-1 of the variant | {top1} % ({info.top1_source}) |",
+        f"| weights license | {info.license} |",
+        "",
+        "```python",
+        "import efficientmod, timm",
+        'model = timm.create_model("hf-hub:USER/REPO", pretrained=True)  # or "local-dir:PATH"',
+        f'model = efficientmod.create_model("{info.name}", pretrained="USER/REPO", num_classes={model.num_classes})',
+        "```",
+        "",
+        "Upload this folder as it stands: `hf upload USER/REPO PATH`.",
+    ]
+    if class_names:
+        lines += ["", f"Classes: {', '.join(class_names[:20])}{' ...' if len(class_names) > 20 else ''}"]
+    return "\n".join(lines) + "\n"
