@@ -2,7 +2,6 @@
 exercised where the CPU can show them."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
