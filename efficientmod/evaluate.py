@@ -103,6 +103,9 @@ def evaluate_checkpoint(
     if run_device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}, but no CUDA device is available")
     model.to(run_device)
+    if run_device.type == "cuda":  # as in training: NHWC convolutions, cuDNN's autotuner for the fixed eval shape
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     size = img_size or (own or {}).get("config", {}).get("img_size") or info.input_size[-1]
     transform = eval_transform(size, info.mean, info.std, info.crop_pct, info.interpolation)
     dataset = ImageFolder(Path(data) / split, class_names, transform)

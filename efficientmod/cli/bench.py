@@ -44,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"backends to run (default: {' '.join(DEFAULT_BACKENDS)}; "
                         "those this machine lacks are skipped with a note)")
     parser.add_argument("--threads", type=int, default=4,
-                        help="CPU intra-op threads of torch-cpu and ort-cpu (default 4, as the EfficientMod paper)")
+                        help="CPU threads of the torch-cpu, ort-* and openvino-* backends "
+                        "(default 4, as the EfficientMod paper)")
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per model and backend (default 50)")
     parser.add_argument("--warmup", type=int, default=10,
                         help="untimed calls before timing; they absorb compilation and first-call set-up "
