@@ -1,0 +1,131 @@
+"""Calibration images and prediction agreement, shared by every reduced-precision export.
+
+Post-training quantisation (ONNX Runtime's static int8, NNCF for OpenVINO, or any other
+format's quantiser) needs a few hundred real images preprocessed exactly as at inference;
+a bf16 or int8 file is then checked not against PyTorch's logits to 1e-4 (it cannot match
+them) but by how often it predicts what the float32 model predicts:
+
+* :func:`read_calibration_images` reads an image folder (flat or one sub-folder per class,
+  searched recursively) through a model's :class:`~efficientmod.predict.Preprocessing`
+  into one float32 (N, C, H, W) array; a deterministic, evenly spread subset when
+  ``samples`` is smaller than the folder.
+* :func:`prediction_agreement` compares two logit arrays: top-1 agreement (the same class
+  first) and top-5 agreement (the reference's class among the candidate's five best), the
+  figures ``efficientmod export`` prints for bf16 / int8.
+* :func:`check_agreement` raises :class:`~efficientmod.export.onnx.ExportVerificationError`
+  when either falls more than a tolerance below 100%.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from efficientmod.export.onnx import ExportVerificationError
+
+__all__ = [
+    "IMAGE_SUFFIXES", "Agreement", "calibration_files", "read_calibration_images",
+    "prediction_agreement", "check_agreement", "run_batched", "VerifiedExport",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def calibration_files(folder: str | os.PathLike, samples: int | None = None) -> list[Path]:
+    """The image files under ``folder`` (recursive, sorted), or ``samples`` of them spread
+    evenly over that order (so every class folder contributes). A missing folder is a
+    ``FileNotFoundError``, one without images a ``ValueError``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"calibration folder not found: {folder}")
+    if samples is not None and samples < 1:
+        raise ValueError(f"the number of calibration samples must be positive, got {samples}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    if samples is None or samples >= len(files):
+        return files
+    picks = np.linspace(0, len(files) - 1, samples).round().astype(int)
+    return [files[i] for i in picks]
+
+
+def read_calibration_images(folder: str | os.PathLike, preprocessing, samples: int | None = 300) -> np.ndarray:
+    """``samples`` images of ``folder`` (all when None) preprocessed by ``preprocessing``
+    (an :class:`efficientmod.predict.Preprocessing`, or anything with ``load(path)`` returning
+    a C×H×W tensor) as one float32 (N, C, H, W) array. Unreadable files are skipped with a
+    note on stderr; a ``ValueError`` when none is readable."""
+    from efficientmod.predict import UNREADABLE
+
+    images, skipped = [], []
+    for path in calibration_files(folder, samples):
+        try:
+            images.append(preprocessing.load(path).numpy())
+        except UNREADABLE as error:
+            skipped.append(f"{path} ({type(error).__name__})")
+    if skipped:
+        print(f"note: skipped {len(skipped)} unreadable calibration image(s): {', '.join(skipped[:3])}"
+              + (" ..." if len(skipped) > 3 else ""), file=sys.stderr)
+    if not images:
+        raise ValueError(f"none of the calibration images under {folder} could be read")
+    return np.ascontiguousarray(np.stack(images), dtype=np.float32)
+
+
+def run_batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """``run`` (batch → logits) over ``images`` in batches of ``batch_size``, concatenated."""
+    return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How often a reduced-precision model predicts what the reference predicts."""
+
+    top1: float  # % of images whose best class is the reference's best class
+    top5: float  # % of images whose five best classes include the reference's best class
+    samples: int
+    max_abs_diff: float  # largest logit difference, for the record
+
+    def __str__(self) -> str:
+        return (f"top-1 agreement {self.top1:.2f}%, top-5 agreement {self.top5:.2f}% on {self.samples} "
+                f"image(s) (max abs logit diff {self.max_abs_diff:.3g})")
+
+
+def prediction_agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
+    """Top-1 / top-5 agreement of ``candidate`` logits with ``reference`` logits (both N×K)."""
+    reference, candidate = np.asarray(reference, dtype=np.float32), np.asarray(candidate, dtype=np.float32)
+    if reference.shape != candidate.shape or reference.ndim != 2 or len(reference) == 0:
+        raise ValueError(f"logits must be two non-empty N×K arrays of one shape, got {reference.shape} "
+                         f"and {candidate.shape}")
+    expected = reference.argmax(axis=1)
+    top5 = np.argsort(-candidate, axis=1, kind="stable")[:, :5]
+    return Agreement(
+        top1=100.0 * float((candidate.argmax(axis=1) == expected).mean()),
+        top5=100.0 * float((top5 == expected[:, None]).any(axis=1).mean()),
+        samples=len(reference),
+        max_abs_diff=float(np.abs(reference - candidate).max()),
+    )
+
+
+def check_agreement(agreement: Agreement, tolerance: float, label: str) -> Agreement:
+    """``agreement`` itself when top-1 and top-5 agreement are both at least ``100 - tolerance``
+    percent, else an :class:`ExportVerificationError` naming ``label``."""
+    if not 0 <= tolerance <= 100:
+        raise ValueError(f"the agreement tolerance is in percentage points, 0-100, got {tolerance}")
+    floor = 100.0 - tolerance
+    if not (agreement.top1 >= floor and agreement.top5 >= floor):  # also catches NaN
+        raise ExportVerificationError(f"{label}: {agreement}, below {floor:g}% (tolerance {tolerance:g} points)")
+    return agreement
+
+
+@dataclass(frozen=True)
+class VerifiedExport:
+    """What a verified export found: the float32 graph's max abs difference to PyTorch and,
+    for a reduced precision (bf16, int8), the written file's agreement with that graph."""
+
+    path: Path
+    precision: str
+    fp32_max_abs_diff: float
+    agreement: Agreement | None = None
