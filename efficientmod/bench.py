@@ -268,11 +268,34 @@ def _ort_steps(model: nn.Module, input_size, settings: BenchSettings) -> StepFac
     return make_step
 
 
+def _executorch_steps(model: nn.Module, input_size, settings: BenchSettings, precision: str) -> StepFactory:
+    """An ExecuTorch program (XNNPACK, batch 1; int8 calibrated on random images, which is
+    enough for its speed) run by ExecuTorch's runtime; a batch runs image by image."""
+    from efficientmod.export.executorch import ExecutorchRuntime, lower_to_executorch
+
+    calibration = np.random.default_rng(0).standard_normal((4, *input_size), dtype=np.float32)
+    program, _ = lower_to_executorch(copy.deepcopy(model).float(), input_size, None, precision, calibration)
+    with tempfile.TemporaryDirectory(prefix="efficientmod-bench-") as folder:
+        path = Path(folder) / "model.pte"
+        path.write_bytes(program)
+        runtime = ExecutorchRuntime(path, settings.threads)
+
+    def make_step(batch: int):
+        x = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
+        return lambda: runtime.run(x)
+
+    return make_step
+
+
 BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("torch-cpu", "cpu", "eager PyTorch on the CPU, --threads intra-op threads",
             lambda m, s, cfg: _torch_steps(m, s, cfg, "cpu")),
     Backend("ort-cpu", "cpu", "ONNX export run by ONNX Runtime on the CPU, --threads intra-op threads",
             _ort_steps),
+    Backend("executorch-cpu", "cpu", "ExecuTorch program (XNNPACK, batch 1) in ExecuTorch's runtime, --threads threads",
+            lambda m, s, cfg: _executorch_steps(m, s, cfg, "fp32")),
+    Backend("executorch-cpu-int8", "cpu", "executorch-cpu with pt2e int8 convolutions and linear layers",
+            lambda m, s, cfg: _executorch_steps(m, s, cfg, "int8")),
     # the first CUDA call loads kernels and creates cuBLAS / cuDNN handles
     Backend("torch-cuda", "cuda", "eager PyTorch on the GPU (--dtype autocast)",
             lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda"), min_warmup=1),
@@ -291,6 +314,8 @@ def unavailable_reason(backend: str) -> str | None:
         return "CUDA is not available on this machine"
     if backend == "ort-cpu" and importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install 'efficientmod[deploy]')"
+    if backend.startswith("executorch-") and importlib.util.find_spec("executorch") is None:
+        return "executorch is not installed (pip install 'efficientmod[executorch]')"
     if backend in ("compile-cuda", "cudagraph-cuda") and importlib.util.find_spec("triton") is None:
         return "torch.compile on CUDA needs triton, which is not installed"
     return None

@@ -17,10 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "several batch sizes and compare with PyTorch. Prints the max abs difference; above "
         "--tolerance no file is written (an existing one is kept) and the exit status is 1. "
         "Preprocessing and class names are stored in the file's metadata (what "
-        "`efficientmod predict FILE.onnx` reads).",
+        "`efficientmod predict FILE.onnx` reads). --format executorch (or -o OUT.pte) writes an ExecuTorch "
+        "program for phones (XNNPACK, batch 1), verified in ExecuTorch's runtime; --precision int8 is "
+        "calibrated on --calib and checked by top-1 / top-5 agreement with PyTorch, printed.",
     )
     _add_model_args(export)
-    export.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file to write")
+    export.add_argument("-o", "--output", required=True, type=Path, help="the .onnx (or ExecuTorch .pte) file to write")
     export.add_argument("--input-size", type=int, nargs="+", metavar="PIXELS", default=None,
                         help="H [W] of the exported input (default: the model's, e.g. 224)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
@@ -33,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="batch sizes of the random verification inputs (default 1 2 3)")
     export.add_argument("--save-optimized", type=Path, default=None, metavar="PATH",
                         help="also write ONNX Runtime's optimized graph (runs on this kind of CPU only)")
+    _add_precision_args(export)
     export.set_defaults(func=run_export)
 
     predict = subparsers.add_parser(
@@ -49,14 +52,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     predict.add_argument("--device", default="cpu", help="torch device of the PyTorch path (default cpu)")
-    predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime / ExecuTorch threads")
     predict.set_defaults(func=run_predict)
+
+
+def _add_precision_args(export: argparse.ArgumentParser) -> None:
+    """--format / --precision and the calibration of int8 exports."""
+    from efficientmod.export import FORMATS
+
+    export.add_argument("--format", choices=list(FORMATS), default=None,
+                        help="file format (default: from the --output suffix: .onnx, .pte = ExecuTorch)")
+    export.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                        help="fp32 (default) or int8 (ExecuTorch: pt2e post-training quantisation of convolutions "
+                        "and linear layers for XNNPACK, calibrated on --calib, verified by agreement with fp32)")
+    export.add_argument("--calib", type=Path, default=None, metavar="DIR",
+                        help="image folder (searched recursively) for int8 calibration and the agreement check")
+    export.add_argument("--calib-samples", type=int, default=300, metavar="N",
+                        help="calibration images taken from --calib, spread over the folder (default 300)")
+    export.add_argument("--check-images", type=Path, default=None, metavar="DIR",
+                        help="image folder for the int8 agreement check (default: the calibration images)")
+    export.add_argument("--agreement-tolerance", type=float, default=1.0, metavar="POINTS",
+                        help="int8: top-1 and top-5 agreement with fp32 may fall this many percentage points "
+                        "below 100 (default 1); below it nothing is written and the exit status is 1")
 
 
 def _add_model_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="a registered name (`efficientmod models`), a save_pretrained folder"
-                        + (", or an .onnx file" if onnx else ""))
+                        + (", or an exported .onnx / .pte file" if onnx else ""))
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights for a registered name: official / timm / own checkpoint, training "
                         "checkpoint or save_pretrained folder"
@@ -83,14 +106,16 @@ def run_export(args: argparse.Namespace) -> int:
     from efficientmod.export import ExportVerificationError, export_verified
     from efficientmod.predict import Preprocessing, load_model, onnx_metadata
 
-    if args.output.suffix != ".onnx":
-        raise ValueError(f"--output should end in .onnx, got {args.output}")
+    fmt = _export_format(args)
     model = load_model(args.model, args.checkpoint)
     if args.checkpoint is None and not Path(args.model).is_dir():
         print(f"note: no --checkpoint, exporting {args.model} with random weights", file=sys.stderr)
     input_size = _input_size(model, args.input_size)
     model.eval() if args.no_deploy else deploy(model)
-    metadata = onnx_metadata(model, Preprocessing.of_model(model, input_size))
+    preprocessing = Preprocessing.of_model(model, input_size)
+    metadata = onnx_metadata(model, preprocessing)
+    if fmt == "executorch":
+        return _run_executorch_export(args, model, input_size, preprocessing, metadata)
     try:
         worst = export_verified(model, args.output, input_size, args.opset, not args.static_batch, metadata,
                                 args.verify_batch_sizes, args.tolerance, args.save_optimized)
@@ -102,6 +127,53 @@ def run_export(args: argparse.Namespace) -> int:
           f"on batch sizes {batches}")
     print(f"wrote {args.output} ({'undeployed' if args.no_deploy else 'deployed'} {model.registry_name}, "
           f"input {'N' if not args.static_batch else 1}x{'x'.join(map(str, input_size))}, opset {args.opset})")
+    return 0
+
+
+def _export_format(args: argparse.Namespace) -> str:
+    """The --format, checked against the --output suffix (which picks it when not given)."""
+    from efficientmod.export import FORMATS, format_of
+
+    fmt = args.format or format_of(args.output).name
+    if args.output.suffix.lower() not in FORMATS[fmt].suffixes:
+        raise ValueError(f"--output of a {fmt} export ends in {' or '.join(FORMATS[fmt].suffixes)}, got {args.output}")
+    if args.precision == "int8" and fmt == "onnx":
+        raise ValueError("--precision int8 is not available for ONNX here: use --format executorch (-o OUT.pte)")
+    if args.precision == "int8" and args.calib is None:
+        raise ValueError("--precision int8 needs calibration images: --calib DIR")
+    if args.calib_samples < 1:
+        raise ValueError("--calib-samples must be positive")
+    if fmt == "executorch" and (args.static_batch or args.save_optimized or args.opset != 18):
+        raise ValueError("--static-batch, --save-optimized and --opset apply to ONNX exports only "
+                         "(an ExecuTorch program always takes one image)")
+    return fmt
+
+
+def _run_executorch_export(args: argparse.Namespace, model, input_size, preprocessing, metadata) -> int:
+    """ExecuTorch .pte (fp32 or int8), verified in ExecuTorch's runtime before it is written."""
+    from efficientmod.export import ExportVerificationError
+    from efficientmod.export.calibration import read_calibration_images
+    from efficientmod.export.executorch import export_executorch, stderr_progress
+
+    calibration = None if args.calib is None else read_calibration_images(args.calib, preprocessing, args.calib_samples)
+    check = None if args.check_images is None else read_calibration_images(args.check_images, preprocessing, None)
+    try:
+        result = export_executorch(model, args.output, input_size, metadata, args.precision, calibration, check,
+                                   args.tolerance, args.agreement_tolerance, progress=stderr_progress)
+    except ExportVerificationError as error:
+        print(f"efficientmod export: verification FAILED, {args.output} not written: {error}", file=sys.stderr)
+        return 1
+    if result.agreement is None:
+        print(f"verified: ExecuTorch vs PyTorch max abs diff {result.max_abs_diff:.2e} (<= {args.tolerance:g}) "
+              "on 3 random images")
+    else:
+        source = "--check-images" if check is not None else "calibration images"
+        print(f"verified: int8 vs PyTorch fp32: {result.agreement} [{source}; tolerance "
+              f"{args.agreement_tolerance:g} points]")
+    print(f"delegation: {result.delegation}")
+    print(f"wrote {args.output} (executorch {args.precision}, {'undeployed' if args.no_deploy else 'deployed'} "
+          f"{model.registry_name}, input 1x{'x'.join(map(str, input_size))}, {result.size_bytes / 1e6:.1f} MB, "
+          f"{result.seconds:.0f} s)")
     return 0
 
 

@@ -58,6 +58,7 @@ class ExportFormat:
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in [
     ExportFormat("onnx", (".onnx",), "efficientmod.export.onnx", "deploy"),
+    ExportFormat("executorch", (".pte",), "efficientmod.export.executorch", "executorch"),
 ]}
 
 

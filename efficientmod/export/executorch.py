@@ -24,6 +24,7 @@ Needs ``pip install 'efficientmod[executorch]'`` (tested with executorch 1.5.1, 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -52,6 +53,11 @@ METADATA_METHOD = "efficientmod_metadata"  # constant method of the program: the
 PRECISIONS = ("fp32", "int8")
 INSTALL_HINT = "ExecuTorch is not installed: pip install 'efficientmod[executorch]'"
 aten = torch.ops.aten
+
+
+def _require_executorch() -> None:
+    if importlib.util.find_spec("executorch") is None:
+        raise ModuleNotFoundError(INSTALL_HINT)
 
 
 # --------------------------------------------------------------------------- rewrites for XNNPACK
@@ -318,6 +324,7 @@ def lower_to_executorch(
     quantises it first (:func:`quantize_int8` on ``calibration``). ``metadata`` becomes the
     program's :data:`METADATA_METHOD`.
     """
+    _require_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -360,10 +367,9 @@ class ExecutorchRuntime:
     feeds a batch image by image."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        try:
-            from executorch.runtime import Runtime
-        except ImportError as error:
-            raise ImportError(INSTALL_HINT) from error
+        _require_executorch()
+        from executorch.runtime import Runtime
+
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ExecuTorch program not found: {self.path}")
