@@ -28,6 +28,7 @@ import importlib.util
 import json
 import logging
 import math
+import operator
 import os
 import sys
 import time
@@ -41,12 +42,13 @@ import torch
 import torch.nn as nn
 
 from efficientmod.checkpoint import atomic_write
-from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement
+from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement, run_batched
 from efficientmod.export.onnx import ExportVerificationError
 
 __all__ = [
-    "METADATA_METHOD", "PRECISIONS", "XNNPACK_REWRITES", "DelegationReport", "ExecutorchExport",
-    "lower_to_executorch", "export_executorch", "ExecutorchRuntime", "open_runtime", "set_threads",
+    "METADATA_METHOD", "PRECISIONS", "INT8_SCOPES", "XNNPACK_REWRITES", "DelegationReport", "ExecutorchExport",
+    "quantize_int8", "lower_to_executorch", "export_executorch", "ExecutorchRuntime", "open_runtime", "set_threads",
+    "stderr_progress",
 ]
 
 METADATA_METHOD = "efficientmod_metadata"  # constant method of the program: the export's metadata as JSON
@@ -291,8 +293,6 @@ def _op_name(target) -> str:
 
 
 def _delegation(graph: torch.fx.Graph, reasons: dict[str, str]) -> DelegationReport:
-    import operator
-
     report = DelegationReport()
     for node in graph.nodes:
         if node.op != "call_function" or node.target is operator.getitem:
@@ -476,7 +476,7 @@ def export_executorch(
         else:
             images = calibration if check_images is None else check_images
             with torch.no_grad():
-                reference = model.eval()(torch.from_numpy(images)).numpy()
+                reference = run_batched(lambda batch: model.eval()(torch.from_numpy(batch)).numpy(), images)
             agreement = prediction_agreement(reference, runtime.run(images))
             result["agreement"] = check_agreement(agreement, agreement_tolerance, str(path))
 
