@@ -204,7 +204,7 @@ def test_cli_export_int8_then_predict_the_pte(tmp_path, capsys):
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     path = tmp_path / "m.pte"
-    argv = ["export", "efficientvit_m0", "-o", str(path), "--input-size", "64", "--precision", "int8",
+    argv = ["export", "efficientmod_xxs", "-o", str(path), "--input-size", "64", "--precision", "int8",
             "--calib", str(folder), "--agreement-tolerance", "100"]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -343,7 +343,11 @@ def lower_to_executorch(
         model.train(was_training)
     constants = {METADATA_METHOD: json.dumps(metadata or {})}
     with _partitioner_reasons() as reasons:
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants)
+        try:
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants)
+        except AssertionError as error:  # e.g. "Invalid partition, found dependency cycles" (int8 EfficientViT)
+            raise ExportVerificationError(f"ExecuTorch's XNNPACK partitioner failed on the {precision} graph: "
+                                          f"{error}") from error
     report = _delegation(edge.exported_program().graph, reasons)
     return edge.to_executorch().buffer, report
 
