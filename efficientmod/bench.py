@@ -322,6 +322,21 @@ def _openvino_steps(model: nn.Module, input_size, settings: BenchSettings, preci
         x = _random_images(batch, input_size)
         request = runner.request(batch)  # compiled for this batch size, static shapes
         return lambda: request.infer({0: x})
+def _executorch_steps(model: nn.Module, input_size, settings: BenchSettings, precision: str) -> StepFactory:
+    """An ExecuTorch program (XNNPACK, batch 1; int8 calibrated on random images, which is
+    enough for its speed) run by ExecuTorch's runtime; a batch runs image by image."""
+    from efficientmod.export.executorch import ExecutorchRuntime, lower_to_executorch
+
+    calibration = np.random.default_rng(0).standard_normal((4, *input_size), dtype=np.float32)
+    program, _ = lower_to_executorch(copy.deepcopy(model).float(), input_size, None, precision, calibration)
+    with tempfile.TemporaryDirectory(prefix="efficientmod-bench-") as folder:
+        path = Path(folder) / "model.pte"
+        path.write_bytes(program)
+        runtime = ExecutorchRuntime(path, settings.threads)
+
+    def make_step(batch: int):
+        x = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
+        return lambda: runtime.run(x)
 
     return make_step
 
@@ -339,6 +354,10 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
             lambda m, s, cfg: _openvino_steps(m, s, cfg, "bf16"), precision="bf16"),
     Backend("openvino-cpu-int8", "cpu", "OpenVINO on the CPU, NNCF int8 post-training quantisation",
             lambda m, s, cfg: _openvino_steps(m, s, cfg, "int8"), precision="int8"),
+    Backend("executorch-cpu", "cpu", "ExecuTorch program (XNNPACK, batch 1) in ExecuTorch's runtime, --threads threads",
+            lambda m, s, cfg: _executorch_steps(m, s, cfg, "fp32")),
+    Backend("executorch-cpu-int8", "cpu", "executorch-cpu with pt2e int8 convolutions and linear layers",
+            lambda m, s, cfg: _executorch_steps(m, s, cfg, "int8")),
     # the first CUDA call loads kernels and creates cuBLAS / cuDNN handles
     Backend("torch-cuda", "cuda", "eager PyTorch on the GPU (model and inputs in --dtype)",
             lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda"), min_warmup=1),
@@ -361,6 +380,8 @@ def unavailable_reason(backend: str) -> str | None:
         return "OpenVINO is not installed (pip install 'efficientmod[openvino]')"
     if backend == "openvino-cpu-int8" and importlib.util.find_spec("nncf") is None:
         return "NNCF is not installed (pip install 'efficientmod[openvino]')"
+    if backend.startswith("executorch-") and importlib.util.find_spec("executorch") is None:
+        return "executorch is not installed (pip install 'efficientmod[executorch]')"
     if backend in ("compile-cuda", "cudagraph-cuda") and importlib.util.find_spec("triton") is None:
         return "torch.compile on CUDA needs triton, which is not installed"
     return None

@@ -18,11 +18,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--tolerance no file is written (an existing one is kept) and the exit status is 1. "
         "Preprocessing and class names are stored in the file's metadata (what "
         "`efficientmod predict FILE.onnx` reads). --format openvino (or -o OUT.xml) writes an OpenVINO IR "
-        "through the same ONNX graph, verified the same way in OpenVINO; --precision bf16 / int8 files are "
-        "checked by top-1 / top-5 agreement with fp32 on real images (--calib, --check-images).",
+        "through the same ONNX graph, verified the same way in OpenVINO; --format executorch (or -o OUT.pte) "
+        "writes an ExecuTorch program for phones (XNNPACK, batch 1), verified in ExecuTorch's runtime. "
+        "--precision bf16 / int8 files are checked by top-1 / top-5 agreement with fp32 on real images "
+        "(--calib, --check-images).",
     )
     _add_model_args(export)
-    export.add_argument("-o", "--output", required=True, type=Path, help="the .onnx (or OpenVINO .xml) file to write")
+    export.add_argument("-o", "--output", required=True, type=Path,
+                        help="the .onnx (or OpenVINO .xml, ExecuTorch .pte) file to write")
     export.add_argument("--input-size", type=int, nargs="+", metavar="PIXELS", default=None,
                         help="H [W] of the exported input (default: the model's, e.g. 224)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
@@ -52,7 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     predict.add_argument("--device", default="cpu", help="torch device of the PyTorch path (default cpu)")
-    predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime / OpenVINO inference threads")
+    predict.add_argument("--threads", type=int, default=None,
+                         help="ONNX Runtime / OpenVINO / ExecuTorch inference threads")
     predict.set_defaults(func=run_predict)
 
 
@@ -61,11 +65,13 @@ def _add_precision_args(export: argparse.ArgumentParser) -> None:
     from efficientmod.export import FORMATS
 
     export.add_argument("--format", choices=list(FORMATS), default=None,
-                        help="file format (default: from the --output suffix: .onnx, .xml = OpenVINO IR)")
+                        help="file format (default: from the --output suffix: .onnx, .xml = OpenVINO IR, "
+                        ".pte = ExecuTorch)")
     export.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                         help="fp32 (default); bf16 (OpenVINO: bfloat16 inference precision); int8 (post-training "
-                        "quantisation calibrated on --calib: ONNX Runtime QDQ for .onnx, NNCF for OpenVINO). bf16 "
-                        "and int8 are verified by top-1 / top-5 agreement with the fp32 graph, printed")
+                        "quantisation calibrated on --calib: ONNX Runtime QDQ for .onnx, NNCF for OpenVINO, pt2e "
+                        "convolutions and linear layers for ExecuTorch's XNNPACK). bf16 and int8 are verified by "
+                        "top-1 / top-5 agreement with fp32, printed")
     export.add_argument("--calib", type=Path, default=None, metavar="DIR",
                         help="image folder (searched recursively) for int8 calibration and the agreement check")
     export.add_argument("--calib-samples", type=int, default=300, metavar="N",
@@ -80,7 +86,7 @@ def _add_precision_args(export: argparse.ArgumentParser) -> None:
 def _add_model_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="a registered name (`efficientmod models`), a save_pretrained folder"
-                        + (", or an exported .onnx / .xml file" if onnx else ""))
+                        + (", or an exported .onnx / .xml / .pte file" if onnx else ""))
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights for a registered name: official / timm / own checkpoint, training "
                         "checkpoint or save_pretrained folder"
@@ -115,6 +121,8 @@ def run_export(args: argparse.Namespace) -> int:
     model.eval() if args.no_deploy else deploy(model)
     preprocessing = Preprocessing.of_model(model, input_size)
     metadata = onnx_metadata(model, preprocessing)
+    if fmt == "executorch":
+        return _run_executorch_export(args, model, input_size, preprocessing, metadata)
     if fmt != "onnx" or args.precision != "fp32":
         return _run_reduced_export(args, fmt, model, input_size, preprocessing, metadata)
     try:
@@ -138,12 +146,15 @@ def _export_format(args: argparse.Namespace) -> str:
     fmt = args.format or format_of(args.output).name
     if args.output.suffix.lower() not in FORMATS[fmt].suffixes:
         raise ValueError(f"--output of a {fmt} export ends in {' or '.join(FORMATS[fmt].suffixes)}, got {args.output}")
-    if args.precision == "bf16" and fmt == "onnx":
+    if args.precision == "bf16" and fmt != "openvino":
         raise ValueError("--precision bf16 is an OpenVINO inference precision: use --format openvino (-o OUT.xml)")
     if args.precision == "int8" and args.calib is None:
         raise ValueError("--precision int8 needs calibration images: --calib DIR")
     if args.calib_samples < 1:
         raise ValueError("--calib-samples must be positive")
+    if fmt == "executorch" and (args.static_batch or args.save_optimized or args.opset != 18):
+        raise ValueError("--static-batch, --save-optimized and --opset apply to ONNX exports only "
+                         "(an ExecuTorch program always takes one image)")
     if (fmt != "onnx" or args.precision != "fp32") and (args.static_batch or args.save_optimized):
         raise ValueError("--static-batch and --save-optimized apply to fp32 ONNX exports only")
     return fmt
@@ -180,6 +191,34 @@ def _run_reduced_export(args, fmt: str, model, input_size, preprocessing, metada
     print(f"wrote {args.output} ({fmt} {args.precision}, {'undeployed' if args.no_deploy else 'deployed'} "
           f"{model.registry_name}, "
           f"input Nx{'x'.join(map(str, input_size))})")
+    return 0
+
+
+def _run_executorch_export(args: argparse.Namespace, model, input_size, preprocessing, metadata) -> int:
+    """ExecuTorch .pte (fp32 or int8), verified in ExecuTorch's runtime before it is written."""
+    from efficientmod.export import ExportVerificationError
+    from efficientmod.export.calibration import read_calibration_images
+    from efficientmod.export.executorch import export_executorch, stderr_progress
+
+    calibration = None if args.calib is None else read_calibration_images(args.calib, preprocessing, args.calib_samples)
+    check = None if args.check_images is None else read_calibration_images(args.check_images, preprocessing, None)
+    try:
+        result = export_executorch(model, args.output, input_size, metadata, args.precision, calibration, check,
+                                   args.tolerance, args.agreement_tolerance, progress=stderr_progress)
+    except ExportVerificationError as error:
+        print(f"efficientmod export: verification FAILED, {args.output} not written: {error}", file=sys.stderr)
+        return 1
+    if result.agreement is None:
+        print(f"verified: ExecuTorch vs PyTorch max abs diff {result.max_abs_diff:.2e} (<= {args.tolerance:g}) "
+              "on 3 random images")
+    else:
+        source = "--check-images" if check is not None else "calibration images"
+        print(f"verified: int8 vs PyTorch fp32: {result.agreement} [{source}; tolerance "
+              f"{args.agreement_tolerance:g} points]")
+    print(f"delegation: {result.delegation}")
+    print(f"wrote {args.output} (executorch {args.precision}, {'undeployed' if args.no_deploy else 'deployed'} "
+          f"{model.registry_name}, input 1x{'x'.join(map(str, input_size))}, {result.size_bytes / 1e6:.1f} MB, "
+          f"{result.seconds:.0f} s)")
     return 0
 
 

@@ -59,6 +59,7 @@ class ExportFormat:
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in [
     ExportFormat("onnx", (".onnx",), "efficientmod.export.onnx", "deploy"),
     ExportFormat("openvino", (".xml",), "efficientmod.export.openvino", "openvino"),
+    ExportFormat("executorch", (".pte",), "efficientmod.export.executorch", "executorch"),
 ]}
 
 
