@@ -217,7 +217,7 @@ def test_cli_export_int8_then_predict_the_pte(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["-o", "m.onnx", "--format", "executorch"], "ends in .pte"),
     (["-o", "m.pte", "--precision", "int8"], "--calib"),
-    (["-o", "m.onnx", "--precision", "int8", "--calib", "."], "ONNX"),
+    (["-o", "m.pte", "--precision", "bf16"], "OpenVINO inference precision"),
     (["-o", "m.pte", "--static-batch"], "ONNX exports only"),
 ])
 def test_cli_export_rejects_bad_executorch_arguments(tmp_path, capsys, monkeypatch, argv, message):
