@@ -67,7 +67,7 @@ def main() -> None:
     print("| model | input | median ms | p10 ms | min ms | median ratio | p10 ratio | ORT nodes |")
     print("|---|---|---|---|---|---|---|---|")
     base_median, base_p10 = np.median(times[0]), np.percentile(times[0], 10)
-    for candidate, t, n in zip(candidates, times, nodes):
+    for candidate, t, n in zip(candidates, times, nodes, strict=True):
         median, p10 = np.median(t), np.percentile(t, 10)
         size = "x".join(map(str, candidate.input_size[1:]))
         print(f"| {candidate.label} | {size} | {median:.2f} | {p10:.2f} | {min(t):.2f} | "

@@ -7,7 +7,7 @@ one Markdown row per ablation, with latency relative to the unmodified block.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from efficientmod.bench import BenchReport, BenchSettings, Candidate, benchmark
 from efficientmod.models import model_info
@@ -30,10 +30,11 @@ def ablation_candidates(base: str = "efficientmod_xxs", names: Iterable[str] | N
 
 
 def run_ablations(base: str = "efficientmod_xxs", names: Iterable[str] | None = None,
-                  settings: BenchSettings = BenchSettings(), img_size: int | None = None,
+                  settings: BenchSettings | None = None, img_size: int | None = None,
                   progress: bool = False) -> BenchReport:
-    """Measure the ablations of ``base`` (see :func:`efficientmod.bench.benchmark`)."""
-    return benchmark(ablation_candidates(base, names, img_size), settings, progress=progress)
+    """Measure the ablations of ``base`` (see :func:`efficientmod.bench.benchmark`;
+    ``settings`` default to :class:`BenchSettings`'s)."""
+    return benchmark(ablation_candidates(base, names, img_size), settings or BenchSettings(), progress=progress)
 
 
 def _changes(name: str) -> str:
@@ -56,7 +57,8 @@ def format_ablation_table(report: BenchReport, base: str, statistic: str = "medi
     names = list(dict.fromkeys(r.model for r in report.rows))
     for name in names:
         first = next(r for r in report.rows if r.model == name)
-        cells = [name, _changes(name), f"{first.params / 1e6:.3f}", f"{first.macs / 1e9:.3f}" if first.macs is not None else "-"]
+        macs = f"{first.macs / 1e9:.3f}" if first.macs is not None else "-"
+        cells = [name, _changes(name), f"{first.params / 1e6:.3f}", macs]
         for backend in backends:
             row, ref = report.row(name, backend), report.row(REFERENCE, backend)
             latency = getattr(row, field_name) if row else None

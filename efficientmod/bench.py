@@ -41,9 +41,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -798,7 +798,7 @@ def plot_accuracy_latency(report: BenchReport, path: str | os.PathLike) -> None:
     palette = plt.get_cmap("tab10").colors
     colours = {family: palette[i % len(palette)] for i, family in enumerate(families)}
     fig, axes = plt.subplots(1, len(backends), figsize=(7 * len(backends), 5.5), squeeze=False)
-    for ax, backend in zip(axes[0], backends):
+    for ax, backend in zip(axes[0], backends, strict=True):
         panel = [r for r in rows if r.backend == backend]
         for r in panel:
             ax.scatter(r.latency_ms_median, r.top1, color=colours[r.family], s=40, zorder=3)

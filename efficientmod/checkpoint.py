@@ -17,9 +17,9 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -170,7 +170,7 @@ def load_checkpoint(
     if ignore_head:
         dropped = _unfitting_head_keys(target, state, own)
         if dropped:
-            warnings.warn(f"checkpoint classifier ignored (shape differs from the model's): {dropped}")
+            warnings.warn(f"checkpoint classifier ignored (shape differs from the model's): {dropped}", stacklevel=2)
             state = {k: v for k, v in state.items() if k not in dropped}
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]

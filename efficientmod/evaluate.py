@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from efficientmod.checkpoint import load_weights_only
-from efficientmod.runtime import amp_dtype, autocast, is_train_checkpoint
 from efficientmod.data import ImageFolder, ShardSampler, check_image_folders, collate_skipping_bad, eval_transform
+from efficientmod.runtime import amp_dtype, autocast, is_train_checkpoint
 
 __all__ = ["evaluate", "evaluate_checkpoint"]
 

@@ -10,10 +10,11 @@ saved with the weights, else ImageNet's for 1000 classes, else the class indices
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -41,7 +42,7 @@ class Preprocessing:
     crop_pct: float = 0.875
 
     @classmethod
-    def of_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> "Preprocessing":
+    def of_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> Preprocessing:
         """The preprocessing ``model`` was trained with (recorded by ``save_pretrained`` or a
         training checkpoint, as ``model.preprocessing``), else its registry's for its input
         channels; when given, another ``input_size`` (C, H, W)."""
@@ -171,7 +172,7 @@ class Predictor:
         self.class_names = list(class_names)
 
     @classmethod
-    def from_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> "Predictor":
+    def from_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> Predictor:
         """Deploy ``model`` (in place) and run it on its registry's preprocessing."""
         from efficientmod.deploy import deploy
 
@@ -186,7 +187,7 @@ class Predictor:
         return cls(run, Preprocessing.of_model(model, input_size), names)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, threads: int | None = None) -> "Predictor":
+    def from_file(cls, path: str | os.PathLike, threads: int | None = None) -> Predictor:
         """An exported file (ONNX, or any format of :data:`efficientmod.export.FORMATS`) run
         in its runtime, preprocessing and classes from its metadata (written by
         ``efficientmod export``)."""
@@ -209,8 +210,8 @@ class Predictor:
         """Top-``topk`` (class name, probability) of each image of a preprocessed batch."""
         probs = self.run(images.float()).softmax(dim=-1)
         values, indices = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-        return [[(self.class_names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
-                for row_i, row_p in zip(indices, values)]
+        return [[(self.class_names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist(), strict=True)]
+                for row_i, row_p in zip(indices, values, strict=True)]
 
     def predict_files(self, paths: Iterable[str | os.PathLike], topk: int = 5, batch_size: int = 16,
                       on_error: Callable[[str, str], None] | None = None):
@@ -220,7 +221,7 @@ class Predictor:
 
         def flush():
             tensors = torch.stack([t for _, t in batch])
-            for (path, _), top in zip(batch, self.predict(tensors, topk)):
+            for (path, _), top in zip(batch, self.predict(tensors, topk), strict=True):
                 yield Prediction(path, top)
             batch.clear()
 

@@ -60,8 +60,16 @@ from efficientmod.data import (
 from efficientmod.evaluate import evaluate
 from efficientmod.models import create_model, model_info
 from efficientmod.runtime import (
-    Runtime, TrainingDiverged, amp_dtype, autocast, init_runtime, load_train_checkpoint, rng_state,
-    save_train_checkpoint, seed_everything, set_rng_state,
+    Runtime,
+    TrainingDiverged,
+    amp_dtype,
+    autocast,
+    init_runtime,
+    load_train_checkpoint,
+    rng_state,
+    save_train_checkpoint,
+    seed_everything,
+    set_rng_state,
 )
 
 __all__ = ["Trainer", "DistillationLoss", "train"]
@@ -114,8 +122,8 @@ def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Modul
     ``save_pretrained`` folder."""
     import timm
 
-    from efficientmod.models.pretrained import from_pretrained
     from efficientmod.models import list_models
+    from efficientmod.models.pretrained import from_pretrained
 
     if Path(cfg.teacher).is_dir():
         teacher = from_pretrained(cfg.teacher)

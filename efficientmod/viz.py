@@ -120,7 +120,8 @@ def _register_hooks(model: nn.Module, maps: ModelMaps, reduce: str, query) -> li
     for name, module in model.named_modules():
         output_fmt = CONTEXT_MODULES.get(type(module))
         if output_fmt is not None:
-            def save_context(_module, _inputs, output, key=_parent_name(name), nchw=output_fmt == "NCHW"):
+            # the key and layout are bound per module as default values
+            def save_context(_module, _inputs, output, key=_parent_name(name), nchw=output_fmt == "NCHW"):  # noqa: B008
                 context = output.detach()
                 maps.context[key] = reduce_channels(context.permute(0, 2, 3, 1) if nchw else context, reduce)
 
@@ -282,7 +283,7 @@ def panels_for(pixels: np.ndarray, maps: ModelMaps, index: int, stem: str, class
     mark the query token; a flat map's panel says so in its title (and :attr:`Panel.flat`)."""
     panels = [Panel("input", pixels.astype(np.float32) / 255, f"{stem}_input.png")]
     for kind, named in (("context", maps.context), ("attention", maps.attention)):
-        for stage, (name, heat) in last_per_stage(named).items():
+        for stage, (_name, heat) in last_per_stage(named).items():
             picture = overlay(pixels, heat[index], alpha)
             if kind == "attention" and query is not None:
                 picture = mark_point(picture, query_pixel(query, tuple(heat.shape[1:]), pixels.shape[:2]))

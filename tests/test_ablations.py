@@ -42,7 +42,7 @@ def van_block(c: int, r: int, k: int) -> int:
 
 def focalnet_block(c: int, r: int, k: int) -> int:
     levels = (k - 1) // 2
-    modulation = linear(c, 2 * c + levels + 1) + sum(depthwise(c, 2 * l + 3, bias=False) for l in range(levels))
+    modulation = linear(c, 2 * c + levels + 1) + sum(depthwise(c, 2 * level + 3, bias=False) for level in range(levels))
     modulation += linear(c, c) + linear(c, c)  # h and the projection
     return norm(c) + modulation + c + norm(c) + linear(c, r * c) + linear(r * c, c) + c
 
@@ -60,7 +60,8 @@ BLOCK_PARAMS = {"efficientmod": efficientmod_block, "van": van_block, "focalnet"
 def attention_block(c: int, mlp_ratio: float, heads: int, min_head_dim: int) -> int:
     inner = heads * max(c // heads, min_head_dim)
     hidden = int(c * mlp_ratio)
-    return norm(c) + linear(c, 3 * inner, bias=False) + linear(inner, c) + norm(c) + linear(c, hidden) + linear(hidden, c)
+    attention = norm(c) + linear(c, 3 * inner, bias=False) + linear(inner, c)
+    return attention + norm(c) + linear(c, hidden) + linear(hidden, c)
 
 
 def network_params(cfg, num_classes: int = 1000) -> int:

@@ -16,8 +16,19 @@ import torch.nn as nn
 
 import efficientmod.bench as bench
 from efficientmod.bench import (
-    BenchReport, BenchRow, BenchSettings, Candidate, benchmark, check_claims, count_macs,
-    count_params, expand_specs, pareto_front, plot_accuracy_latency, resolve_models, time_calls,
+    BenchReport,
+    BenchRow,
+    BenchSettings,
+    Candidate,
+    benchmark,
+    check_claims,
+    count_macs,
+    count_params,
+    expand_specs,
+    pareto_front,
+    plot_accuracy_latency,
+    resolve_models,
+    time_calls,
 )
 from efficientmod.cli import main
 
@@ -240,7 +251,8 @@ def test_specs_expand_globs_in_registry_order_without_repeats():
 
 def test_timm_peer_takes_its_paper_top1_and_the_requested_size():
     (peer,) = resolve_models(["timm:mobilevit_xxs"], img_size=64)
-    assert (peer.label, peer.family, peer.top1, peer.input_size) == ("timm:mobilevit_xxs", "MobileViT", 69.0, (3, 64, 64))
+    expected = ("timm:mobilevit_xxs", "MobileViT", 69.0, (3, 64, 64))
+    assert (peer.label, peer.family, peer.top1, peer.input_size) == expected
     assert "MobileViT" in peer.top1_source
 
 

@@ -7,11 +7,11 @@ import pickle
 
 import pytest
 import torch
+from conftest import draw_reference_weights, reference_input
 from safetensors.torch import save_file
 
 import efficientmod
 from efficientmod.checkpoint import CheckpointError, atomic_write, read_state_dict
-from conftest import draw_reference_weights, reference_input
 
 
 @pytest.fixture(scope="module")

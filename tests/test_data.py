@@ -8,14 +8,20 @@ from itertools import chain
 import numpy as np
 import pytest
 import torch
+from synthetic_images import make_bad_files, make_image_folder
 from torch.utils.data import DataLoader
 
 from efficientmod.config import TrainConfig
 from efficientmod.data import (
-    ImageFolder, ShardSampler, TrainSampler, check_image_folders, collate_skipping_bad, digits_datasets,
-    eval_transform, train_transform,
+    ImageFolder,
+    ShardSampler,
+    TrainSampler,
+    check_image_folders,
+    collate_skipping_bad,
+    digits_datasets,
+    eval_transform,
+    train_transform,
 )
-from synthetic_images import make_bad_files, make_image_folder
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

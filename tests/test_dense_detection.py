@@ -140,7 +140,8 @@ def test_coco_bad_entries_are_skipped_and_counted(tmp_path):
     assert len(dataset) == 5 and 1 not in dataset.ids
     assert dataset[dataset.ids.index(2)] == Skipped("unreadable image file", str(images / "00002.jpg"))
     _, target = dataset[dataset.ids.index(3)]
-    box_mask = [m for m, b in zip(target["masks"], target["boxes"]) if b[2] - b[0] == 16 and b[3] - b[1] == 24]
+    box_mask = [m for m, b in zip(target["masks"], target["boxes"], strict=True)
+                if b[2] - b[0] == 16 and b[3] - b[1] == 24]
     assert len(box_mask) == 1 and int(box_mask[0].sum()) == pytest.approx(16 * 24, rel=0.15)
 
     # the run goes on past the undecodable image, and says so
@@ -283,7 +284,8 @@ def test_retinanet_trains_and_evaluates(shapes, tmp_path):
     torch.manual_seed(0)
     model = build_detector("retinanet", "efficientmod_xxs", len(SHAPES), min_size=128, max_size=128, fpn_channels=32)
     assert model.backbone.strides == [8, 16, 32, 64, 128]
-    config = DenseTrainConfig(epochs=None, max_steps=24, batch_size=4, lr=2e-3, warmup_steps=5, workers=0, schedule="cosine")
+    config = DenseTrainConfig(epochs=None, max_steps=24, batch_size=4, lr=2e-3, warmup_steps=5, workers=0,
+                              schedule="cosine")
     history = train(model, CocoInstances(images, annotations, train=True, masks=False), config, detection_loss,
                     tmp_path)["history"]
     assert {"classification", "bbox_regression"} <= set(history[0])

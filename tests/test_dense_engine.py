@@ -13,13 +13,17 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
+from synthetic_images import make_bad_files
 
 from efficientmod.dense.data import Skipped, read_rgb
 from efficientmod.dense.engine import DenseTrainConfig, train
 from efficientmod.runtime import (
-    TRAIN_CHECKPOINT_FORMAT, Runtime, is_train_checkpoint, load_train_checkpoint, save_train_checkpoint,
+    TRAIN_CHECKPOINT_FORMAT,
+    Runtime,
+    is_train_checkpoint,
+    load_train_checkpoint,
+    save_train_checkpoint,
 )
-from synthetic_images import make_bad_files
 
 
 class NoisyPoints(torch.utils.data.Dataset):

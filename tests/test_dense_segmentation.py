@@ -19,8 +19,14 @@ from efficientmod import list_models
 from efficientmod.cli import main
 from efficientmod.dense.data import Skipped
 from efficientmod.dense.segmentation import (
-    IGNORE_INDEX, AdeSegmentation, ConfusionMatrix, SemanticFPNHead, _window_starts, build_segmenter,
-    evaluate_segmentation, segment,
+    IGNORE_INDEX,
+    AdeSegmentation,
+    ConfusionMatrix,
+    SemanticFPNHead,
+    _window_starts,
+    build_segmenter,
+    evaluate_segmentation,
+    segment,
 )
 from efficientmod.dense.synthetic import SHAPES, make_shapes_ade
 

@@ -166,7 +166,7 @@ def test_mobilevitv2_attention_pools_keys_before_projecting_them():
     deployed = efficientmod.deploy(copy.deepcopy(model))
     fused = [m for m in deployed.modules() if isinstance(m, FusedSeparableSelfAttention)]
     assert len(fused) == len(original) > 0
-    for before, after in zip(original, fused):
+    for before, after in zip(original, fused, strict=True):
         dim = before.dim
         assert before.qkv.out_channels == 1 + 2 * dim
         assert after.score_value.out_channels == 1 + dim and after.key.out_channels == dim

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from conftest import EFFICIENTMOD_VARIANTS, draw_reference_weights, reference_input
 
 import efficientmod
-from conftest import EFFICIENTMOD_VARIANTS, draw_reference_weights, reference_input
 
 OFFICIAL_PARAMS = {
     "efficientmod_xxs": 4_736_264,  # the official code's count (the paper rounds it to 4.7 M)
@@ -144,7 +144,8 @@ def test_training_step_runs_with_stochastic_depth():
 
     # residual branches are dropped at random in training: the output depends on the draw
     with torch.no_grad():
-        assert torch.equal(forward(model, 1), forward(model, 1)) and not torch.equal(forward(model, 1), forward(model, 2))
+        assert torch.equal(forward(model, 1), forward(model, 1))
+        assert not torch.equal(forward(model, 1), forward(model, 2))
         assert torch.equal(forward(plain, 1), forward(plain, 2))  # without stochastic depth it does not
     # every parameter gets a finite gradient; without stochastic depth none is zero, with it only
     # those of branches dropped for the whole batch are, never the stem's, the head's or the first block's

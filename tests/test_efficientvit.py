@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import timm
 import torch
+from test_family_parity import timm_and_ours
 
 import efficientmod
 from efficientmod.checkpoint import load_checkpoint
 from efficientmod.models.efficientvit import CascadedGroupAttention, convert_timm, relative_offset_index
-from test_family_parity import timm_and_ours
 
 
 def attention_windows(model) -> list[int]:

@@ -16,12 +16,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_deploy import ALL_MODELS, random_model
 
 import efficientmod
 from efficientmod.export import ExportVerificationError, format_of, load_runtime
 from efficientmod.export.executorch import XNNPACK_REWRITES
-
-from test_deploy import ALL_MODELS, random_model
 
 aten = torch.ops.aten
 needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,

@@ -5,15 +5,19 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+from conftest import smallest_fast
+from test_deploy import ALL_MODELS, random_model
 
 import efficientmod
 from efficientmod.cli import main
-from efficientmod.models.efficientmod import FusedModulationBlock
 from efficientmod.export import (
-    ExportVerificationError, export_onnx, export_verified, read_onnx_metadata, verify_onnx,
+    ExportVerificationError,
+    export_onnx,
+    export_verified,
+    read_onnx_metadata,
+    verify_onnx,
 )
-from conftest import smallest_fast
-from test_deploy import ALL_MODELS, random_model
+from efficientmod.models.efficientmod import FusedModulationBlock
 
 SMALL = (3, 64, 64)
 

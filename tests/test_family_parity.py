@@ -161,7 +161,7 @@ def test_features_only_through_both_registries(name, size, strides):
         assert model.feature_info.reduction() == strides
         with torch.no_grad():
             shapes = [tuple(f.shape) for f in model(x)]
-        assert shapes == [(2, c, size // s, size // s) for c, s in zip(channels, strides)]
+        assert shapes == [(2, c, size // s, size // s) for c, s in zip(channels, strides, strict=True)]
 
 
 @pytest.mark.parametrize("name,size,strides", INTERFACE_CASES)
@@ -172,7 +172,7 @@ def test_intermediates_equal_timm(name, size, strides):
         theirs = reference.eval().forward_intermediates(x, intermediates_only=True)
         mine = ours.eval().forward_intermediates(x, intermediates_only=True)
     assert len(mine) == len(theirs) == len(strides)
-    for a, b in zip(mine, theirs):
+    for a, b in zip(mine, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 

@@ -4,10 +4,10 @@ every variant, non-square inputs, features, bad input and save/load: ``test_fami
 from __future__ import annotations
 
 import torch
+from test_family_parity import timm_and_ours
 
 import efficientmod
 from efficientmod.models.mobilevitv2 import SeparableSelfAttention, fold_patches, unfold_patches
-from test_family_parity import timm_and_ours
 
 
 def test_fold_inverts_unfold_and_groups_pixels_by_position():

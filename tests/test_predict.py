@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data as skdata
+from test_deploy import random_model
 
 import efficientmod
 from efficientmod.cli import main
 from efficientmod.predict import Predictor, Preprocessing, imagenet_class_names, load_model
-from test_deploy import random_model
 
 CLASSES = ["cat", "astronaut", "coffee"]
 
@@ -85,7 +85,8 @@ def test_onnx_predictions_match_the_deployed_model(pretrained, images, tmp_path,
     assert main(["predict", str(onnx_path), *paths]) == 0
     from_onnx = parse_top(capsys.readouterr().out)
     assert list(from_torch) == list(from_onnx) == paths and all(from_torch.values())  # both images, with classes
-    assert [[n for _, n in rows] for rows in from_onnx.values()] == [[n for _, n in rows] for rows in from_torch.values()]
+    names = [[[n for _, n in rows] for rows in top.values()] for top in (from_onnx, from_torch)]
+    assert names[0] == names[1]
     for a, b in zip(from_onnx.values(), from_torch.values(), strict=True):
         assert [p for p, _ in a] == pytest.approx([p for p, _ in b], abs=0.02)
 

@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from synthetic_images import make_bad_files, make_image_folder
 
 from efficientmod import create_model
 from efficientmod.cli import build_parser, main
 from efficientmod.config import TrainConfig, load_yaml, resolve_config
 from efficientmod.train import DistillationLoss, Trainer
-from synthetic_images import make_bad_files, make_image_folder
 
 TINY = ["--model", "efficientmod_xxs", "--img-size", "32", "--batch-size", "4", "--workers", "0",
         "--log-interval", "2", "--warmup-epochs", "1", "--lr", "1e-3", "--cooldown-epochs", "0"]

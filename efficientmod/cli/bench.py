@@ -6,8 +6,18 @@ import os
 import sys
 
 from efficientmod.bench import (
-    BACKENDS, DTYPES, BenchReport, BenchSettings, ClaimCheck, benchmark, check_claims,
-    paper_claims, plot_accuracy_latency, resolve_models, write_csv, write_json,
+    BACKENDS,
+    DTYPES,
+    BenchReport,
+    BenchSettings,
+    ClaimCheck,
+    benchmark,
+    check_claims,
+    paper_claims,
+    plot_accuracy_latency,
+    resolve_models,
+    write_csv,
+    write_json,
 )
 
 DEFAULT_BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda")
@@ -130,7 +140,8 @@ def format_report(report: BenchReport) -> str:
     for r in report.rows:
         lines.append(
             f"{r.model:<28} {r.backend:<17} {r.dtype:<5} {_fmt(r.threads, 'd'):>3} "
-            f"{r.input_size[1]:>3}x{r.input_size[2]:<3} {r.params / 1e6:>8.3f} {_fmt(r.macs and r.macs / 1e9, '.3f'):>6} "
+            f"{r.input_size[1]:>3}x{r.input_size[2]:<3} {r.params / 1e6:>8.3f} "
+            f"{_fmt(r.macs and r.macs / 1e9, '.3f'):>6} "
             f"{_fmt(r.top1, '.1f'):>5} {_fmt(r.latency_ms_median, '.2f'):>11} {_fmt(r.latency_ms_p90, '.2f'):>7} "
             f"{r.latency_runs:>4} {_fmt(r.throughput_img_s, ',.1f'):>9} {r.throughput_batch or '-':>6}  {r.error}"
         )

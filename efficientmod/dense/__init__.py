@@ -9,7 +9,12 @@ from efficientmod.dense.coco import CocoInstances
 from efficientmod.dense.detection import build_detector, evaluate_coco
 from efficientmod.dense.engine import DenseTrainConfig, load_trained, train
 from efficientmod.dense.segmentation import (
-    AdeSegmentation, SemanticFPN, SemanticFPNHead, build_segmenter, evaluate_segmentation, segment,
+    AdeSegmentation,
+    SemanticFPN,
+    SemanticFPNHead,
+    build_segmenter,
+    evaluate_segmentation,
+    segment,
 )
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -56,9 +56,9 @@ class BackboneFPN(nn.Module):
         inner = getattr(body, "model", body)
         self.size_divisible = math.lcm(getattr(inner, "input_multiple", 1), max(reductions))
 
-    def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         features = self.body(images)
-        return self.fpn(OrderedDict(zip(self.feature_names, features)))
+        return self.fpn(OrderedDict(zip(self.feature_names, features, strict=True)))
 
 
 def freeze_stages(body: nn.Module, frozen_stages: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -121,12 +121,12 @@ def to_coco_results(output: dict, image_id: int, category_ids: Sequence[int],
     results = [
         dict(image_id=image_id, category_id=category_ids[int(label) - 1], bbox=[round(float(v), 2) for v in box],
              score=round(float(score), 4))
-        for box, label, score in zip(boxes, output["labels"], output["scores"])
+        for box, label, score in zip(boxes, output["labels"], output["scores"], strict=True)
     ]
     if "masks" in output and results:
         mask_api = require_pycocotools()
         binary = (output["masks"][:, 0] > mask_threshold).numpy().astype(np.uint8)
-        for result, mask in zip(results, binary):
+        for result, mask in zip(results, binary, strict=True):
             rle = mask_api.encode(np.asfortranarray(mask))
             rle["counts"] = rle["counts"].decode("ascii")
             result["segmentation"] = rle
@@ -150,7 +150,7 @@ def evaluate_coco(model: nn.Module, dataset: CocoInstances, batch_size: int = 2,
             skipped.add(sample.reason, sample.path)
         if not images:
             continue
-        for output, target in zip(detect(model, images), targets):
+        for output, target in zip(detect(model, images), targets, strict=True):
             results += to_coco_results(output, target["image_id"], dataset.category_ids)
             evaluated.append(target["image_id"])
     kinds = ["bbox"] + (["segm"] if isinstance(model, MaskRCNN) else [])

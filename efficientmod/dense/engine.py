@@ -22,9 +22,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -35,8 +35,19 @@ from tqdm import tqdm
 
 from efficientmod.dense.data import SkipCounter, make_loader
 from efficientmod.runtime import (
-    AMP_CHOICES, LAST_CHECKPOINT, Runtime, TrainingDiverged, amp_dtype, autocast, grad_scaler, init_runtime,
-    load_train_checkpoint, rng_state, save_train_checkpoint, seed_everything, set_rng_state,
+    AMP_CHOICES,
+    LAST_CHECKPOINT,
+    Runtime,
+    TrainingDiverged,
+    amp_dtype,
+    autocast,
+    grad_scaler,
+    init_runtime,
+    load_train_checkpoint,
+    rng_state,
+    save_train_checkpoint,
+    seed_everything,
+    set_rng_state,
 )
 
 __all__ = ["DenseTrainConfig", "build_scheduler", "train", "read_training_state", "load_trained", "to_device"]

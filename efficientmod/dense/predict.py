@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,8 @@ def draw_detections(image: torch.Tensor, output: dict, class_names: Sequence[str
     colours = _colours(labels, len(class_names))
     if "masks" in output and keep.any():
         picture = draw_segmentation_masks(picture, output["masks"][keep][:, 0] > 0.5, alpha=0.45, colors=colours)
-    captions = [f"{class_names[int(label) - 1]} {score:.2f}" for label, score in zip(labels, output["scores"][keep])]
+    captions = [f"{class_names[int(label) - 1]} {score:.2f}"
+                for label, score in zip(labels, output["scores"][keep], strict=True)]
     return draw_bounding_boxes(picture, output["boxes"][keep], captions, colors=colours, width=2)
 
 
@@ -67,11 +68,11 @@ def detections_to_json(output: dict, class_names: Sequence[str], threshold: floa
     entries = [
         dict(label=class_names[int(label) - 1], label_id=int(label), score=round(float(score), 4),
              box=[round(float(v), 2) for v in box])
-        for label, score, box in zip(output["labels"][keep], output["scores"][keep], output["boxes"][keep])
+        for label, score, box in zip(output["labels"][keep], output["scores"][keep], output["boxes"][keep], strict=True)
     ]
     if "masks" in output and entries:
         mask_api = require_pycocotools()
-        for entry, mask in zip(entries, output["masks"][keep][:, 0] > 0.5):
+        for entry, mask in zip(entries, output["masks"][keep][:, 0] > 0.5, strict=True):
             rle = mask_api.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
             entry["mask_rle"] = dict(size=rle["size"], counts=rle["counts"].decode("ascii"))
     return entries

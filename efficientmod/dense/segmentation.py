@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class SemanticFPNHead(nn.Module):
 
     def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
         fused = self.scale_heads[0](levels[0])
-        for head, level in zip(self.scale_heads[1:], levels[1:]):
+        for head, level in zip(self.scale_heads[1:], levels[1:], strict=True):
             fused = fused + F.interpolate(head(level), size=fused.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.dropout(fused))
 
@@ -314,7 +314,7 @@ def evaluate_segmentation(model: SemanticFPN, dataset: AdeSegmentation, mode: st
     for images, targets, skipped_now in tqdm(loader, desc="evaluate", file=sys.stderr, leave=False):
         for sample in skipped_now:
             skipped.add(sample.reason, sample.path)
-        for image, target in zip(images, targets):
+        for image, target in zip(images, targets, strict=True):
             scores = segment(model, image, mode, crop_size, stride, output_size=tuple(target.shape))
             confusion.update(scores.argmax(0), target)
             evaluated += 1

@@ -106,7 +106,7 @@ class VANBlock(nn.Module):
         self.drop_path = drop_path_or_identity(drop_path)
 
     @classmethod
-    def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> "VANBlock":
+    def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> VANBlock:
         return cls(dim, expansion_ratio, cfg.context_kernel, drop_path, cfg.layer_scale_init)
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +168,7 @@ class FocalNetBlock(nn.Module):
         self.drop_path = drop_path_or_identity(drop_path)
 
     @classmethod
-    def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> "FocalNetBlock":
+    def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> FocalNetBlock:
         return cls(dim, expansion_ratio, cfg.context_kernel, drop_path, cfg.layer_scale_init)
 
     def focal_modulation(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +199,7 @@ class MBConvBlock(nn.Module):
         self.drop_path = drop_path_or_identity(drop_path)
 
     @classmethod
-    def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> "MBConvBlock":
+    def from_cfg(cls, cfg: EfficientModCfg, dim: int, expansion_ratio: int, drop_path: float) -> MBConvBlock:
         return cls(dim, expansion_ratio, cfg.context_kernel, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ Variant tables match the official release's state-dict layouts exactly;
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Callable
 
 import torch
 import torch.nn as nn

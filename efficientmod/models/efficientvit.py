@@ -250,7 +250,7 @@ class EfficientViT(Backbone):
         drop_paths = iter(torch.linspace(0, drop_path_rate, sum(cfg.depths), device="cpu").tolist())
         resolution = img_size // PATCH_SIZE
         stages, self.feature_info = [], []
-        for i, (dim, depth, heads) in enumerate(zip(cfg.dims, cfg.depths, cfg.heads)):
+        for i, (dim, depth, heads) in enumerate(zip(cfg.dims, cfg.depths, cfg.heads, strict=True)):
             if i:
                 resolution = (resolution - 1) // 2 + 1  # a stride-2, padding-1 conv
             window = min(cfg.window_size, resolution)

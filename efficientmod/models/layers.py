@@ -10,7 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-__all__ = ["drop_path_or_identity", "check_image_input", "ConvNorm", "ConvNormAct", "LinearNorm", "Stage", "fuse_conv_bn"]
+__all__ = [
+    "drop_path_or_identity", "check_image_input", "ConvNorm", "ConvNormAct", "LinearNorm", "Stage", "fuse_conv_bn",
+]
 
 
 def drop_path_or_identity(rate: float) -> nn.Module:

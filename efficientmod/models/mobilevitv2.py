@@ -204,10 +204,11 @@ class MobileViTv2(Backbone):
         super().__init__(cfg, num_classes, in_chans, num_features=cfg.widths[-1], global_pool=global_pool)
 
         self.stem = ConvNormAct(in_chans, cfg.stem_width, 3, stride=2)
-        blocks_per_stage = [d + (a > 0) for d, a in zip(cfg.depths, cfg.attention_depths)]
+        blocks_per_stage = [d + (a > 0) for d, a in zip(cfg.depths, cfg.attention_depths, strict=True)]
         drop_paths = iter(torch.linspace(0, drop_path_rate, sum(blocks_per_stage), device="cpu").tolist())
         in_chs, stages, self.feature_info = cfg.stem_width, [], []
-        for i, (width, depth, attention_depth) in enumerate(zip(cfg.widths, cfg.depths, cfg.attention_depths)):
+        stage_shapes = zip(cfg.widths, cfg.depths, cfg.attention_depths, strict=True)
+        for i, (width, depth, attention_depth) in enumerate(stage_shapes):
             stride = 1 if i == 0 else 2
             blocks: list[nn.Module] = []
             for j in range(depth):
