@@ -31,65 +31,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+# the trained models and data sets of the ONNX Runtime / OpenVINO int8 measurement, shared
+from int8_accuracy import PATCH, digits_data, folder_data, make_photo_patches, train_model
 
 from efficientmod.bench import environment
-from efficientmod.checkpoint import atomic_write, from_pretrained
+from efficientmod.checkpoint import atomic_write
 from efficientmod.config import DEMO_PRESET, TrainConfig
 from efficientmod.deploy import deploy
-from efficientmod.export.calibration import calibration_files, read_calibration_images, run_batched
+from efficientmod.export.calibration import run_batched
 from efficientmod.export.executorch import ExecutorchRuntime, export_executorch
 from efficientmod.predict import Preprocessing, onnx_metadata
-from efficientmod.train import train
 
-PHOTOS = ("astronaut", "cat", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-          "brick", "grass", "gravel", "camera", "coins")
-PATCH = 64
 VARIANTS = (("fp32", "gemm"), ("int8", "gemm"), ("int8", "all"))
-
-
-def make_photo_patches(root: Path, train_per_class: int = 80, val_per_class: int = 30, seed: int = 0) -> Path:
-    """train/<photo>/*.png and val/<photo>/*.png: random PATCH-pixel crops of each photo,
-    train from its top 70%, val from its bottom 30%."""
-    from skimage import data
-
-    rng = np.random.default_rng(seed)
-    for name in PHOTOS:
-        pixels = getattr(data, name)()
-        image = np.stack([pixels] * 3, axis=-1) if pixels.ndim == 2 else pixels[..., :3]
-        split_row = int(0.7 * image.shape[0])
-        for split, count, (top, bottom) in (("train", train_per_class, (0, split_row)),
-                                            ("val", val_per_class, (split_row, image.shape[0]))):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                y = rng.integers(top, bottom - PATCH + 1)
-                x = rng.integers(0, image.shape[1] - PATCH + 1)
-                Image.fromarray(image[y:y + PATCH, x:x + PATCH]).save(folder / f"{i:03d}.png")
-    return root
-
-
-def train_model(cfg: TrainConfig) -> torch.nn.Module:
-    model_dir = Path(cfg.output) / "model"
-    if not model_dir.is_dir():
-        train(cfg)
-    return from_pretrained(model_dir).eval()
-
-
-def digits_data(img_size: int):
-    from efficientmod.data import digits_datasets
-
-    train_set, val_set = digits_datasets(img_size, seed=0)
-    calib_index = np.linspace(0, len(train_set) - 1, 300).round().astype(int)
-    calibration = np.stack([train_set[int(i)][0].numpy() for i in calib_index])
-    val = [val_set[i] for i in range(len(val_set))]
-    return calibration, np.stack([v[0].numpy() for v in val]), np.array([v[1] for v in val])
-
-
-def folder_data(root: Path, preprocessing: Preprocessing, class_names: list[str]):
-    calibration = read_calibration_images(root / "train", preprocessing, 300)
-    labels = np.array([class_names.index(p.parent.name) for p in calibration_files(root / "val")])
-    return calibration, read_calibration_images(root / "val", preprocessing, None), labels
 
 
 def interleaved_latency(runtimes: dict[str, ExecutorchRuntime], image: np.ndarray, rounds: int, warmup: int = 10):

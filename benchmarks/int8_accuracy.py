@@ -30,13 +30,14 @@ import torch
 from PIL import Image
 
 from efficientmod.bench import environment
-from efficientmod.checkpoint import atomic_write, from_pretrained
+from efficientmod.checkpoint import atomic_write
 from efficientmod.config import DEMO_PRESET, TrainConfig
 from efficientmod.deploy import deploy
 from efficientmod.export import export_verified, load_runtime
 from efficientmod.export.calibration import calibration_files, read_calibration_images, run_batched
 from efficientmod.export.openvino import export_openvino
 from efficientmod.export.quantize import export_onnx_int8
+from efficientmod.models.pretrained import from_pretrained
 from efficientmod.predict import Preprocessing, onnx_metadata
 from efficientmod.train import train
 
