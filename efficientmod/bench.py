@@ -357,7 +357,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("executorch-cpu", "cpu", "ExecuTorch program (XNNPACK, batch 1) in ExecuTorch's runtime, --threads threads",
             lambda m, s, cfg: _executorch_steps(m, s, cfg, "fp32")),
     Backend("executorch-cpu-int8", "cpu", "executorch-cpu with pt2e int8 convolutions and linear layers",
-            lambda m, s, cfg: _executorch_steps(m, s, cfg, "int8")),
+            lambda m, s, cfg: _executorch_steps(m, s, cfg, "int8"), precision="int8"),
     # the first CUDA call loads kernels and creates cuBLAS / cuDNN handles
     Backend("torch-cuda", "cuda", "eager PyTorch on the GPU (model and inputs in --dtype)",
             lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda"), min_warmup=1),
