@@ -21,13 +21,13 @@ import torch.nn as nn
 from PIL import Image
 
 from efficientmod.checkpoint import load_weights_only
+from efficientmod.data import DECODE_ERRORS
 
 __all__ = [
     "Preprocessing", "Prediction", "Predictor", "load_model", "imagenet_class_names", "onnx_metadata",
 ]
 
 # What Pillow raises for a file it cannot read (not an image, truncated, broken header).
-UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class Predictor:
         for path in map(str, paths):
             try:
                 batch.append((path, self.preprocessing.load(path)))
-            except UNREADABLE as error:
+            except DECODE_ERRORS as error:
                 if on_error is not None:
                     on_error(path, f"{type(error).__name__}: {error}")
                 continue

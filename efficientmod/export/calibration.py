@@ -58,13 +58,13 @@ def read_calibration_images(folder: str | os.PathLike, preprocessing, samples: i
     (an :class:`efficientmod.predict.Preprocessing`, or anything with ``load(path)`` returning
     a C×H×W tensor) as one float32 (N, C, H, W) array. Unreadable files are skipped with a
     note on stderr; a ``ValueError`` when none is readable."""
-    from efficientmod.predict import UNREADABLE
+    from efficientmod.data import DECODE_ERRORS
 
     images, skipped = [], []
     for path in calibration_files(folder, samples):
         try:
             images.append(preprocessing.load(path).numpy())
-        except UNREADABLE as error:
+        except DECODE_ERRORS as error:
             skipped.append(f"{path} ({type(error).__name__})")
     if skipped:
         print(f"note: skipped {len(skipped)} unreadable calibration image(s): {', '.join(skipped[:3])}"
