@@ -25,6 +25,7 @@ RECIPE = ["--model", "efficientmod_xxs", "--img-size", "32", "--workers", "0", "
           "--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--no-tensorboard", "--log-interval", "1"]
 
 
+@pytest.mark.slow  # two processes
 @pytest.mark.parametrize("batch, accum", [(2, 1), (1, 2)])
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path, batch, accum):
     """2 processes x 2 images, and 2 processes x 1 image x 2 accumulated passes (DDP

@@ -142,6 +142,7 @@ def test_failed_verification_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.pte"]  # no temporary file left
 
 
+@pytest.mark.slow
 @needs_executorch
 def test_int8_is_calibrated_quantised_and_checked_by_agreement(tmp_path):
     from efficientmod.export.executorch import export_executorch
@@ -163,6 +164,7 @@ def test_int8_is_calibrated_quantised_and_checked_by_agreement(tmp_path):
         export_executorch(model, tmp_path / "x.pte", TINY_INPUT, META, "int8")
 
 
+@pytest.mark.slow
 @needs_executorch
 def test_bench_measures_executorch_backends():
     from efficientmod.bench import BenchSettings, Candidate, benchmark
