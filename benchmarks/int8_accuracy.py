@@ -124,6 +124,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/int8-accuracy"), help="runs, data and exports")
     parser.add_argument("--patch-epochs", type=int, default=15, help="epochs on the photo patches (default 15)")
+    parser.add_argument("--train-per-class", type=int, default=80, help="training patches per photo (default 80)")
+    parser.add_argument("--val-per-class", type=int, default=30, help="validation patches per photo (default 30)")
     parser.add_argument("--json", type=Path, default=None, help="write the table here")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -138,7 +140,7 @@ def main() -> int:
 
     patches = args.work / "photo-patches"
     if not (patches / "val").is_dir():
-        make_photo_patches(patches)
+        make_photo_patches(patches, args.train_per_class, args.val_per_class)
     patch_cfg = TrainConfig(**dict(DEMO_PRESET, in_chans=3, img_size=PATCH, epochs=args.patch_epochs, aa=None,
                                    data=str(patches), output=str(args.work / "photo-run")))
     photo = train_model(patch_cfg)
