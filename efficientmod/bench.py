@@ -322,6 +322,10 @@ def _openvino_steps(model: nn.Module, input_size, settings: BenchSettings, preci
         x = _random_images(batch, input_size)
         request = runner.request(batch)  # compiled for this batch size, static shapes
         return lambda: request.infer({0: x})
+
+    return make_step
+
+
 def _executorch_steps(model: nn.Module, input_size, settings: BenchSettings, precision: str) -> StepFactory:
     """An ExecuTorch program (XNNPACK, batch 1; int8 calibrated on random images, which is
     enough for its speed) run by ExecuTorch's runtime; a batch runs image by image."""

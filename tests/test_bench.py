@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import sys
@@ -372,6 +373,17 @@ def test_ort_int8_backend_measures_and_reports_its_precision():
     model = resolve_models(["efficientmod_xxs@deploy"], img_size=32)
     (row,) = benchmark(model, settings).rows
     assert row.error == "" and row.dtype == "int8" and row.latency_ms_median > 0 and row.throughput_img_s > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+                    reason="OpenVINO / NNCF not installed: pip install 'efficientmod[openvino]'")
+def test_openvino_backends_measure_and_report_their_precision():
+    backends = ("openvino-cpu", "openvino-cpu-bf16", "openvino-cpu-int8")
+    settings = BenchSettings(backends=backends, threads=1, runs=2, warmup=1, batch=2, throughput_runs=1)
+    rows = benchmark(resolve_models(["efficientmod_xxs@deploy"], img_size=32), settings).rows
+    assert [(r.backend, r.dtype, r.error) for r in rows] == [
+        ("openvino-cpu", "fp32", ""), ("openvino-cpu-bf16", "bf16", ""), ("openvino-cpu-int8", "int8", "")]
+    assert all(r.latency_ms_median > 0 and r.throughput_img_s > 0 for r in rows)
 
 
 def test_paper_claims_note_fewer_cores_than_threads():
