@@ -141,6 +141,25 @@ def test_openvino_fp32_matches_pytorch_and_carries_metadata(model, tmp_path):
 
 
 @needs_openvino
+def test_openvino_int8_quantises_conv_and_matmul_inputs_only(model, calibration, tmp_path):
+    from efficientmod.export import export_onnx
+    from efficientmod.export.openvino import convert_onnx
+    from efficientmod.export.quantize import OPENVINO_FLOAT_OPS, quantize_openvino_int8
+
+    ov_model = convert_onnx(export_onnx(model, tmp_path / "m.onnx", SIZE))
+    ov_model.reshape([1, *SIZE])
+    quantised = quantize_openvino_int8(ov_model, calibration[:4])
+    fed = {}  # op type -> how many activation FakeQuantize outputs feed it
+    for op in quantised.get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+            for target in op.output(0).get_target_inputs():
+                kind = target.get_node().get_type_name()
+                fed[kind] = fed.get(kind, 0) + 1
+    assert fed.get("MatMul", 0) > 0 and fed.get("Convolution", 0) > 0
+    assert not set(fed) & set(OPENVINO_FLOAT_OPS), fed
+
+
+@needs_openvino
 @pytest.mark.slow  # NNCF's calibration: about a minute on a loaded 2-core machine
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_openvino_reduced_precisions_agree_and_run_any_batch(precision, model, calibration, tmp_path):
