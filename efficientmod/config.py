@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,31 @@ from typing import Any
 import yaml
 
 __all__ = ["TrainConfig", "DEMO_PRESET", "add_config_arguments", "resolve_config", "load_yaml", "save_yaml"]
+
+
+# The auto-augment strings timm 1.0.31's create_transform(auto_augment=...) builds: a policy,
+# then options after dashes ("rand-m9-mstd0.5-inc1"). timm asserts on some unknown options and
+# silently skips others, so each option is checked here. No auto-augment is None for timm.
+_NUMBER = r"\d+(?:\.\d*)?"
+AUTO_AUGMENT_OPTIONS = {
+    "rand": rf"m\d+|n\d+|p{_NUMBER}|mstd{_NUMBER}|mmax\d+|inc[01]|t(?:weights|3aw|3a)",  # RandAugment
+    "augmix": rf"m\d+|w\d+|d\d+|a{_NUMBER}|b[01]|mstd{_NUMBER}",  # AugMix
+    **dict.fromkeys(("original", "originalr", "v0", "v0r", "3a"), rf"mstd{_NUMBER}"),  # AutoAugment policies
+}
+AUTO_AUGMENT_OFF = ("none", "")
+
+
+def _check_auto_augment(aa: Any) -> None:
+    """A one-line ``ValueError`` unless ``aa`` is None or a policy of :data:`AUTO_AUGMENT_OPTIONS`."""
+    if aa is None:
+        return
+    policy, *options = str(aa).split("-")
+    pattern = AUTO_AUGMENT_OPTIONS.get(policy)
+    unknown = [o for o in options if pattern is None or not re.fullmatch(pattern, o)]
+    if pattern is None or unknown:
+        detail = f"unknown option(s) {unknown} of {policy!r}" if pattern else "unknown policy"
+        raise ValueError(f"aa must be 'none' or a timm auto-augment policy ({', '.join(AUTO_AUGMENT_OPTIONS)}, "
+                         f"e.g. rand-m9-mstd0.5-inc1), got {aa!r}: {detail}")
 
 
 def option(default: Any, help: str, type: Any = None, choices: tuple | None = None, group: str = "recipe"):
@@ -64,7 +90,8 @@ class TrainConfig:
     cutmix: float = option(1.0, "CutMix alpha (0 disables)", float)
     mixup_prob: float = option(1.0, "probability of applying Mixup/CutMix to a batch", float)
     mixup_switch_prob: float = option(0.5, "probability of CutMix instead of Mixup", float)
-    aa: str | None = option("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' disables)", str)
+    aa: str | None = option("rand-m9-mstd0.5-inc1", "timm auto-augment policy: RandAugment rand-..., AugMix "
+                            "augmix-..., AutoAugment original, v0, ... ('none' disables)", str)
     reprob: float = option(0.25, "random erasing probability", float)
     hflip: float = option(0.5, "horizontal flip probability", float)
     color_jitter: float = option(0.4, "colour jitter (used only without --aa)", float)
@@ -113,6 +140,9 @@ class TrainConfig:
     tensorboard: bool = option(True, "write TensorBoard logs to the run folder", bool, group="run")
 
     def __post_init__(self):
+        if isinstance(self.aa, str) and self.aa.lower() in AUTO_AUGMENT_OFF:
+            object.__setattr__(self, "aa", None)  # what timm takes for no auto-augment
+        _check_auto_augment(self.aa)
         for f in dataclasses.fields(self):  # a YAML file reaches here without argparse's checks
             choices, value = f.metadata["choices"], getattr(self, f.name)
             if choices and value not in choices:
@@ -211,6 +241,4 @@ def resolve_config(args: argparse.Namespace, preset: dict | None = None) -> Trai
     if getattr(args, "config", None):
         values.update(load_yaml(args.config))
     values.update({k: v for k, v in vars(args).items() if k in names})
-    if isinstance(values.get("aa"), str) and values["aa"].lower() in ("none", ""):
-        values["aa"] = None
     return TrainConfig(**values)

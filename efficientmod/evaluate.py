@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from efficientmod.checkpoint import load_weights_only
 from efficientmod.data import ImageFolder, ShardSampler, check_image_folders, collate_skipping_bad, eval_transform
-from efficientmod.runtime import amp_dtype, autocast, is_train_checkpoint
+from efficientmod.runtime import amp_dtype, autocast, read_train_checkpoint
 
 __all__ = ["evaluate", "evaluate_checkpoint"]
+
 
 @torch.no_grad()
 def evaluate(
@@ -57,15 +57,6 @@ def evaluate(
                 count=int(count), bad_files=int(bad))
 
 
-def read_training_checkpoint(path: str | Path) -> dict | None:
-    """The dict of a checkpoint written by the training engine, or None for other files."""
-    path = Path(path)
-    if path.is_dir() or path.suffix == ".safetensors" or not path.exists():
-        return None
-    state = load_weights_only(path)
-    return state if is_train_checkpoint(state, task="classification") else None
-
-
 def evaluate_checkpoint(
     model_name: str,
     checkpoint: str,
@@ -86,7 +77,7 @@ def evaluate_checkpoint(
     class_names = check_image_folders(data, splits=(split,))
     info = model_info(model_name)
     model = create_model(model_name, num_classes=len(class_names))
-    own = read_training_checkpoint(checkpoint)
+    own = read_train_checkpoint(checkpoint, task="classification")
     if own is not None:
         saved = own.get("class_names")
         if saved and list(saved) != class_names:

@@ -20,14 +20,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from efficientmod.checkpoint import load_weights_only
 from efficientmod.data import DECODE_ERRORS
+from efficientmod.runtime import read_train_checkpoint
 
 __all__ = [
     "Preprocessing", "Prediction", "Predictor", "load_model", "imagenet_class_names", "onnx_metadata",
 ]
-
-# What Pillow raises for a file it cannot read (not an image, truncated, broken header).
 
 
 @dataclass(frozen=True)
@@ -96,15 +94,6 @@ def _class_names_for(num_classes: int, saved: Sequence[str] | None) -> list[str]
     return imagenet_class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
 
 
-def _read_training_checkpoint(path: Path) -> dict | None:
-    """A ``torch.save`` dict (e.g. a training checkpoint), read with ``weights_only=True``;
-    None for safetensors files, which :func:`load_checkpoint` reads itself."""
-    if path.suffix == ".safetensors":
-        return None
-    state = load_weights_only(path)
-    return state if isinstance(state, dict) else None
-
-
 def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> nn.Module:
     """A model with its weights and ``class_names`` (None when none were saved).
 
@@ -126,21 +115,21 @@ def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = 
         if saved != str(model):
             raise ValueError(f"the folder {checkpoint} holds a {saved}, not a {model}")
         return from_pretrained(checkpoint)
-    source = None if checkpoint is None else (_read_training_checkpoint(Path(checkpoint)) or checkpoint)
+    own = None if checkpoint is None else read_train_checkpoint(checkpoint, task="classification")
     class_names, kwargs = None, {}
-    if isinstance(source, dict):
-        class_names = source.get("class_names")
-        in_chans = (source.get("config") or {}).get("in_chans")
+    if own is not None:
+        class_names = own.get("class_names")
+        in_chans = (own.get("config") or {}).get("in_chans")
         if isinstance(in_chans, int):
             kwargs["in_chans"] = in_chans
     if class_names is not None:
         kwargs["num_classes"] = len(class_names)
     net = create_model(str(model), **kwargs)
-    if source is not None:
-        load_checkpoint(net, source, strict=True)
+    if checkpoint is not None:
+        load_checkpoint(net, own if own is not None else checkpoint, strict=True)
     net.class_names = list(class_names) if class_names is not None else None
-    if isinstance(source, dict) and source.get("preprocessing"):
-        net.preprocessing = source["preprocessing"]
+    if own is not None and own.get("preprocessing"):
+        net.preprocessing = own["preprocessing"]
     return net
 
 

@@ -24,8 +24,8 @@ from efficientmod.checkpoint import atomic_write, load_weights_only
 
 __all__ = [
     "TRAIN_CHECKPOINT_FORMAT", "LAST_CHECKPOINT", "AMP_CHOICES", "TrainingDiverged", "Runtime", "init_runtime",
-    "seed_everything", "rng_state", "set_rng_state", "amp_dtype", "autocast", "grad_scaler",
-    "save_train_checkpoint", "load_train_checkpoint", "is_train_checkpoint",
+    "seed_everything", "rng_state", "set_rng_state", "amp_dtype", "autocast", "grad_scaler", "optimizer_step",
+    "save_train_checkpoint", "load_train_checkpoint", "read_train_checkpoint", "is_train_checkpoint",
 ]
 
 TRAIN_CHECKPOINT_FORMAT = "efficientmod-train-v1"
@@ -52,6 +52,26 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
     """A loss scaler for float16 autocast (whose small gradients would underflow), else None."""
     return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                   parameters: list, clip_grad: float | None = None) -> None:
+    """Backward (outside autocast, as PyTorch's AMP recipe has it) and step; with a float16
+    loss ``scaler`` (:func:`grad_scaler`), the gradients are unscaled before clipping and a
+    step whose gradients overflowed is skipped (the scale then shrinks)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 class TrainingDiverged(RuntimeError):
@@ -155,3 +175,15 @@ def load_train_checkpoint(path: str | os.PathLike, task: str) -> dict:
     if _task_of(state) != task:
         raise ValueError(f"{path} is a {_task_of(state)!r} checkpoint, not a {task!r} one")
     return state
+
+
+def read_train_checkpoint(path: str | os.PathLike, task: str) -> dict | None:
+    """The dict of ``path`` when it is a training checkpoint of ``task``, else None (a
+    released or timm checkpoint, a safetensors file, a ``save_pretrained`` folder, a missing
+    path), which the caller hands on to :func:`efficientmod.load_checkpoint`. Unlike
+    :func:`load_train_checkpoint`, a folder is never read as a run's :data:`LAST_CHECKPOINT`."""
+    path = Path(path)
+    if not path.is_file() or path.suffix == ".safetensors":
+        return None
+    state = load_weights_only(path)
+    return state if is_train_checkpoint(state, task) else None

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientmod.config import TrainConfig
+from efficientmod.cli import main
+from efficientmod.config import DEMO_PRESET, TrainConfig
 from efficientmod.data import ImageFolder, apply_transform, posterize, seeded, train_transform
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the viz extra) ships the real photos")
@@ -77,3 +78,38 @@ def test_default_training_transform_survives_20000_draws_of_real_photos(tmp_path
             tensor = apply_transform(dataset.transform, decoded[index], paths[index])
         assert tensor.shape == (3, 32, 32) and bool(tensor.isfinite().all())
     assert sum(zero_bits) >= 1  # the draws did reach the 0-bit posterize that Pillow 13 refuses
+
+
+@pytest.mark.parametrize("off", ["none", "None", "", None])
+def test_no_auto_augment_reaches_timm_as_none_and_the_transform_builds(off):
+    config = TrainConfig(aa=off)
+    assert config.aa is None and TrainConfig(**DEMO_PRESET).aa is None
+    transform = train_transform(config, 32, MEAN, STD)
+    kinds = {type(t).__name__ for t in transform.transforms}
+    assert "ColorJitter" in kinds  # colour jitter stands in for the auto-augment
+    assert not kinds & {"RandAugment", "AutoAugment", "AugMixAugment"}
+    photo = Image.fromarray(skimage_data.astronaut())
+    assert apply_transform(transform, photo, "astronaut").shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("aa, kind", [
+    ("rand-m9-mstd0.5-inc1", "RandAugment"), ("rand-m7-n3-p0.8-mmax12-tweights", "RandAugment"),
+    ("augmix-m3-w2-d2-a1.0-b1-mstd0.3", "AugMixAugment"), ("original-mstd0.5", "AutoAugment"),
+    ("originalr", "AutoAugment"), ("v0", "AutoAugment"), ("v0r", "AutoAugment"), ("3a", "AutoAugment"),
+])
+def test_every_policy_the_config_accepts_builds_in_timm(aa, kind):
+    transform = train_transform(TrainConfig(aa=aa), 32, MEAN, STD)
+    assert kind in {type(t).__name__ for t in transform.transforms}
+    photo = Image.fromarray(skimage_data.chelsea())
+    assert apply_transform(transform, photo, "chelsea").shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("aa", ["off", "randaugment", "v1", "rand-m9-bogus", "rand-m9-mstd", "rand-tfoo",
+                                "original-m9", "augmix-inc1", 5])
+def test_unknown_auto_augment_is_refused_in_one_line(aa, capsys):
+    with pytest.raises(ValueError, match=r"aa must be 'none' or a timm auto-augment policy") as error:
+        TrainConfig(aa=aa)
+    assert "\n" not in str(error.value) and repr(aa) in str(error.value)
+    if isinstance(aa, str):  # the command line: exit status 2 and the same line, before any work
+        assert main(["train", "--aa", aa, "--synthetic"]) == 2
+        assert "aa must be 'none'" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 exercised where the CPU can show them."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 from efficientmod.dense import speed
+from efficientmod.dense.segmentation import segmentation_loss
+from efficientmod.runtime import optimizer_step
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
 
@@ -22,6 +25,40 @@ def test_dense_speed_synchronises_the_measured_gpu_not_gpu0(monkeypatch):
     assert calls == [torch.device("cuda:1")]
     speed._synchronizer(torch.device("cpu"))()
     assert calls == [torch.device("cuda:1")]  # nothing to wait for on the CPU
+
+
+@pytest.mark.parametrize("flags, amp, dtype", [([], "none", torch.float32), (["--amp"], "bf16", torch.bfloat16),
+                                               (["--amp", "fp16"], "fp16", torch.float16),
+                                               (["--amp", "auto"], "auto", torch.float32)])
+def test_dense_speed_takes_the_training_engines_amp_choices(flags, amp, dtype, monkeypatch, capsys):
+    """``--amp`` as in ``det/seg train`` (a bare ``--amp`` still means bf16, ``auto`` is full
+    precision on a CPU); float16 training steps through a loss scaler."""
+    seen = []
+
+    def probing_loss(model, images, targets):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return segmentation_loss(model, images, targets)
+
+    def probing_step(loss, optimizer, scaler, parameters):
+        seen.append(scaler)
+        optimizer_step(loss, optimizer, scaler, parameters)
+
+    monkeypatch.setattr(speed, "segmentation_loss", probing_loss)
+    monkeypatch.setattr(speed, "optimizer_step", probing_step)
+    speed.main(["--task", "seg", *flags, "--model", "efficientmod_xxs", "--mode", "train", "--size", "64", "64",
+                "--batch-size", "1", "--steps", "1", "--warmup", "0", "--device", "cpu"])
+    (line,) = capsys.readouterr().out.splitlines()
+    result = json.loads(line)
+    assert (result["amp"], result["dtype"]) == (amp, str(dtype).removeprefix("torch."))
+    assert result["images_per_second"] > 0
+    (autocast_dtype, scaler) = seen
+    assert autocast_dtype == dtype and isinstance(scaler, torch.amp.GradScaler) == (amp == "fp16")
+
+
+def test_dense_speed_refuses_an_unknown_amp_choice(capsys):
+    with pytest.raises(SystemExit):
+        speed.main(["--task", "seg", "--amp", "fp8"])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
 
 
 def test_gpu_check_refuses_unknown_arguments():

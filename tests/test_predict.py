@@ -6,12 +6,14 @@ import re
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from skimage import data as skdata
 from test_deploy import random_model
 
 import efficientmod
 from efficientmod.cli import main
 from efficientmod.predict import Predictor, Preprocessing, imagenet_class_names, load_model
+from efficientmod.runtime import read_train_checkpoint, save_train_checkpoint
 
 CLASSES = ["cat", "astronaut", "coffee"]
 
@@ -91,12 +93,30 @@ def test_onnx_predictions_match_the_deployed_model(pretrained, images, tmp_path,
         assert [p for p, _ in a] == pytest.approx([p for p, _ in b], abs=0.02)
 
 
-def test_training_checkpoint_class_names_set_the_head(tmp_path):
-    model = random_model("efficientmod_xxs", num_classes=2)
-    torch.save(dict(model=model.state_dict(), class_names=["no", "yes"], epoch=3), tmp_path / "last.pth")
+def test_training_checkpoint_sets_classes_channels_and_preprocessing(tmp_path):
+    model = random_model("efficientmod_xxs", num_classes=2, in_chans=1)
+    preprocessing = dict(input_size=[1, 64, 64], mean=[0.5], std=[0.25], interpolation="bilinear", crop_pct=1.0)
+    save_train_checkpoint(tmp_path / "last.pth", dict(model=model.state_dict(), class_names=["no", "yes"], epoch=3,
+                                                      config=dict(in_chans=1), preprocessing=preprocessing),
+                          task="classification")
     loaded = load_model("efficientmod_xxs", tmp_path / "last.pth")
-    assert loaded.class_names == ["no", "yes"] and loaded.num_classes == 2
+    assert loaded.class_names == ["no", "yes"] and loaded.num_classes == 2 and loaded.in_chans == 1
+    assert loaded.preprocessing == preprocessing
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_only_classification_training_checkpoints_are_read_as_such(tmp_path):
+    """The one reader that ``predict`` and ``evaluate`` share: anything else (released
+    weights, a plain state dict, safetensors, a folder, another task's run) is left to
+    ``load_checkpoint``."""
+    weights = random_model("efficientmod_xxs", num_classes=2).state_dict()
+    save_train_checkpoint(tmp_path / "cls.pth", dict(model=weights, class_names=["a", "b"]), task="classification")
+    save_train_checkpoint(tmp_path / "dense.pth", dict(model=weights, class_names=["a", "b"]), task="dense")
+    torch.save(dict(model=weights, class_names=["a", "b"]), tmp_path / "untagged.pth")
+    save_file(weights, tmp_path / "plain.safetensors")
+    assert read_train_checkpoint(tmp_path / "cls.pth", "classification")["class_names"] == ["a", "b"]
+    for other in ("dense.pth", "untagged.pth", "plain.safetensors", "missing.pth", "."):
+        assert read_train_checkpoint(tmp_path / other, "classification") is None, other
 
 
 def test_thousand_class_model_predicts_imagenet_names(images):

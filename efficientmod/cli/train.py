@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 
 from efficientmod.config import DEMO_PRESET, add_config_arguments, resolve_config
+from efficientmod.runtime import AMP_CHOICES
 
 TRAIN_EPILOG = """\
 examples:
@@ -58,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                           help="input side (default: the training size stored in a training checkpoint, "
                           "else the model's)")
     evaluate.add_argument("--device", default="auto", help="cuda, cpu or auto (default: auto)")
-    evaluate.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
+    evaluate.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                           help="autocast dtype (default: auto = bf16 on GPU, none on CPU)")
     evaluate.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     evaluate.set_defaults(func=run_eval)

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from timm.layers import freeze_batch_norm_2d
-from timm.models._features import FeatureGetterNet
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from efficientmod.models import create_model, model_info
+from efficientmod.models.registry import feature_wrapper
 
 __all__ = ["BackboneFPN", "build_backbone_fpn", "freeze_stages"]
 
@@ -132,7 +132,7 @@ def build_backbone_fpn(
     if out_indices is None:
         out_indices = [i for i in model_info(name).feature_out_indices
                        if network.feature_info[i]["reduction"] >= min_stride]
-    body = FeatureGetterNet(network, out_indices=tuple(out_indices))
+    body = feature_wrapper(network, tuple(out_indices))
     if frozen_bn:
         body = freeze_batch_norm_2d(body)
     freeze_stages(body, frozen_stages)

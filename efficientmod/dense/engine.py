@@ -44,6 +44,7 @@ from efficientmod.runtime import (
     grad_scaler,
     init_runtime,
     load_train_checkpoint,
+    optimizer_step,
     rng_state,
     save_train_checkpoint,
     seed_everything,
@@ -267,7 +268,7 @@ def train(
             if not _on_every_rank(bool(torch.isfinite(loss)), runtime):  # all ranks stop, none waits forever
                 raise TrainingDiverged(f"the loss is not finite at step {step} (this rank's losses: {_fmt(losses)}); "
                                          "lower --lr?")
-            _optimizer_step(loss, optimizer, scaler, parameters, config.clip_grad)
+            optimizer_step(loss, optimizer, scaler, parameters, config.clip_grad)
             step += 1
             history.append(dict(step=step, loss=loss.item(), **{k: v.item() for k, v in losses.items()}))
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
@@ -287,25 +288,6 @@ def train(
             print(f"epoch {epoch + 1}: loss {mean:.4f}, step {step}/{last_step}, {skipped}", file=sys.stderr)
         _barrier()
     return dict(history=history, skipped=dict(skipped), steps=step, checkpoint=str(last))
-
-
-def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, parameters: list,
-                    clip_grad: float | None) -> None:
-    """Backward and step; with a float16 loss scaler, the gradients are unscaled before
-    clipping and a step whose gradients overflowed is skipped (the scale then shrinks)."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    if clip_grad:
-        nn.utils.clip_grad_norm_(parameters, clip_grad)
-    if scaler is None:
-        optimizer.step()
-    else:
-        scaler.step(optimizer)
-        scaler.update()
 
 
 def _fmt(losses: dict[str, torch.Tensor]) -> str:

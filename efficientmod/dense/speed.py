@@ -14,6 +14,7 @@ import torch
 
 from efficientmod.dense.detection import build_detector, detection_loss
 from efficientmod.dense.segmentation import build_segmenter, segmentation_loss
+from efficientmod.runtime import AMP_CHOICES, amp_dtype, autocast, grad_scaler, optimizer_step
 
 __all__ = ["measure"]
 
@@ -44,11 +45,14 @@ def _synchronizer(device: torch.device):
 
 def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size: int = 2,
             size: tuple[int, int] | None = None, steps: int = 20, warmup: int = 5, device: str = "cuda",
-            amp: bool = False) -> dict:
-    """Images per second of ``steps`` timed iterations after ``warmup`` ones."""
+            amp: str = "none") -> dict:
+    """Images per second of ``steps`` timed iterations after ``warmup`` ones; ``amp`` is the
+    training engines' choice (:data:`~efficientmod.runtime.AMP_CHOICES`: autocast dtype,
+    float16 with loss scaling)."""
     height, width = size or PAPER_SIZES[task]
     num_classes = PAPER_CLASSES[task]
     run_device = torch.device(device)
+    dtype = amp_dtype(amp, run_device)
     if run_device.type == "cuda":
         torch.cuda.set_device(run_device)  # kernels, allocations and the synchronisation on that GPU
     if task == "det":
@@ -59,19 +63,19 @@ def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size
         model = build_segmenter(model_name, num_classes)
         loss_fn = segmentation_loss
     model.to(run_device).train(mode == "train")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+    scaler = grad_scaler(run_device, dtype)
     images = [torch.rand(3, height, width, device=run_device) for _ in range(batch_size)]
     targets = _random_targets(task, batch_size, height, width, num_classes, run_device)
 
     def step() -> None:
         if mode == "train":
-            with torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(run_device, dtype):
                 loss = sum(loss_fn(model, images, targets).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # outside autocast, as PyTorch's AMP recipe has it
-            optimizer.step()
+            optimizer_step(loss, optimizer, scaler, parameters)
         else:
-            with torch.no_grad(), torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.no_grad(), autocast(run_device, dtype):
                 model(images if task == "det" else torch.stack(images))
 
     for _ in range(warmup):
@@ -84,8 +88,9 @@ def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size
     synchronize()
     seconds = time.perf_counter() - started
     name = torch.cuda.get_device_name(run_device) if run_device.type == "cuda" else "cpu"
-    return dict(task=task, mode=mode, model=model_name, size=[height, width], batch_size=batch_size, amp=amp,
-                device=name, images_per_second=round(steps * batch_size / seconds, 2))
+    return dict(task=task, mode=mode, model=model_name, size=[height, width], batch_size=batch_size,
+                amp=amp, dtype=str(dtype or torch.float32).removeprefix("torch."), device=name,
+                images_per_second=round(steps * batch_size / seconds, 2))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--amp", choices=AMP_CHOICES, nargs="?", const="bf16", default="none",
+                        help="mixed precision, as in `efficientmod det/seg train`: auto (bf16 on GPU, none on CPU), "
+                        "bf16 (also a bare --amp, which meant bf16 before the flag took a choice), fp16 (with "
+                        "loss scaling) or none (default)")
     args = parser.parse_args(argv)
     for mode in args.mode:
         print(json.dumps(measure(args.task, mode, args.model, args.batch_size, args.size, args.steps, args.warmup,

@@ -27,7 +27,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as timm_register_model
 
-__all__ = ["ReleasedWeights", "ModelInfo", "register_variant", "create_model", "list_models", "model_info"]
+__all__ = [
+    "ReleasedWeights", "ModelInfo", "register_variant", "create_model", "list_models", "model_info", "feature_wrapper",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,14 +223,15 @@ def create_model(
 
         load_checkpoint(model, checkpoint_path, ignore_head=True)
     if features_only:
-        model = _feature_wrapper(model, out_indices)
+        model = feature_wrapper(model, out_indices)
     return model
 
 
-def _feature_wrapper(model: nn.Module, out_indices) -> nn.Module:
+def feature_wrapper(model: nn.Module, out_indices) -> nn.Module:
     """timm's ``features_only`` wrapper around a built ``model`` (after its checkpoint is in):
-    what ``timm.create_model(..., features_only=True)`` returns. The class is not exported by
-    ``timm.models``; pyproject pins the timm range this is tested with."""
+    what ``timm.create_model(..., features_only=True)`` returns. The one import of the class
+    in the package: timm 1.0.31 exports it from no public module (``timm.models`` leaves it
+    out, ``timm.models.features`` is deprecated); pyproject pins the timm range this is tested with."""
     from timm.models._features import FeatureGetterNet
 
     return FeatureGetterNet(model, out_indices=out_indices)
