@@ -46,7 +46,7 @@ PHOTOS = ("astronaut", "cat", "coffee", "rocket", "hubble_deep_field", "immunohi
 PATCH = 64
 
 
-def make_photo_patches(root: Path, train_per_class: int = 80, val_per_class: int = 30, seed: int = 0) -> Path:
+def make_photo_patches(root: Path, train_per_class: int = 200, val_per_class: int = 100, seed: int = 0) -> Path:
     """train/<photo>/*.png and val/<photo>/*.png: random PATCH-pixel crops of each photo, train
     from its top 70%, val from its bottom 30%."""
     from skimage import data
@@ -123,9 +123,9 @@ def evaluate_formats(name: str, model: torch.nn.Module, calibration, images, lab
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/int8-accuracy"), help="runs, data and exports")
-    parser.add_argument("--patch-epochs", type=int, default=15, help="epochs on the photo patches (default 15)")
-    parser.add_argument("--train-per-class", type=int, default=80, help="training patches per photo (default 80)")
-    parser.add_argument("--val-per-class", type=int, default=30, help="validation patches per photo (default 30)")
+    parser.add_argument("--patch-epochs", type=int, default=30, help="epochs on the photo patches (default 30)")
+    parser.add_argument("--train-per-class", type=int, default=200, help="training patches per photo (default 200)")
+    parser.add_argument("--val-per-class", type=int, default=100, help="validation patches per photo (default 100)")
     parser.add_argument("--json", type=Path, default=None, help="write the table here")
     args = parser.parse_args()
     torch.manual_seed(0)
