@@ -9,7 +9,7 @@ inference form:
 * a block whose type a model family registered with :func:`register_fuser` is replaced
   by the fused form the family defines, in the "deployment" section of its own file
   (``models/efficientmod.py``: layer scales folded, the attention scale folded into the
-  queries, q, k and v from one matrix multiply; ``models/efficientvit.py``: relative-position biases gathered
+  queries; ``models/efficientvit.py``: relative-position biases gathered
   once, the token-interaction residual folded into its kernel; ``models/mobilevitv2.py``:
   GroupNorm affines folded, keys pooled before their projection).
 
