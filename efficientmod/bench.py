@@ -5,8 +5,8 @@ The protocol, the same for every model and backend:
 * **latency** at batch 1: the backend is prepared (copy, ONNX export, ``torch.compile``
   wrapping), then ``warmup`` untimed calls absorb what the first calls pay once (compilation,
   CUDA-graph capture, lazy CUDA initialisation, cache warm-up) — never fewer than the
-  backend's ``min_warmup`` (1 on ``torch-cuda`` and ``compile-cuda``, 3 on ``cudagraph-cuda``),
-  so a ``--warmup 0`` cannot put compilation into the figures; then ``runs`` calls are timed
+  backend's ``min_warmup`` (1 on the CUDA backends), so a ``--warmup 0`` cannot put
+  compilation into the figures; then ``runs`` calls are timed
   one by one with ``time.perf_counter``. On the GPU each timed call ends with
   ``torch.cuda.synchronize``, so a time covers the kernels' execution, not only their
   launch. Reported: median, p90 (linear interpolation, ``numpy.percentile``), mean and min
@@ -14,6 +14,10 @@ The protocol, the same for every model and backend:
 * **throughput** at batch ``batch``: ``min(warmup, 3)`` untimed batches (at least one, and at
   least the backend's ``min_warmup``: a new batch size recompiles / recaptures), then
   ``throughput_runs`` batches timed together (synchronised before and once after): images/s.
+* ``compile-cuda`` and ``cudagraph-cuda`` of one model share one compiled copy (compiled once
+  per batch size, after one eager call); ``cudagraph-cuda`` captures that compiled forward in
+  one CUDA graph per batch size and times its replays, so its set-up time leaves out the
+  compilation when ``compile-cuda`` ran first.
 * parameters and MACs (``torch.utils.flop_counter``, FLOPs / 2) at the model's input size.
 
 Models are given as :class:`Candidate` (label, family, module, input size, paper top-1), so
@@ -168,6 +172,7 @@ class BenchReport:
     settings: BenchSettings
     environment: dict
     skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it did not run
+    interrupted: bool = False  # stopped early (Ctrl-C, a time limit): the rows are those measured by then
 
     def row(self, model: str, backend: str) -> BenchRow | None:
         return next((r for r in self.rows if r.model == model and r.backend == backend), None)
@@ -177,6 +182,7 @@ class BenchReport:
             "environment": self.environment,
             "settings": dataclasses.asdict(self.settings),
             "skipped_backends": self.skipped,
+            "interrupted": self.interrupted,
             "rows": [dataclasses.asdict(r) for r in self.rows],
         }
 
@@ -230,29 +236,114 @@ class Backend:
     precision: str | None = None  # a CPU backend's fixed precision (bf16, int8); None: fp32 / --dtype
 
 
-def _torch_steps(model: nn.Module, input_size, settings: BenchSettings, device: str,
-                 compile_mode: str | None = None) -> StepFactory:
-    """Eager or compiled PyTorch. Off the CPU the model and its inputs are *converted* to
-    ``settings.dtype`` (not autocast, which would re-cast every weight on every timed call).
-    ``torch.compile`` gets ``dynamic=False``: the throughput batch compiles (and, with CUDA
-    graphs, records) its own static-shape graph instead of a dynamic-batch one."""
+def _layout(settings: BenchSettings, device: str) -> tuple[torch.dtype, torch.memory_format]:
+    """The dtype and memory format of the model and its inputs on ``device``: off the CPU
+    ``settings.dtype`` (converted, not autocast, which would re-cast every weight on every
+    timed call); CPU backends stay float32."""
     dtype = torch.float32 if device == "cpu" else DTYPES[settings.dtype]
-    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    model = copy.deepcopy(model).to(device=device, dtype=dtype).eval().to(memory_format=memory_format)
-    if compile_mode is not None:
-        torch._dynamo.reset()  # fresh caches: variants of one class must not hit the recompile limit
-        model = torch.compile(model, mode=compile_mode, dynamic=False)
+    return dtype, torch.channels_last if settings.channels_last else torch.contiguous_format
+
+
+def _converted(model: nn.Module, settings: BenchSettings, device: str) -> nn.Module:
+    """A copy of ``model`` in eval mode on ``device``, in :func:`_layout`'s dtype and format."""
+    dtype, memory_format = _layout(settings, device)
+    return copy.deepcopy(model).to(device=device, dtype=dtype).eval().to(memory_format=memory_format)
+
+
+def _random_input(batch: int, input_size, settings: BenchSettings, device: str) -> torch.Tensor:
+    dtype, memory_format = _layout(settings, device)
+    return torch.randn(batch, *input_size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+
+
+# compile-cuda and cudagraph-cuda of one model share one compiled module (one compilation per
+# batch size, not two): benchmark() opens a scope per candidate, _compiled() fills it.
+_SHARED_COMPILES: dict[tuple, nn.Module] | None = None
+
+
+@contextlib.contextmanager
+def _shared_compilation():
+    """Within the block, :func:`_compiled` hands every compiled backend of a model the same
+    compiled copy; after it, the copies (and the GPU memory they hold) are released."""
+    global _SHARED_COMPILES
+    previous, _SHARED_COMPILES = _SHARED_COMPILES, {}
+    try:
+        yield
+    finally:
+        _SHARED_COMPILES = previous
+
+
+def _compiled(model: nn.Module, input_size, settings: BenchSettings, device: str) -> nn.Module:
+    """``torch.compile(dynamic=False)`` of a converted copy of ``model``, in inductor's default
+    mode: each batch size compiles its own static-shape graph (not a dynamic-batch one).
+
+    The copy runs once eagerly before it is compiled, as a server's model has run before it
+    serves: state that a model builds on its first inference call then exists before
+    tracing and is read as an input, instead of being created inside the compiled graph
+    (timm's EfficientViT caches its gathered attention biases in a dict on the first eval
+    call; created inside the graph, that tensor costs a second compilation, and with
+    CUDA-graph trees it was an output of one replay read by the next:
+    ``benchmarks/gpu_h200.md``)."""
+    key = (id(model), device, _layout(settings, device))
+    if _SHARED_COMPILES is not None and key in _SHARED_COMPILES:
+        return _SHARED_COMPILES[key]
+    converted = _converted(model, settings, device)
+    with torch.inference_mode():
+        converted(_random_input(1, input_size, settings, device))
+    torch._dynamo.reset()  # fresh caches: variants of one class must not hit the recompile limit
+    compiled = torch.compile(converted, dynamic=False)
+    if _SHARED_COMPILES is not None:
+        _SHARED_COMPILES[key] = compiled
+    return compiled
+
+
+def _torch_steps(model: nn.Module, input_size, settings: BenchSettings, device: str,
+                 compiled: bool = False, graphed: bool = False) -> StepFactory:
+    """Eager PyTorch, ``compiled`` by :func:`_compiled`, or also ``graphed``: each batch
+    size's compiled forward captured whole in one CUDA graph (:func:`_graph_replay`)."""
+    if compiled or graphed:
+        model = _compiled(model, input_size, settings, device)
+    else:
+        model = _converted(model, settings, device)
 
     def make_step(batch: int):
-        x = torch.randn(batch, *input_size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+        x = _random_input(batch, input_size, settings, device)
 
         def step():
             with torch.inference_mode():
                 return model(x)
 
-        return step
+        return _graph_replay(step) if graphed else step
 
     return make_step
+
+
+GRAPH_WARMUP = 3  # calls before capture: compilation, cuDNN autotuning, lazy kernel loading
+
+
+def _graph_replay(step: Callable[[], object]) -> Callable[[], object]:
+    """``step`` captured in one ``torch.cuda.CUDAGraph``; returns a callable replaying it.
+
+    ``GRAPH_WARMUP`` calls run first on the capture stream, so that nothing one-off
+    (compilation, cuDNN's algorithm search, cuBLAS workspaces) happens during capture. A
+    forward that cannot be captured (a host synchronisation, a CPU tensor) fails here with
+    PyTorch's error, reported in the row. One graph of the whole compiled forward is what
+    ``mode="reduce-overhead"`` builds per graph partition, without its tree bookkeeping, and
+    it reuses the compilation ``compile-cuda`` made."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(GRAPH_WARMUP):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        output = step()
+
+    def replay():
+        graph.replay()
+        return output
+
+    return replay
 
 
 # The CUDA math settings of every GPU figure, set explicitly (training code turns cuDNN's
@@ -365,12 +456,12 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
     # the first CUDA call loads kernels and creates cuBLAS / cuDNN handles
     Backend("torch-cuda", "cuda", "eager PyTorch on the GPU (model and inputs in --dtype)",
             lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda"), min_warmup=1),
-    # the first call compiles
-    Backend("compile-cuda", "cuda", "torch.compile (default mode) on the GPU",
-            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda", compile_mode="default"), min_warmup=1),
-    # the first call compiles and is CUDA-graph trees' warm-up run, the second records, replays follow (+1 spare)
-    Backend("cudagraph-cuda", "cuda", "torch.compile(mode='reduce-overhead'): CUDA graphs on the GPU",
-            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda", compile_mode="reduce-overhead"), min_warmup=3),
+    # the first call at a batch size compiles (unless the other compiled backend did)
+    Backend("compile-cuda", "cuda", "torch.compile (default mode, static shapes) on the GPU",
+            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda", compiled=True), min_warmup=1),
+    # compilation and capture happen before the first call; the first replay uploads the graph
+    Backend("cudagraph-cuda", "cuda", "compile-cuda's compiled forward captured in one CUDA graph, replayed",
+            lambda m, s, cfg: _torch_steps(m, s, cfg, "cuda", graphed=True), min_warmup=1),
 ]}
 
 
@@ -485,7 +576,9 @@ def benchmark(
     ``candidates`` are :class:`Candidate` objects or tuples of its fields
     ``(label, family, module, input_size[, top1, top1_source])``. Backends the machine
     lacks are listed in ``report.skipped``; a model that fails on a backend (out of GPU
-    memory, an op ONNX cannot export) gets a row with ``error`` and the others run on.
+    memory, an op ONNX cannot export) gets a row with ``error`` and the others run on. A
+    ``KeyboardInterrupt`` (Ctrl-C, or a time limit's signal turned into one) ends the run
+    with the rows measured so far and ``report.interrupted`` set.
     """
     candidates = [c if isinstance(c, Candidate) else Candidate(*c) for c in candidates]
     machine = environment(settings.threads)
@@ -493,27 +586,38 @@ def benchmark(
     backends = [b for b in settings.backends if b not in skipped]
     for backend, reason in skipped.items():
         print(f"efficientmod bench: skipping {backend}: {reason}", file=sys.stderr)
-    rows = []
+    rows, interrupted = [], False
     with tqdm(total=len(candidates) * len(backends), disable=not progress, file=sys.stderr,
               unit="run", desc="bench") as bar:
-        for candidate in candidates:
-            candidate.model.eval()
-            params = count_params(candidate.model)
-            try:
-                macs = count_macs(candidate.model, candidate.input_size)
-            except Exception as error:  # the model cannot run at this input: say so, go on
-                message = f"fails at input {tuple(candidate.input_size)}: {_describe(error)}"
-                print(f"efficientmod bench: {candidate.label} {message}", file=sys.stderr)
-                rows += [dataclasses.replace(_new_row(candidate, b, settings, params, None), error=message)
-                         for b in backends]
-                bar.update(len(backends))
-                continue
+        try:
+            _measure_all(candidates, backends, settings, rows, bar)
+        except KeyboardInterrupt:
+            interrupted = True
+            print(f"efficientmod bench: interrupted; keeping the {len(rows)} row(s) measured", file=sys.stderr)
+    machine["load_average_1m_after"] = _load_average()  # how busy the machine was during the run
+    return BenchReport(rows, settings, machine, skipped, interrupted)
+
+
+def _measure_all(candidates: list[Candidate], backends: list[str], settings: BenchSettings, rows: list[BenchRow],
+                 bar: tqdm) -> None:
+    """Append every candidate's row on every backend to ``rows`` as it is measured."""
+    for candidate in candidates:
+        candidate.model.eval()
+        params = count_params(candidate.model)
+        try:
+            macs = count_macs(candidate.model, candidate.input_size)
+        except Exception as error:  # the model cannot run at this input: say so, go on
+            message = f"fails at input {tuple(candidate.input_size)}: {_describe(error)}"
+            print(f"efficientmod bench: {candidate.label} {message}", file=sys.stderr)
+            rows += [dataclasses.replace(_new_row(candidate, b, settings, params, None), error=message)
+                     for b in backends]
+            bar.update(len(backends))
+            continue
+        with _shared_compilation():  # compile-cuda and cudagraph-cuda: one compilation
             for backend in backends:
                 bar.set_postfix_str(f"{candidate.label} / {backend}")
                 rows.append(_measure(candidate, backend, settings, params, macs))
                 bar.update()
-    machine["load_average_1m_after"] = _load_average()  # how busy the machine was during the run
-    return BenchReport(rows, settings, machine, skipped)
 
 
 # --------------------------------------------------------------------------- the machine

@@ -8,13 +8,13 @@ inference form:
   conv / linear before or after it;
 * a block whose type a model family registered with :func:`register_fuser` is replaced
   by the fused form the family defines, in the "deployment" section of its own file
-  (``models/efficientmod.py``: layer scales folded, f and v merged, the attention scale
-  folded into the queries; ``models/efficientvit.py``: relative-position biases gathered
+  (``models/efficientmod.py``: layer scales folded, the attention scale folded into the
+  queries; ``models/efficientvit.py``: relative-position biases gathered
   once, the token-interaction residual folded into its kernel; ``models/mobilevitv2.py``:
   GroupNorm affines folded, keys pooled before their projection).
 
 This module imports no model family: it holds the walk, the registry and the small
-exact rewrites of linear maps (:func:`scaled_linear`, :func:`stacked_linear`, ...) that
+exact rewrites of linear maps (:func:`scaled_linear`, :func:`stacked_outputs`, ...) that
 fusers are built from. The rewrites are exact up to float rounding (outputs agree to
 ~1e-6 in float32; the tests hold every variant to 1e-4). Deployed modules keep plain
 ``nn.Linear`` / ``nn.Conv2d`` parameters, so ``.to(device / dtype)``, ``torch.compile``
@@ -32,8 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "deploy", "is_deployed", "register_fuser", "linear_from", "conv1x1_from", "scaled_linear", "stacked_linear",
-    "stacked_outputs", "static_hwc",
+    "deploy", "is_deployed", "register_fuser", "linear_from", "conv1x1_from", "scaled_linear", "stacked_outputs",
+    "static_hwc",
 ]
 
 _FUSERS: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {}
@@ -124,15 +124,6 @@ def scaled_linear(linear: nn.Linear, scale: torch.Tensor) -> nn.Linear:
     """``scale ⊙ linear(x)`` as one linear layer: rows of W and b times ``scale``."""
     bias = linear.bias * scale if linear.bias is not None else None
     return linear_from(linear.weight * scale[:, None], bias)
-
-
-@torch.no_grad()
-def stacked_linear(*linears: nn.Linear) -> nn.Linear:
-    """One linear layer computing ``cat([l(x) for l in linears], -1)``."""
-    weight = torch.cat([linear.weight for linear in linears])
-    biases = [linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
-              for linear in linears]
-    return linear_from(weight, torch.cat(biases))
 
 
 def stacked_outputs(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor,

@@ -94,9 +94,11 @@ class Runtime:
         return self.world > 1
 
 
-def init_runtime(device: str = "auto") -> Runtime:
+def init_runtime(device: str = "auto", cudnn_benchmark: bool = True) -> Runtime:
     """Join the process group that ``torchrun`` describes in the environment (NCCL on GPUs,
-    gloo on CPUs); a plain process is rank 0 of 1."""
+    gloo on CPUs); a plain process is rank 0 of 1. On a GPU, TF32 is allowed and cuDNN's
+    autotuner is on when ``cudnn_benchmark`` (right when input shapes repeat: it searches
+    again for every new shape)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
@@ -106,7 +108,7 @@ def init_runtime(device: str = "auto") -> Runtime:
     run_device = torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device(device)
     if run_device.type == "cuda":
         torch.cuda.set_device(run_device)
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():

@@ -167,6 +167,21 @@ def test_out_of_memory_is_reported_per_row_and_the_rest_runs_on():
     assert fits.error == "" and fits.throughput_img_s > 0
 
 
+class Interrupting(nn.Module):
+    def forward(self, x):
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_keeps_the_rows_measured_so_far(tmp_path):
+    """Ctrl-C or a time limit's SIGTERM mid-run: the rows measured by then are reported and
+    written, marked as interrupted (benchmarks/gpu_check.sh stops late steps this way)."""
+    settings = BenchSettings(**CPU, runs=2, warmup=0, batch=0)
+    report = benchmark([("first", "test", Sleeper(0.0), (3, 8, 8)), ("stopped", "test", Interrupting(), (3, 8, 8)),
+                        ("never", "test", Sleeper(0.0), (3, 8, 8))], settings)
+    assert report.interrupted and [r.model for r in report.rows] == ["first"]
+    assert report.to_dict()["interrupted"] is True
+
+
 def test_a_model_failing_at_the_input_size_gets_error_rows():
     settings = BenchSettings(**CPU, runs=1, warmup=0, batch=0)
     broken = nn.Linear(5, 5)  # cannot take an image
@@ -404,9 +419,45 @@ def test_paper_claims_note_fewer_cores_than_threads():
 def test_compiled_backends_compile_static_shapes(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
-    make_step = bench._torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), BenchSettings(**CPU), "cpu", "reduce-overhead")
+    make_step = bench._torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), BenchSettings(**CPU), "cpu", compiled=True)
     make_step(1)(), make_step(4)()
-    assert calls == [{"mode": "reduce-overhead", "dynamic": False}]  # a batch size change recompiles, static
+    assert calls == [{"dynamic": False}]  # a batch size change recompiles, static
+
+
+def test_compiled_backends_of_one_model_share_one_compilation(monkeypatch):
+    """compile-cuda and cudagraph-cuda of a model measure one compiled copy: each batch size
+    compiles once, not once per backend (the H200 run spent half its time compiling twice)."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(model) or model)
+    model, other, settings = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), BenchSettings(**CPU)
+    with bench._shared_compilation():
+        bench._torch_steps(model, (3, 8, 8), settings, "cpu", compiled=True)(1)()
+        bench._torch_steps(model, (3, 8, 8), settings, "cpu", compiled=True)(4)()
+        assert bench._compiled(model, (3, 8, 8), settings, "cpu") is compiled[0]
+        bench._torch_steps(other, (3, 8, 8), settings, "cpu", compiled=True)
+        assert len(compiled) == 2
+    bench._torch_steps(model, (3, 8, 8), settings, "cpu", compiled=True)
+    assert len(compiled) == 3  # the scope (one candidate of benchmark()) has closed: its copies are gone
+
+
+def test_compilation_follows_an_eager_call_that_fills_first_call_caches(monkeypatch):
+    """timm's EfficientViT gathers its attention biases into a dict on its first eval call.
+    Traced with the dict empty, the compiled graph creates that tensor (and CUDA-graph trees
+    then read one replay's output in the next: the H200 failure); the eager call first fills it."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("efficientvit_m0", img_size=64).eval()
+
+    def caches(module):
+        return [len(m.attention_bias_cache) for m in module.modules() if hasattr(m, "attention_bias_cache")]
+
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 64, 64))
+    assert all(caches(model))
+    assert not any(caches(bench._converted(model, BenchSettings(**CPU), "cpu")))  # .to() empties them
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kwargs: seen.append(caches(m)) or m)
+    bench._torch_steps(model, (3, 64, 64), BenchSettings(**CPU), "cpu", compiled=True)
+    assert len(seen) == 1 and seen[0] and all(seen[0])
 
 
 def test_gpu_backends_convert_model_and_inputs_instead_of_autocast():

@@ -80,15 +80,19 @@ def test_deploy_is_in_place_and_idempotent(name):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
-def test_efficientmod_block_folds_layer_scale_and_merges_f_and_v():
+def test_efficientmod_block_folds_layer_scale_and_feeds_its_dwconv_a_dense_map():
     model = random_model("efficientmod_xxs")
     block = model.stages[0].blocks[1]  # expansion ratio 6
     fused = FusedModulationBlock(copy.deepcopy(block))
-    dim, ratio = block.proj.out_features, block.expansion_ratio
-    assert fused.fv.out_features == dim * (1 + ratio) and fused.fv.in_features == dim
     assert not any("layer_scale" in name for name, _ in fused.named_parameters())
-    x = torch.randn(2, 8, 8, dim)
+    x = torch.randn(2, 8, 8, block.proj.out_features)
     assert max_diff(block, fused, x) <= 1e-5
+    # f is not stacked with v: a strided f would be copied by the convolution first (an extra kernel a GPU pays)
+    seen = []
+    fused.dwconv.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        fused(x)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_attention_block_folds_the_softmax_scale_and_matches_in_export_form(monkeypatch):

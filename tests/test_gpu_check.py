@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
-from efficientmod.dense import speed
+from efficientmod import runtime
+from efficientmod.dense import engine, speed
+from efficientmod.dense.data import fixed_input_shapes, make_loader
 from efficientmod.dense.segmentation import segmentation_loss
 from efficientmod.runtime import optimizer_step
 
@@ -61,17 +66,95 @@ def test_dense_speed_refuses_an_unknown_amp_choice(capsys):
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
 
 
+def test_dense_loader_pins_memory_only_for_a_cuda_device():
+    """non_blocking=True copies overlap the GPU's work only from pinned memory."""
+    data = [torch.zeros(3)] * 2
+    assert make_loader(data, 1, train=False, workers=0, device=torch.device("cuda:1")).pin_memory
+    assert not make_loader(data, 1, train=False, workers=0, device=torch.device("cpu")).pin_memory
+    assert not make_loader(data, 1, train=False, workers=0).pin_memory
+
+
+def test_init_runtime_sets_the_cudnn_autotuner_as_asked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = flags[0].benchmark, flags[0].allow_tf32, flags[1].allow_tf32
+    try:
+        assert runtime.init_runtime("cuda", cudnn_benchmark=False).device == torch.device("cuda:0")
+        assert torch.backends.cudnn.benchmark is False
+        runtime.init_runtime("cuda")
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        flags[0].benchmark, flags[0].allow_tf32, flags[1].allow_tf32 = before
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("task, autotune", [("det", False), ("seg", True), (None, False)])
+def test_dense_training_autotunes_cudnn_only_on_fixed_input_shapes(monkeypatch, tmp_path, task, autotune):
+    """Detection batches change shape at nearly every step (aspect-preserving resize, per-batch
+    padding, a varying number of proposals in the mask head): cuDNN's autotuner would search
+    again each time. Semantic FPN trains on fixed crops, where it pays."""
+    asked = []
+
+    def fake_runtime(device="auto", cudnn_benchmark=True):
+        asked.append(cudnn_benchmark)
+        raise _Stop
+
+    monkeypatch.setattr(engine, "init_runtime", fake_runtime)
+    config = engine.DenseTrainConfig(epochs=1, meta={"task": task} if task else {})
+    with pytest.raises(_Stop):
+        engine.train(nn.Linear(2, 2), [], config, lambda *a: {}, tmp_path)
+    assert asked == [autotune] and fixed_input_shapes(task or "dense") is autotune
+
+
+def test_sigterm_stops_a_bench_run_like_ctrl_c():
+    """gpu_check.sh's deadline sends SIGTERM; the bench then writes the rows it has."""
+    from efficientmod.cli.bench import _terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_gpu_check_refuses_unknown_arguments():
-    result = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True)
-    assert result.returncode == 2 and "usage:" in result.stderr
+    for arguments in (["--bogus"], ["--budget", "soon"], ["--out"]):
+        result = subprocess.run(["bash", str(SCRIPT), *arguments], capture_output=True, text=True)
+        assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_gpu_check_deadline_skips_what_does_not_fit_and_still_writes_the_summary(tmp_path):
+    """A budget too small for any step: every step is skipped and recorded as such (nothing
+    runs), the summary is written and the exit status says the check is incomplete."""
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(SCRIPT.parents[1]),
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--budget", "1", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["budget_s"] == 1 and summary["steps"]["infer_bf16_eager"]["status"] == "skipped"
+    assert {step["status"] for step in summary["steps"].values()} == {"skipped"}
+    assert len(summary["steps"]) == 13 and all(step["expected_s"] > 0 for step in summary["steps"].values())
+    assert not list(tmp_path.glob("*.log"))
 
 
 @pytest.mark.slow  # every command of the GPU check at toy size on the CPU: a few minutes on 2 cores
-def test_gpu_check_dry_run_runs_every_command_on_cpu():
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(SCRIPT.parents[1]))
-    result = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, env=env)
+def test_gpu_check_dry_run_runs_every_command_on_cpu(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(SCRIPT.parents[1]),
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "gpu_check: dry run done" in result.stdout
-    for name in ("infer_eager_compiled", "infer_cudagraphs", "paper_claims", "train_efficientmod_s_compile",
-                 "dense_det", "dense_seg"):
-        assert f"] {name}:" in result.stderr
+    summary = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert {step["status"] for step in summary["steps"].values()} == {"ok"}
+    for name in ("warm", "infer_bf16_eager", "infer_bf16_compiled", "train_efficientmod_s_compile",
+                 "train_mobilevitv2_100_no_compile", "dense_det", "dense_seg", "paper_claims", "infer_fp32_eager"):
+        assert name in summary["steps"]
+    compiled = summary["inference"]["infer_bf16_compiled"]["rows"]
+    assert len(compiled) == 6 and all(row["error"] == "" for row in compiled)
+    assert len(summary["dense"]) == 4 and all(summary["training"].values())

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 
 from efficientmod.bench import (
@@ -59,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per model and backend (default 50)")
     parser.add_argument("--warmup", type=int, default=10,
                         help="untimed calls before timing; they absorb compilation and first-call set-up "
-                        "(default 10; raised to 1 on torch-cuda and compile-cuda, 3 on cudagraph-cuda)")
+                        "(default 10; raised to 1 on the CUDA backends)")
     parser.add_argument("--batch", type=int, default=None,
                         help="throughput batch size (default 16 on CPU backends, 256 on GPU; 0 skips throughput)")
     parser.add_argument("--throughput-runs", type=int, default=10,
@@ -100,7 +102,8 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"efficientmod bench: note: {ours.removeprefix('timm:')} is not registered in this "
               f"library yet; --paper uses {ours}", file=sys.stderr)
     candidates = resolve_models(list(dict.fromkeys(specs)), img_size=args.img_size)
-    report = benchmark(candidates, settings, progress=not args.no_progress)
+    with _terminate_as_interrupt():
+        report = benchmark(candidates, settings, progress=not args.no_progress)
     checks = check_claims(report, claims)
     print(format_report(report))
     if checks:
@@ -112,7 +115,23 @@ def run_bench(args: argparse.Namespace) -> int:
         write_csv(report, args.csv)
     if args.plot:
         plot_accuracy_latency(report, args.plot)
+    if report.interrupted:
+        return 130
     return _exit_status(report, explicit_backends=bool(args.backend))
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (what `timeout` and job schedulers send) stops the run like Ctrl-C: the rows
+    measured so far are still printed and written."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_status(report: BenchReport, explicit_backends: bool) -> int:

@@ -154,11 +154,12 @@ def _add_det_predict(parser: argparse.ArgumentParser) -> None:
 
 def run_det_train(args: argparse.Namespace) -> int:
     from efficientmod.dense.coco import CocoInstances
+    from efficientmod.dense.data import fixed_input_shapes
     from efficientmod.dense.detection import build_detector, detection_loss, detector_meta
     from efficientmod.dense.engine import train
     from efficientmod.runtime import init_runtime
 
-    runtime = init_runtime()
+    runtime = init_runtime(cudnn_benchmark=fixed_input_shapes("det"))
     dataset = CocoInstances(args.images, args.annotations, train=True, masks=args.detector == "mask_rcnn")
     print(f"training on {len(dataset)} image(s), {len(dataset.class_names)} classes; {dataset.skipped}",
           file=sys.stderr)
@@ -293,11 +294,12 @@ def _seg_evaluate(model, dataset, args: argparse.Namespace, output: Path | None)
 
 
 def run_seg_train(args: argparse.Namespace) -> int:
+    from efficientmod.dense.data import fixed_input_shapes
     from efficientmod.dense.engine import train
     from efficientmod.dense.segmentation import build_segmenter, segmentation_loss, segmenter_meta
     from efficientmod.runtime import init_runtime
 
-    runtime = init_runtime()
+    runtime = init_runtime(cudnn_benchmark=fixed_input_shapes("seg"))
     meta = segmenter_meta(args.model, args.num_classes, args.reduce_zero_label, args.resize,
                           fpn_channels=args.fpn_channels, head_channels=args.head_channels,
                           frozen_stages=args.frozen_stages, frozen_bn=args.frozen_bn)

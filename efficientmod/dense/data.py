@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from efficientmod.data import DECODE_ERRORS, load_rgb
 
-__all__ = ["Skipped", "SkipCounter", "read_rgb", "to_tensor", "collate", "make_loader"]
+__all__ = ["Skipped", "SkipCounter", "read_rgb", "to_tensor", "collate", "make_loader", "fixed_input_shapes"]
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,24 @@ def collate(batch: list) -> tuple[list, list, list[Skipped]]:
     return [s[0] for s in kept], [s[1] for s in kept], skipped
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 2, seed: int = 0) -> DataLoader:
+def fixed_input_shapes(task: str) -> bool:
+    """Whether every training step of ``task`` ("det" or "seg") runs on tensors of one shape,
+    which is when cuDNN's autotuner (``cudnn.benchmark``) pays: it times every convolution
+    algorithm once per new shape. Semantic FPN trains on fixed square crops. Detection does
+    not: images are resized keeping their aspect ratio and padded per batch, and the mask
+    head of Mask R-CNN sees a different number of proposals at every step, so the autotuner
+    would search again at nearly every step."""
+    return task == "seg"
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 2, seed: int = 0,
+                device: torch.device | None = None) -> DataLoader:
     """A loader of :func:`collate` batches. For training, a ``DistributedSampler`` (one
     replica when ``torch.distributed`` is not initialised) shuffles by ``seed + epoch`` —
     call ``loader.sampler.set_epoch(epoch)`` — and shards across ranks, so a resumed run
-    draws the epoch order an uninterrupted one draws."""
+    draws the epoch order an uninterrupted one draws. For a CUDA ``device`` the batches
+    come in pinned memory, so that ``to(device, non_blocking=True)`` overlaps the copy
+    with the GPU's work (from pageable memory it would wait)."""
     sampler = None
     if train:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -87,4 +100,5 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 2
         num_workers=workers,
         collate_fn=collate,
         generator=generator,
+        pin_memory=device is not None and torch.device(device).type == "cuda",
     )

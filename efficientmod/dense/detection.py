@@ -144,7 +144,7 @@ def evaluate_coco(model: nn.Module, dataset: CocoInstances, batch_size: int = 2,
     from pycocotools.cocoeval import COCOeval
 
     skipped, results, evaluated = SkipCounter(dataset.skipped), [], []
-    loader = make_loader(dataset, batch_size, train=False, workers=workers)
+    loader = make_loader(dataset, batch_size, train=False, workers=workers, device=next(model.parameters()).device)
     for images, targets, skipped_now in tqdm(loader, desc="evaluate", file=sys.stderr, leave=False):
         for sample in skipped_now:
             skipped.add(sample.reason, sample.path)

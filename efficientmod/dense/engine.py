@@ -33,7 +33,7 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRSchedu
 from timm.scheduler.scheduler import Scheduler
 from tqdm import tqdm
 
-from efficientmod.dense.data import SkipCounter, make_loader
+from efficientmod.dense.data import SkipCounter, fixed_input_shapes, make_loader
 from efficientmod.runtime import (
     AMP_CHOICES,
     LAST_CHECKPOINT,
@@ -204,9 +204,11 @@ def train(
     ``compute_loss(model, inputs, targets)`` returns named losses whose sum is minimised.
     ``resume`` continues a run from its ``last.pth`` (model, optimizer, loss scaler, epoch,
     step, random states). ``runtime`` defaults to :func:`efficientmod.runtime.init_runtime`
-    (``torchrun``'s process group, else one process on the GPU if there is one).
+    (``torchrun``'s process group, else one process on the GPU if there is one), with
+    cuDNN's autotuner on only for a task whose input shapes are fixed
+    (:func:`~efficientmod.dense.data.fixed_input_shapes`).
     """
-    runtime = runtime or init_runtime()
+    runtime = runtime or init_runtime(cudnn_benchmark=fixed_input_shapes(task_of(config)))
     device, output = runtime.device, Path(output)
     last = output / LAST_CHECKPOINT
     if resume is None and last.exists():
@@ -235,7 +237,8 @@ def train(
     if runtime.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    loader = make_loader(dataset, config.batch_size, train=True, workers=config.workers, seed=config.seed)
+    loader = make_loader(dataset, config.batch_size, train=True, workers=config.workers, seed=config.seed,
+                         device=device)
     steps_per_epoch = len(loader)
     last_step, epochs = total_steps(config, steps_per_epoch), num_epochs(config, steps_per_epoch)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)

@@ -310,7 +310,7 @@ def evaluate_segmentation(model: SemanticFPN, dataset: AdeSegmentation, mode: st
     """mIoU, mAcc, aAcc on ``dataset`` (scores resized to each label map's full size),
     with the number of images evaluated and the skip counts."""
     confusion, skipped, evaluated = ConfusionMatrix(model.num_classes), SkipCounter(dataset.skipped), 0
-    loader = make_loader(dataset, 1, train=False, workers=workers)
+    loader = make_loader(dataset, 1, train=False, workers=workers, device=next(model.parameters()).device)
     for images, targets, skipped_now in tqdm(loader, desc="evaluate", file=sys.stderr, leave=False):
         for sample in skipped_now:
             skipped.add(sample.reason, sample.path)

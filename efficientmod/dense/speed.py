@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from efficientmod.dense.data import fixed_input_shapes
 from efficientmod.dense.detection import build_detector, detection_loss
 from efficientmod.dense.segmentation import build_segmenter, segmentation_loss
 from efficientmod.runtime import AMP_CHOICES, amp_dtype, autocast, grad_scaler, optimizer_step
@@ -48,13 +49,15 @@ def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size
             amp: str = "none") -> dict:
     """Images per second of ``steps`` timed iterations after ``warmup`` ones; ``amp`` is the
     training engines' choice (:data:`~efficientmod.runtime.AMP_CHOICES`: autocast dtype,
-    float16 with loss scaling)."""
+    float16 with loss scaling), cuDNN's autotuner set as the task's training sets it
+    (:func:`~efficientmod.dense.data.fixed_input_shapes`)."""
     height, width = size or PAPER_SIZES[task]
     num_classes = PAPER_CLASSES[task]
     run_device = torch.device(device)
     dtype = amp_dtype(amp, run_device)
     if run_device.type == "cuda":
         torch.cuda.set_device(run_device)  # kernels, allocations and the synchronisation on that GPU
+        torch.backends.cudnn.benchmark = fixed_input_shapes(task)
     if task == "det":
         model = build_detector("mask_rcnn", model_name, num_classes, min_size=min(height, width),
                                max_size=max(height, width))
@@ -90,6 +93,7 @@ def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size
     name = torch.cuda.get_device_name(run_device) if run_device.type == "cuda" else "cpu"
     return dict(task=task, mode=mode, model=model_name, size=[height, width], batch_size=batch_size,
                 amp=amp, dtype=str(dtype or torch.float32).removeprefix("torch."), device=name,
+                cudnn_benchmark=run_device.type == "cuda" and torch.backends.cudnn.benchmark,
                 images_per_second=round(steps * batch_size / seconds, 2))
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 
 from efficientmod.checkpoint import register_layout
-from efficientmod.deploy import register_fuser, scaled_linear, stacked_linear, stacked_outputs, static_hwc
+from efficientmod.deploy import register_fuser, scaled_linear, stacked_outputs, static_hwc
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import Stage, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant
@@ -294,20 +294,22 @@ class FusedModulationBlock(nn.Module):
 
     With y = LN(x), the block x + γ ⊙ p(repeat_r(g(GELU(DWConv(f y)))) ⊙ act(v y)) becomes
 
-    * ``[f y, v y] = fv(y)``: f and v read the same y, so one (C → C + rC) matrix multiply
-      (in PyTorch; ONNX gets one Gemm per part, see :func:`~efficientmod.deploy.stacked_outputs`);
     * ``p' = γ ⊙ p``: the layer scale folded into the rows of p;
     * the repeat as a broadcast: (N, r, C) ⊙ (N, 1, C), no r× copy of the context.
 
     Token-wise layers run on a 2-D (tokens × channels) matrix, which ONNX Runtime fuses
-    with the bias into one Gemm.
+    with the bias into one Gemm. f and v stay two matrix multiplies although they read the
+    same y: stacked into one, f would be a strided view of the shared output, and the
+    depthwise convolution copies a strided input to a dense one before it runs (ATen's
+    convolution does, for the CPU and cuDNN alike) — a copy of the map per block for the
+    launch saved (``benchmarks/gpu_h200.md``).
     """
 
     def __init__(self, block: ModulationBlock):
         super().__init__()
         self.expansion_ratio = block.expansion_ratio
         self.norm = block.norm
-        self.fv = stacked_linear(block.ctx.f, block.v)
+        self.f, self.v = block.ctx.f, block.v
         self.dwconv, self.ctx_act, self.g = block.ctx.dwconv, block.ctx.act, block.ctx.g
         self.v_act = block.v_act
         self.proj = scaled_linear(block.proj, block.layer_scale)
@@ -315,10 +317,10 @@ class FusedModulationBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         height, width, dim = static_hwc(x)
         ratio = self.expansion_ratio
-        f, v = stacked_outputs(self.fv.weight, self.fv.bias, self.norm(x).reshape(-1, dim), [dim, ratio * dim])
-        context = self.dwconv(f.reshape(-1, height, width, dim).permute(0, 3, 1, 2))
+        y = self.norm(x).reshape(-1, dim)
+        context = self.dwconv(self.f(y).reshape(-1, height, width, dim).permute(0, 3, 1, 2))
         context = self.g(self.ctx_act(context).permute(0, 2, 3, 1).reshape(-1, dim))
-        v = self.v_act(v)
+        v = self.v_act(self.v(y))
         if ratio == 1:
             modulated = context * v
         else:
