@@ -56,6 +56,9 @@ __all__ = ["IR_NAME", "AGREEMENT_TOLERANCE", "QuantisationAwareTraining", "load_
 
 IR_NAME = "model_int8.xml"  # in the run folder, with model_int8.bin
 AGREEMENT_TOLERANCE = 1.0  # points of top-1 agreement the IR may lose against the fake-quantised model
+# NNCF's PyTorch node types whose inputs stay float (OpenVINO's Multiply / Add): the
+# modulation multiply and the residual adds, whose inputs have the widest ranges.
+FLOAT_TYPES: tuple[str, ...] = ("mul", "add")
 MIN_NNCF = (3, 4)  # nncf.torch.get_config / load_from_config as used here (tested with 3.4)
 
 
@@ -143,14 +146,18 @@ def qat_config(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
     return dataclasses.replace(cfg, **derived)
 
 
-def quantise_model(model: nn.Module, images: list[torch.Tensor], ignored_scope=None) -> nn.Module:
+def quantise_model(model: nn.Module, images: list[torch.Tensor], float_types: tuple[str, ...] | None = None,
+                   ) -> nn.Module:
     """A copy of ``model`` with NNCF's trainable fake quantisers, their ranges calibrated on
     ``images`` (each 1×C×H×W, preprocessed as at inference) by NNCF's post-training
-    quantisation (default CPU placement, fast bias correction)."""
+    quantisation (its CPU placement, fast bias correction), the inputs of the ops of
+    ``float_types`` (default :data:`FLOAT_TYPES`) left in float."""
     nncf = _nncf()
     if not images:
         raise ValueError("no calibration image could be read")
-    return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), ignored_scope=ignored_scope)
+    float_types = FLOAT_TYPES if float_types is None else float_types
+    ignored = nncf.IgnoredScope(types=list(float_types), validate=False) if float_types else None
+    return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), ignored_scope=ignored)
 
 
 def _plain(value):

@@ -121,6 +121,30 @@ def test_quantiser_placement_survives_a_weights_only_checkpoint(float_dir, data,
 
 
 @needs_openvino
+def test_element_wise_ops_can_stay_float(float_dir):
+    """With ``mul`` and ``add`` among the float types NNCF leaves the modulation multiply's
+    inputs in float (its output still feeds an int8 projection): fewer quantisers."""
+    import efficientmod
+    from efficientmod.models.pretrained import from_pretrained
+    from efficientmod.qat import quantise_model
+
+    model = efficientmod.deploy(from_pretrained(float_dir))
+    images = [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def hooks(float_types):
+        from nncf.torch.function_hook.wrapper import get_hook_storage
+
+        return [name for name, _ in get_hook_storage(quantise_model(model, images, float_types)).named_hooks()]
+
+    everywhere, element_wise_float = hooks(()), hooks(("mul", "add"))
+    assert len(element_wise_float) < len(everywhere)
+    # the outputs of the context projection g and the value activation feed the multiply only
+    for producer in ("/g/linear/", "/v_act/gelu/"):
+        assert any(name.startswith("post_hooks") and producer in name for name in everywhere)
+        assert not any(name.startswith("post_hooks") and producer in name for name in element_wise_float)
+
+
+@needs_openvino
 @pytest.mark.slow  # NNCF calibration, one epoch and the OpenVINO conversion: ~30 s on a loaded 2-core machine
 def test_qat_run_writes_a_verified_int8_ir(float_dir, data, tmp_path, capsys):
     from efficientmod.checkpoint import load_weights_only
