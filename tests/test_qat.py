@@ -7,6 +7,7 @@ The refusals need nothing optional; everything else skips (with the reason) when
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,10 @@ def test_qat_run_writes_a_verified_int8_ir(float_dir, data, tmp_path, capsys):
     logits = runtime.run(images)
     assert (logits.argmax(1) == reference.argmax(1)).mean() >= 11 / 12
     assert np.abs(logits - reference).max() < 0.1 * np.abs(reference).max()
+
+    # a resume rebuilds the quantisers from the checkpoint (nothing left to train here)
+    resumed = Trainer(replace(cfg, resume="auto")).fit()
+    assert resumed["epochs"] == 1 and resumed["qat"]["ptq_top1"] == scores["ptq_top1"]
 
     image = next((data / "val" / "ant").iterdir())
     assert main(["predict", str(out / "model_int8.xml"), str(image), "--topk", "2"]) == 0
