@@ -89,7 +89,8 @@ class TrainConfig:
     # -- quantisation-aware fine-tune ------------------------------------------------------
     qat: bool = option(False, "quantisation-aware fine-tune of --init-from into an OpenVINO int8 IR: NNCF fake "
                        "quantisers calibrated on the training images, trained with the rest of the recipe, "
-                       "written as model_int8.xml in the run folder (needs efficientmod[openvino])", bool,
+                       "written as model_int8.xml in the run folder (needs efficientmod[openvino]); the "
+                       "recipe starts from QAT_PRESET (3 epochs at lr 1e-5, no warm-up, EMA or Mixup)", bool,
                        group="quantisation")
     init_from: str | None = option(None, "--qat: the trained float model, a model/ folder (save_pretrained) or "
                                    "a training run folder holding one; it sets --model, --img-size and "

@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import sys
 import warnings
+from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ import torch.nn as nn
 
 from efficientmod.config import TrainConfig
 from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement
+from efficientmod.export.openvino import StaticBatchModel, save_openvino
 
 if TYPE_CHECKING:
     from efficientmod.train import Trainer
@@ -191,33 +193,44 @@ def restore_quantised(model: nn.Module, placement: dict) -> nn.Module:
 
 
 @torch.no_grad()
-def export_int8(qmodel: nn.Module, path: str | Path, batches, metadata: dict, tolerance: float = AGREEMENT_TOLERANCE,
-                ) -> tuple[Path, Agreement, np.ndarray, np.ndarray]:
+def export_int8(qmodel: nn.Module, path: str | Path, batches: Iterable, metadata: dict,
+                tolerance: float = AGREEMENT_TOLERANCE) -> tuple[Path, Agreement, np.ndarray, np.ndarray]:
     """Convert the fake-quantised ``qmodel`` to an OpenVINO int8 IR, run it and ``qmodel`` on
-    ``batches`` (``(images, labels)`` pairs, images preprocessed), require their top-1 /
-    top-5 agreement within ``tolerance`` points of 100, then write ``path`` (.xml + .bin,
-    atomically, a dynamic batch axis, ``metadata`` with precision int8). Returns the path,
-    the agreement, the IR's logits and the labels. Nothing is written when the check fails
-    (:class:`~efficientmod.export.onnx.ExportVerificationError`)."""
+    ``batches`` (``(images, labels)`` pairs, images preprocessed; read once, batch by batch),
+    require their top-1 / top-5 agreement within ``tolerance`` points of 100, then write
+    ``path`` (.xml + .bin, atomically, a dynamic batch axis, ``metadata`` with precision
+    int8). Returns the path, the agreement, the IR's logits and the labels. Nothing is
+    written when the check fails (:class:`~efficientmod.export.onnx.ExportVerificationError`)."""
+    cpu = copy.deepcopy(qmodel).cpu().eval()
+    ov_model = int8 = None
+    reference, logits, labels = [], [], []
+    for images, targets in batches:
+        images = torch.as_tensor(images).float().cpu()
+        if ov_model is None:
+            ov_model, int8 = _convert_int8(cpu, images[:1])
+        reference.append(cpu(images).numpy())
+        logits.append(int8.run(images.numpy()))
+        labels.append(np.asarray(targets))
+    if ov_model is None:
+        raise ValueError(f"{path}: no image to check the int8 IR on")
+    logits = np.concatenate(logits)
+    agreement = check_agreement(prediction_agreement(np.concatenate(reference), logits), tolerance,
+                                f"{path} (OpenVINO int8 vs the fake-quantised PyTorch model)")
+    ov_model.reshape([-1, *int8.image_shape])  # the file keeps a dynamic batch axis whatever was compiled
+    save_openvino(ov_model, path, {**metadata, "precision": "int8"})
+    return Path(path), agreement, logits, np.concatenate(labels)
+
+
+def _convert_int8(qmodel: nn.Module, example: torch.Tensor):
+    """``qmodel`` (CPU, eval) as an ``openvino.Model`` with a dynamic batch axis, and that
+    model compiled per batch size in int8 (:class:`~efficientmod.export.openvino.StaticBatchModel`)."""
     import openvino as ov
 
-    from efficientmod.export.openvino import StaticBatchModel, save_openvino
-
-    cpu = copy.deepcopy(qmodel).cpu().eval()
-    batches = [(torch.as_tensor(images).float().cpu(), np.asarray(labels)) for images, labels in batches]
     with warnings.catch_warnings():  # TorchScript's tracer warns about NNCF's quantisers (constants, as meant)
         warnings.simplefilter("ignore")
-        ov_model = ov.convert_model(cpu, example_input=batches[0][0][:1])
-    input_size = list(batches[0][0].shape[1:])
-    ov_model.reshape([-1, *input_size])
-    int8 = StaticBatchModel(ov_model, "int8")
-    reference = np.concatenate([cpu(images).numpy() for images, _ in batches])
-    logits = np.concatenate([int8.run(images.numpy()) for images, _ in batches])
-    agreement = check_agreement(prediction_agreement(reference, logits), tolerance,
-                                f"{path} (OpenVINO int8 vs the fake-quantised PyTorch model)")
-    ov_model.reshape([-1, *input_size])
-    save_openvino(ov_model, path, {**metadata, "precision": "int8"})
-    return Path(path), agreement, logits, np.concatenate([labels for _, labels in batches])
+        ov_model = ov.convert_model(qmodel, example_input=example)
+    ov_model.reshape([-1, *example.shape[1:]])
+    return ov_model, StaticBatchModel(ov_model, "int8")
 
 
 class QuantisationAwareTraining:
@@ -293,7 +306,7 @@ class QuantisationAwareTraining:
         preprocessing = Preprocessing.of_model(self.float_model, (self.cfg.in_chans, self.cfg.img_size,
                                                                   self.cfg.img_size))
         metadata = onnx_metadata(self.float_model, preprocessing)
-        batches = [(images, labels) for images, labels, _ in trainer.val_loader if len(labels)]
+        batches = ((images, labels) for images, labels, _ in trainer.val_loader if len(labels))
         _, agreement, logits, labels = export_int8(trainer.model, path, batches, metadata)
         self.scores.update(ir_top1=100.0 * float((logits.argmax(axis=1) == labels).mean()),
                            ir_agreement=agreement.top1)
