@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "DEMO_PRESET", "add_config_arguments", "resolve_config", "load_yaml", "save_yaml"]
+__all__ = ["TrainConfig", "DEMO_PRESET", "QAT_PRESET", "add_config_arguments", "resolve_config", "load_yaml",
+           "save_yaml"]
 
 
 # The auto-augment strings timm 1.0.31's create_transform(auto_augment=...) builds: a policy,
@@ -112,6 +113,18 @@ class TrainConfig:
     distill: str = option("soft", "distillation loss with a teacher", str, ("soft", "hard"), group="distillation")
     distill_tau: float = option(1.0, "soft distillation temperature", float, group="distillation")
     distill_alpha: float = option(0.9, "weight of the distillation term", float, group="distillation")
+    # -- quantisation-aware fine-tune ------------------------------------------------------
+    qat: bool = option(False, "quantisation-aware fine-tune of --init-from into an OpenVINO int8 IR: NNCF fake "
+                       "quantisers calibrated on the training images, trained with the rest of the recipe, "
+                       "written as model_int8.xml in the run folder (needs efficientmod[openvino]); the "
+                       "recipe starts from QAT_PRESET (3 epochs at lr 1e-5, no warm-up, EMA or Mixup)", bool,
+                       group="quantisation")
+    init_from: str | None = option(None, "--qat: the trained float model, a model/ folder (save_pretrained) or "
+                                   "a training run folder holding one; it sets --model, --img-size and "
+                                   "--in-chans", str, group="quantisation")
+    calib_samples: int = option(300, "--qat: training images (evaluation preprocessing, spread over the "
+                                "classes) that set the quantisers' ranges before the fine-tune", int,
+                                group="quantisation")
     # -- input ----------------------------------------------------------------------------
     img_size: int | None = option(None, "input side (a multiple of 32); default: the model's", int, group="input")
     in_chans: int | None = option(None, "input channels (default 3; the digits demo uses 1)", int, group="input")
@@ -155,6 +168,8 @@ class TrainConfig:
             raise ValueError("--ckpt-steps, --benchmark-steps, --workers and --cooldown-epochs cannot be negative")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be positive")
+        if self.calib_samples < 1:
+            raise ValueError("--calib-samples must be positive")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,6 +186,16 @@ DEMO_PRESET = dict(
     epochs=8, cooldown_epochs=0, batch_size=64, lr=3e-3, warmup_epochs=1, min_lr=1e-5, weight_decay=0.05,
     mixup=0.0, cutmix=0.0, aa="none", reprob=0.0, drop_path=0.0, ema=False, workers=0, threads=1,
     log_interval=5,
+)
+
+
+# `efficientmod train --qat`: a few epochs at a small learning rate from a trained model, no
+# warm-up, cool-down or EMA, none of the augmentations that would move the weights far from
+# those the quantisers were calibrated for, float32 throughout (the fake quantisers emulate
+# int8 on float32 values), no weight decay (it would shrink the quantisers' trainable ranges).
+QAT_PRESET = dict(
+    epochs=3, cooldown_epochs=0, lr=1e-5, min_lr=1e-6, warmup_epochs=0, weight_decay=0.0, mixup=0.0, cutmix=0.0,
+    aa=None, reprob=0.0, drop_path=0.0, ema=False, amp="none",
 )
 
 

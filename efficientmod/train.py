@@ -242,7 +242,8 @@ RESUME_MAY_CHANGE = frozenset({"output", "resume", "overwrite", "data", "pretrai
                                "ckpt_steps", "tensorboard"})
 
 # What a run writes into its folder; --overwrite deletes exactly these.
-RUN_FILES = ("last.pth", "best.pth", "model", "metrics.csv", "config.yaml", "tensorboard", "model.onnx")
+RUN_FILES = ("last.pth", "best.pth", "model", "metrics.csv", "config.yaml", "tensorboard", "model.onnx",
+             "model_int8.xml", "model_int8.bin")
 
 
 class RunFolderError(ValueError):
@@ -260,6 +261,12 @@ class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig`, then :meth:`fit`."""
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
+        self.qat = None
+        if cfg.qat or cfg.init_from:  # --qat: the model, its input size and channels come from --init-from
+            from efficientmod.qat import QuantisationAwareTraining
+
+            self.qat = QuantisationAwareTraining(cfg)
+            cfg = self.qat.cfg
         if cfg.model is None:
             raise ValueError("--model is required (`efficientmod models` lists the names)")
         if cfg.overwrite and cfg.resume:
@@ -294,8 +301,9 @@ class Trainer:
             self._build_loaders()
         self.updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum_steps)
         self.total_epochs = cfg.epochs + cfg.cooldown_epochs
+        resume_state = None if cfg.benchmark_steps else self._check_run_dir()  # reads only
 
-        self.model = self._build_model(info)
+        self.model = self._build_model(info, resume_state)
         self.optimizer, self.scheduler = self._build_optimizer()
         self.scaler = torch.amp.GradScaler(self.rt.device.type) if self.dtype == torch.float16 else None
         self.ema = self._build_ema()
@@ -306,7 +314,6 @@ class Trainer:
         self.epoch_totals = torch.zeros(3, dtype=torch.float64)  # this epoch's loss sum, steps, bad files
         self.best_top1, self.best_source = -1.0, None
         self.bad_seen: set[str] = set()
-        resume_state = None if cfg.benchmark_steps else self._check_run_dir()  # reads only
         seed_everything(cfg.seed + self.rt.rank)  # each rank its own drop-path and Mixup draws
         if resume_state is not None:
             self._load_state(*resume_state)
@@ -334,8 +341,12 @@ class Trainer:
         self.val_loader = DataLoader(self.data.val, batch_size=cfg.batch_size,
                                      sampler=ShardSampler(len(self.data.val), rt.rank, rt.world), **common)
 
-    def _build_model(self, info) -> nn.Module:
+    def _build_model(self, info, resume_state: tuple[dict, Path] | None) -> nn.Module:
         cfg = self.cfg
+        if self.qat is not None:
+            if self.rt.distributed:
+                raise ValueError("--qat runs on one process (not under torchrun)")
+            return self.qat.build_model(self, None if resume_state is None else resume_state[0])
         drop_path = cfg.drop_path if cfg.drop_path is not None else info.drop_path_rate
         kwargs = dict(num_classes=len(self.class_names), in_chans=self.in_chans)
         if drop_path:
@@ -539,7 +550,7 @@ class Trainer:
             epoch=self.epoch, epoch_step=self.epoch_step, global_step=self.global_step,
             epoch_totals=totals, best_top1=self.best_top1, best_source=self.best_source, rng=rng,
             config=self.cfg.to_dict(), class_names=list(self.class_names), world_size=self.rt.world,
-            preprocessing=self.preprocessing,
+            preprocessing=self.preprocessing, qat=self.qat.state() if self.qat is not None else None,
         )
 
     def save(self, *names: str) -> None:
@@ -556,8 +567,13 @@ class Trainer:
 
     def save_best_model(self, source: str) -> None:
         """``model/`` (save_pretrained, with the run's preprocessing) from the best weights:
-        the raw model's or the EMA's, whichever scored the best top-1."""
+        the raw model's or the EMA's, whichever scored the best top-1; with ``--qat`` the
+        OpenVINO int8 IR ``model_int8.xml`` instead."""
         if not self.rt.main:
+            return
+        if self.qat is not None:
+            with self._writing(self.run_dir / "model_int8.xml"):
+                self.qat.write_ir(self)
             return
         net = self.ema.module if source == "ema" else self.model
         with self._writing(self.run_dir / "model"):
@@ -678,13 +694,13 @@ class Trainer:
                 self.bad_seen.add(path)
                 tqdm.write(f"warning: skipping unreadable file {path} ({reason})", file=sys.stderr)
 
+    def evaluate_model(self, model: nn.Module) -> dict:
+        return evaluate(model, self.val_loader, self.rt.device, self.dtype, self.channels_last, progress=self.rt.main)
+
     def validate(self) -> dict:
-        result = evaluate(self.model, self.val_loader, self.rt.device, self.dtype, self.channels_last,
-                          progress=self.rt.main)
+        result = self.evaluate_model(self.model)
         if self.ema is not None:
-            ema = evaluate(self.ema.module, self.val_loader, self.rt.device, self.dtype, self.channels_last,
-                           progress=self.rt.main)
-            result["ema_top1"] = ema["top1"]
+            result["ema_top1"] = self.evaluate_model(self.ema.module)["top1"]
         return result
 
     def fit(self) -> dict:
@@ -713,12 +729,14 @@ class Trainer:
             if self.log is not None:
                 self.log.close()
         elapsed = time.perf_counter() - started
+        kept = "model_int8.xml" if self.qat is not None else "model/"
         if self.rt.main and val:
             tqdm.write(f"done: {self.epoch} epochs, val top-1 {val['top1']:.2f}% (best {self.best_top1:.2f}%, "
-                       f"{self.best_source} weights, in best.pth and model/), {elapsed:.0f} s; run folder "
+                       f"{self.best_source} weights, in best.pth and {kept}), {elapsed:.0f} s; run folder "
                        f"{self.run_dir}")
+        qat = dict(qat=self.qat.report(self.best_top1)) if self.qat is not None and self.rt.main else {}
         return dict(val, best_top1=self.best_top1, best_source=self.best_source, epochs=self.epoch,
-                    run_dir=str(self.run_dir), time=elapsed)
+                    run_dir=str(self.run_dir), time=elapsed, **qat)
 
     def _start_summary(self) -> None:
         """What the run is about to do, and warnings for settings that make it useless."""
@@ -751,7 +769,7 @@ class Trainer:
         if cfg.warmup_epochs >= cfg.epochs:
             self._say(f"warning: the warm-up ({cfg.warmup_epochs} epochs) is not shorter than the run ({cfg.epochs} "
                       "epochs): the lr never reaches its peak; lower --warmup-epochs")
-        if self.lr < 1e-4:
+        if self.lr < 1e-4 and not cfg.qat:  # a fine-tune of quantisers wants a small lr
             self._say(f"warning: the learning rate is only {self.lr:.2g} (linear scaling to a global batch of "
                       f"{self.global_batch}); a short run may barely move: set --lr for this batch")
 

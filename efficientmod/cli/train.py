@@ -6,7 +6,7 @@ import sys
 import time
 from datetime import datetime
 
-from efficientmod.config import DEMO_PRESET, add_config_arguments, resolve_config
+from efficientmod.config import DEMO_PRESET, QAT_PRESET, add_config_arguments, resolve_config
 from efficientmod.runtime import AMP_CHOICES
 
 TRAIN_EPILOG = """\
@@ -20,6 +20,8 @@ examples:
   efficientmod train --model efficientmod_s --data /data/imagenet --output runs/s --overwrite  # replace a run
   efficientmod train            # no --data: the digits demo (see `efficientmod demo`)
   efficientmod train --model efficientmod_s --data /data/imagenet --grad-accum-steps 8   # one GPU, batch 2048
+  efficientmod train --qat --init-from runs/s --data /data/imagenet --epochs 2 --lr 1e-5 --output runs/s-qat
+                # quantisation-aware int8 fine-tune of a trained run -> runs/s-qat/model_int8.xml (OpenVINO)
 The defaults are the official EfficientMod recipe (docs/training.md); --config recipe.yaml sets any of them.
 Exit status: 0 done, 1 an internal error (named: file, step), 2 bad input or an unusable run folder,
 3 the loss diverged (NaN/inf; the last good checkpoint is kept)."""
@@ -67,7 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
-    if cfg.data is None and not cfg.synthetic:
+    if cfg.qat:  # the fine-tune recipe of a trained model, under the flags and YAML given
+        cfg = resolve_config(args, preset=QAT_PRESET)
+    elif cfg.data is None and not cfg.synthetic:
         print("efficientmod train: no --data given: training the digits demo "
               "(`efficientmod demo` also evaluates, exports and benchmarks it)", file=sys.stderr)
         cfg = resolve_config(args, preset=DEMO_PRESET)
@@ -99,6 +103,8 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = resolve_config(args, preset=preset)
     if cfg.data is not None:
         raise ValueError("the demo trains on the bundled digits; use `efficientmod train --data ...` for a folder")
+    if cfg.qat or cfg.init_from:
+        raise ValueError("the demo trains a float model; quantisation-aware fine-tuning is `efficientmod train --qat`")
     started = time.perf_counter()
     print(f"demo: training {cfg.model} on the digits at {cfg.img_size}x{cfg.img_size}, {cfg.epochs} epochs, "
           f"{cfg.threads or torch.get_num_threads()} CPU thread(s); run folder {cfg.output}", file=sys.stderr)
