@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -110,15 +109,31 @@ def test_dense_training_autotunes_cudnn_only_on_fixed_input_shapes(monkeypatch, 
     assert asked == [autotune] and fixed_input_shapes(task or "dense") is autotune
 
 
-def test_sigterm_stops_a_bench_run_like_ctrl_c():
-    """gpu_check.sh's deadline sends SIGTERM; the bench then writes the rows it has."""
-    from efficientmod.cli.bench import _terminate_as_interrupt
+SIGTERM_CHILD = """
+import signal, sys, time
+from efficientmod.cli.bench import _terminate_as_interrupt
+before = signal.getsignal(signal.SIGTERM)
+try:
+    with _terminate_as_interrupt():
+        print("ready", flush=True)
+        time.sleep(60)
+except KeyboardInterrupt:
+    print("interrupted", signal.getsignal(signal.SIGTERM) is before, flush=True)
+    sys.exit(130)
+"""
 
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
-    assert signal.getsignal(signal.SIGTERM) is before
+
+def test_sigterm_stops_a_bench_run_like_ctrl_c():
+    """gpu_check.sh's deadline sends SIGTERM; the bench then writes the rows it has. Shown in a
+    child process: a signal sent to a pytest-xdist worker would kill the worker."""
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130 and out.split() == ["interrupted", "True"]
 
 
 def test_gpu_check_refuses_unknown_arguments():
