@@ -2,7 +2,7 @@
 
     python benchmarks/executorch_int8.py --work runs/executorch-int8 --json benchmarks/results/executorch_int8.json
 
-Two small models are trained on the CPU with ``efficientmod.train`` (the engine of
+Two small models are trained on the CPU with ``efficientmod.classify.engine`` (the engine of
 ``efficientmod train``), with the recipe of ``benchmarks/int8_accuracy.py`` (OpenVINO / ONNX
 Runtime int8), so the figures line up:
 
@@ -37,11 +37,11 @@ from int8_accuracy import PATCH, digits_data, folder_data, make_photo_patches, t
 
 from efficientmod.bench import environment
 from efficientmod.checkpoint import atomic_write
-from efficientmod.config import DEMO_PRESET, TrainConfig
-from efficientmod.deploy import deploy
+from efficientmod.classify.config import DEMO_PRESET, TrainConfig
+from efficientmod.classify.predict import Preprocessing, onnx_metadata
 from efficientmod.export.calibration import run_batched
 from efficientmod.export.executorch import ExecutorchRuntime, export_executorch
-from efficientmod.predict import Preprocessing, onnx_metadata
+from efficientmod.fuse import deploy
 
 VARIANTS = (("fp32", "gemm"), ("int8", "gemm"), ("int8", "all"))
 

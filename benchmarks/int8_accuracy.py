@@ -2,7 +2,7 @@
 
     python benchmarks/int8_accuracy.py --work runs/int8-accuracy --json benchmarks/results/int8_accuracy.json
 
-Two small models are trained on the CPU with ``efficientmod.train`` (the same engine as
+Two small models are trained on the CPU with ``efficientmod.classify.engine`` (the same engine as
 ``efficientmod train``) and exported with the same functions as ``efficientmod export``:
 
 * **digits**: the ``efficientmod demo`` recipe (efficientmod_xxs, scikit-learn's digits at
@@ -31,15 +31,15 @@ from PIL import Image
 
 from efficientmod.bench import environment
 from efficientmod.checkpoint import atomic_write
-from efficientmod.config import DEMO_PRESET, TrainConfig
-from efficientmod.deploy import deploy
+from efficientmod.classify.config import DEMO_PRESET, TrainConfig
+from efficientmod.classify.engine import train
+from efficientmod.classify.predict import Preprocessing, onnx_metadata
 from efficientmod.export import export_verified, load_runtime
 from efficientmod.export.calibration import calibration_files, read_calibration_images, run_batched
 from efficientmod.export.openvino import export_openvino
 from efficientmod.export.quantize import export_onnx_int8
+from efficientmod.fuse import deploy
 from efficientmod.models.pretrained import from_pretrained
-from efficientmod.predict import Preprocessing, onnx_metadata
-from efficientmod.train import train
 
 PHOTOS = ("astronaut", "cat", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "brick", "grass", "gravel", "camera", "coins")
@@ -75,7 +75,7 @@ def train_model(cfg: TrainConfig) -> torch.nn.Module:
 
 
 def digits_data(img_size: int):
-    from efficientmod.data import digits_datasets
+    from efficientmod.classify.data import digits_datasets
 
     train_set, val_set = digits_datasets(img_size, seed=0)
     val = [val_set[i] for i in range(len(val_set))]

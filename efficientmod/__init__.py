@@ -19,9 +19,7 @@ _PUBLIC = {
     "load_checkpoint": "efficientmod.checkpoint",
     "from_pretrained": "efficientmod.models.pretrained",
     "load_runtime": "efficientmod.export",
-    # the function shares its module's name; an `import efficientmod.deploy` that comes
-    # first binds the module here instead, and that module is callable (efficientmod.deploy)
-    "deploy": "efficientmod.deploy",
+    "deploy": "efficientmod.fuse",
 }
 __all__ = [
     "create_model", "list_models", "model_info", "load_checkpoint", "from_pretrained", "deploy", "load_runtime",
@@ -29,8 +27,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from efficientmod.checkpoint import load_checkpoint
-    from efficientmod.deploy import deploy
     from efficientmod.export import load_runtime
+    from efficientmod.fuse import deploy
     from efficientmod.models import create_model, list_models, model_info
     from efficientmod.models.pretrained import from_pretrained
 

@@ -55,6 +55,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from efficientmod.checkpoint import atomic_write
+from efficientmod.fuse import deploy
 
 __all__ = [
     "count_params", "count_macs", "BACKENDS", "DTYPES", "Candidate", "BenchSettings", "BenchRow",
@@ -670,13 +671,6 @@ def _paper_results() -> dict:
     return json.loads(PAPER_RESULTS.read_text())
 
 
-def _deploy(model: nn.Module, label: str) -> nn.Module:
-    try:
-        deploy = importlib.import_module("efficientmod.deploy").deploy
-    except ModuleNotFoundError:
-        raise ValueError(f"{label}: '@deploy' needs efficientmod.deploy, which this version lacks") from None
-    return deploy(model) or model
-
 
 def _timm_candidate(name: str, img_size: int | None) -> Candidate:
     import timm
@@ -758,7 +752,7 @@ def resolve_models(specs: Iterable[str], img_size: int | None = None) -> list[Ca
         else:
             candidate = _registry_candidate(name, img_size)
         if suffix:
-            candidate.model = _deploy(candidate.model.eval(), spec)
+            candidate.model = deploy(candidate.model.eval())
             candidate.label = spec
         candidates.append(candidate)
     return candidates

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from efficientmod.classify.config import DEMO_PRESET, TrainConfig
+from efficientmod.classify.data import ImageFolder, apply_transform, posterize, seeded, train_transform
 from efficientmod.cli import main
-from efficientmod.config import DEMO_PRESET, TrainConfig
-from efficientmod.data import ImageFolder, apply_transform, posterize, seeded, train_transform
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the viz extra) ships the real photos")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")

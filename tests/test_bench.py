@@ -6,7 +6,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import sys
 import time
 import types
 
@@ -282,20 +281,12 @@ def test_unknown_models_name_the_closest(spec, message):
         resolve_models([spec])
 
 
-def test_deploy_suffix_applies_efficientmod_deploy(monkeypatch):
-    deployed = []
-    fake = types.ModuleType("efficientmod.deploy")
-    fake.deploy = lambda model: deployed.append(model) or model
-    monkeypatch.setitem(sys.modules, "efficientmod.deploy", fake)
+def test_deploy_suffix_applies_efficientmod_deploy():
+    from efficientmod.fuse import is_deployed
+
     (candidate,) = resolve_models(["efficientmod_xxs@deploy"], img_size=32)
-    assert candidate.label == "efficientmod_xxs@deploy" and deployed == [candidate.model]
+    assert candidate.label == "efficientmod_xxs@deploy" and is_deployed(candidate.model)
     assert not candidate.model.training
-
-
-def test_deploy_suffix_without_the_deploy_module_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "efficientmod.deploy", None)
-    with pytest.raises(ValueError, match="'@deploy' needs efficientmod.deploy"):
-        resolve_models(["efficientmod_xxs@deploy"])
 
 
 # --------------------------------------------------------------------------- the command

@@ -10,7 +10,7 @@ import sys
 import efficientmod
 from efficientmod.cli import main
 
-HEAVY = ("timm", "torchvision", "efficientmod.models", "efficientmod.train", "efficientmod.dense.engine",
+HEAVY = ("timm", "torchvision", "efficientmod.models", "efficientmod.classify.engine", "efficientmod.dense.engine",
          "onnx", "onnxruntime", "matplotlib")
 
 # in a fresh interpreter: every command's --help, noting what each one imported

@@ -11,8 +11,8 @@ import torch
 from synthetic_images import make_bad_files, make_image_folder
 from torch.utils.data import DataLoader
 
-from efficientmod.config import TrainConfig
-from efficientmod.data import (
+from efficientmod.classify.config import TrainConfig
+from efficientmod.classify.data import (
     ImageFolder,
     ShardSampler,
     TrainSampler,
@@ -121,7 +121,7 @@ def test_digits_split_and_range():
 def test_16_bit_png_is_scaled_not_saturated(tmp_path):
     from PIL import Image
 
-    from efficientmod.data import load_image
+    from efficientmod.classify.data import load_image
 
     rng = np.random.default_rng(0)
     deep = rng.integers(0, 65536, (24, 40), dtype=np.uint16)
@@ -137,7 +137,7 @@ def test_16_bit_png_is_scaled_not_saturated(tmp_path):
 def test_exif_orientation_is_applied(tmp_path):
     from PIL import Image
 
-    from efficientmod.data import load_image
+    from efficientmod.classify.data import load_image
 
     pixels = np.zeros((20, 30, 3), dtype=np.uint8)
     pixels[:, :10] = 255  # white left third
@@ -152,7 +152,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_huge_images_are_decoded_reduced_or_skipped(tmp_path, monkeypatch):
     from PIL import Image
 
-    import efficientmod.data as data
+    import efficientmod.classify.data as data
 
     monkeypatch.setattr(data, "MAX_DECODE_PIXELS", 40 * 40)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 96, 3), dtype=np.uint8))

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import efficientmod
-from efficientmod.deploy import is_deployed
+from efficientmod.fuse import is_deployed
 from efficientmod.models.efficientmod import AttentionBlock, FusedAttentionBlock, FusedModulationBlock, ModulationBlock
 
 ALL_MODELS = efficientmod.list_models()
@@ -180,7 +180,7 @@ def test_mobilevitv2_attention_pools_keys_before_projecting_them():
 def test_a_family_registers_its_own_fuser():
     """What a new family does: register the fused form of its block; deploy finds it by
     exact type, fuses inside it afterwards, and refuses a second fuser for the same type."""
-    from efficientmod.deploy import register_fuser, scaled_linear
+    from efficientmod.fuse import register_fuser, scaled_linear
     from efficientmod.models.layers import LinearNorm
 
     class ScaledLinear(nn.Module):  # y = s ⊙ (W x + b), the layer scale pattern

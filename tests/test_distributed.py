@@ -16,9 +16,9 @@ import pytest
 import torch
 from synthetic_images import make_image_folder
 
+from efficientmod.classify.config import resolve_config
+from efficientmod.classify.engine import Trainer
 from efficientmod.cli import build_parser, main
-from efficientmod.config import resolve_config
-from efficientmod.train import Trainer
 
 RECIPE = ["--model", "efficientmod_xxs", "--img-size", "32", "--workers", "0", "--epochs", "1",
           "--cooldown-epochs", "0", "--opt", "sgd", "--lr", "0.05", "--weight-decay", "0", "--warmup-epochs", "0",

@@ -229,7 +229,7 @@ def test_save_pretrained_round_trip(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["efficientvit_m0", "mobilevitv2_050"])
 def test_deploy_folds_every_batchnorm(name):
-    from efficientmod.deploy import deploy
+    from efficientmod.fuse import deploy
 
     model = perturb_(efficientmod.create_model(name)).eval()
     x = torch.randn(2, 3, 96, 96)

@@ -1,5 +1,5 @@
 """The package's house rules: no import cycle, deployment and visualisation free of the model
-families, a cheap ``import efficientmod``, and ``efficientmod.deploy`` usable in any import order."""
+families, a cheap ``import efficientmod``, and ``efficientmod.deploy`` the fusion function."""
 from __future__ import annotations
 
 import ast
@@ -101,7 +101,7 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("module", ["efficientmod.deploy", "efficientmod.viz", "efficientmod.checkpoint"])
+@pytest.mark.parametrize("module", ["efficientmod.fuse", "efficientmod.viz", "efficientmod.checkpoint"])
 def test_generic_modules_import_no_model_family(module):
     graph = import_graph()
     seen, todo = set(), [module]
@@ -129,7 +129,7 @@ def test_every_module_imports_in_a_fresh_interpreter():
 
 def test_import_efficientmod_is_light():
     result = _run("import sys, efficientmod\n"
-                  "heavy = sorted(m for m in ('timm', 'torchvision', 'efficientmod.models', 'efficientmod.deploy')"
+                  "heavy = sorted(m for m in ('timm', 'torchvision', 'efficientmod.models', 'efficientmod.fuse')"
                   " if m in sys.modules)\n"
                   "print(heavy, efficientmod.__version__)")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -137,18 +137,14 @@ def test_import_efficientmod_is_light():
     assert heavy == "[]" and version.strip()
 
 
-@pytest.mark.parametrize("order", ["module_first", "function_first"])
-def test_deploy_function_works_in_either_import_order(order):
-    first = "import efficientmod.deploy" if order == "module_first" else "efficientmod.deploy"
+def test_deploy_is_the_fusion_function():
     result = _run("import torch, efficientmod\n"
-                  f"{first}\n"
-                  "import efficientmod.deploy\n"
-                  "from efficientmod.deploy import is_deployed\n"
+                  "import efficientmod.fuse\n"
+                  "assert efficientmod.deploy is efficientmod.fuse.deploy\n"
                   "model = efficientmod.create_model('efficientvit_m0', num_classes=3)\n"
                   "x = torch.randn(1, 3, 64, 64)\n"
                   "expected = model.eval()(x)\n"
-                  "assert callable(efficientmod.deploy), type(efficientmod.deploy)\n"
-                  "assert efficientmod.deploy(model) is model and is_deployed(model)\n"
+                  "assert efficientmod.deploy(model) is model and efficientmod.fuse.is_deployed(model)\n"
                   "assert (model(x) - expected).abs().max() < 1e-4\n"
                   "print('ok')")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

@@ -16,8 +16,8 @@ import torch
 from synthetic_images import make_image_folder
 from test_deploy import random_model
 
+from efficientmod.classify.config import QAT_PRESET, TrainConfig
 from efficientmod.cli import main
-from efficientmod.config import QAT_PRESET, TrainConfig
 from efficientmod.models import model_info
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
@@ -105,8 +105,8 @@ def test_quantiser_placement_survives_a_weights_only_checkpoint(float_dir, data,
     fake-quantised model (what --resume relies on)."""
     import efficientmod
     from efficientmod.checkpoint import load_weights_only
+    from efficientmod.classify.qat import quantise_model, quantiser_placement, restore_quantised
     from efficientmod.models.pretrained import from_pretrained
-    from efficientmod.qat import quantise_model, quantiser_placement, restore_quantised
 
     model = efficientmod.deploy(from_pretrained(float_dir))
     images = [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
@@ -126,8 +126,8 @@ def test_element_wise_ops_can_stay_float(float_dir):
     """With ``mul`` and ``add`` among the float types NNCF leaves the modulation multiply's
     inputs in float (its output still feeds an int8 projection): fewer quantisers."""
     import efficientmod
+    from efficientmod.classify.qat import quantise_model
     from efficientmod.models.pretrained import from_pretrained
-    from efficientmod.qat import quantise_model
 
     model = efficientmod.deploy(from_pretrained(float_dir))
     images = [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
@@ -149,12 +149,12 @@ def test_element_wise_ops_can_stay_float(float_dir):
 @pytest.mark.slow  # NNCF calibration, one epoch and the OpenVINO conversion: ~30 s on a loaded 2-core machine
 def test_qat_run_writes_a_verified_int8_ir(float_dir, data, tmp_path, capsys):
     from efficientmod.checkpoint import load_weights_only
+    from efficientmod.classify.engine import Trainer
+    from efficientmod.classify.predict import Preprocessing
+    from efficientmod.classify.qat import restore_quantised
     from efficientmod.export import load_runtime
     from efficientmod.export.calibration import read_calibration_images
     from efficientmod.models.pretrained import from_pretrained
-    from efficientmod.predict import Preprocessing
-    from efficientmod.qat import restore_quantised
-    from efficientmod.train import Trainer
 
     out = tmp_path / "qat"
     cfg = TrainConfig(**dict(QAT_PRESET, qat=True, init_from=str(float_dir.parent), data=str(data), output=str(out),

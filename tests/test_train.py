@@ -18,9 +18,9 @@ import yaml
 from synthetic_images import make_bad_files, make_image_folder
 
 from efficientmod import create_model
+from efficientmod.classify.config import TrainConfig, load_yaml, resolve_config
+from efficientmod.classify.engine import DistillationLoss, Trainer
 from efficientmod.cli import build_parser, main
-from efficientmod.config import TrainConfig, load_yaml, resolve_config
-from efficientmod.train import DistillationLoss, Trainer
 
 TINY = ["--model", "efficientmod_xxs", "--img-size", "32", "--batch-size", "4", "--workers", "0",
         "--log-interval", "2", "--warmup-epochs", "1", "--lr", "1e-3", "--cooldown-epochs", "0"]
@@ -237,7 +237,7 @@ def test_help_documents_every_option(capsys):
 def test_synthetic_benchmark_measures_images_per_second(tmp_path, monkeypatch):
     """A stand-in clock on which each training step takes 0.25 s and fetching a batch no time:
     2 timed steps of 2 images (after the 10 warm-up steps) are 4 images in 0.5 s."""
-    import efficientmod.train as train_module
+    import efficientmod.classify.engine as train_module
 
     now, steps = [0.0], []
     real_step = Trainer.train_step
@@ -355,7 +355,7 @@ def test_mixed_precision_channels_last_and_clipping(amp):
 def test_a_failing_transform_exits_1_naming_file_and_step(folder, tmp_path, monkeypatch, capsys):
     """A bug in the pipeline (here a step raising ValueError, as Pillow 13's posterize did)
     is not bad input: exit 1, one line naming the file and the step, not exit 2."""
-    import efficientmod.train as engine
+    import efficientmod.classify.engine as engine
 
     def broken(cfg, img_size, mean, std):
         def posterize_zero(image):

@@ -25,7 +25,7 @@ COMMAND_MODULES = [
     "efficientmod.cli.bench",
     "efficientmod.cli.viz",
     "efficientmod.cli.train",
-    "efficientmod.cli.deploy",
+    "efficientmod.cli.export",
     "efficientmod.cli.dense",
 ]
 

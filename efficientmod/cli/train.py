@@ -6,7 +6,7 @@ import sys
 import time
 from datetime import datetime
 
-from efficientmod.config import DEMO_PRESET, QAT_PRESET, add_config_arguments, resolve_config
+from efficientmod.classify.config import DEMO_PRESET, QAT_PRESET, add_config_arguments, resolve_config
 from efficientmod.runtime import AMP_CHOICES
 
 TRAIN_EPILOG = """\
@@ -75,14 +75,14 @@ def run_train(args: argparse.Namespace) -> int:
         print("efficientmod train: no --data given: training the digits demo "
               "(`efficientmod demo` also evaluates, exports and benchmarks it)", file=sys.stderr)
         cfg = resolve_config(args, preset=DEMO_PRESET)
-    from efficientmod.train import train
+    from efficientmod.classify.engine import train
 
     train(cfg)
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from efficientmod.evaluate import evaluate_checkpoint
+    from efficientmod.classify.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.model, args.checkpoint, args.data, split=args.split,
                                  batch_size=args.batch_size, workers=args.workers, img_size=args.img_size,
@@ -96,8 +96,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from efficientmod.demo import DEMO_TARGET_TOP1, demo_report
-    from efficientmod.train import train
+    from efficientmod.classify.demo import DEMO_TARGET_TOP1, demo_report
+    from efficientmod.classify.engine import train
 
     preset = dict(DEMO_PRESET, output=f"runs/demo-{datetime.now():%Y%m%d-%H%M%S}")  # never an old run
     cfg = resolve_config(args, preset=preset)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 
 from efficientmod.checkpoint import register_layout
-from efficientmod.deploy import register_fuser, scaled_linear, stacked_outputs, static_hwc
+from efficientmod.fuse import register_fuser, scaled_linear, stacked_outputs, static_hwc
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import Stage, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant

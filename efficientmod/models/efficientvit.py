@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from timm.layers import SqueezeExcite
 
 from efficientmod.checkpoint import register_layout, rename_keys
-from efficientmod.deploy import register_fuser
+from efficientmod.fuse import register_fuser
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import ConvNorm, LinearNorm, Stage, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant

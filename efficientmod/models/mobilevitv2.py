@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.layers import ConvMlp, make_divisible
 
 from efficientmod.checkpoint import register_layout, rename_keys
-from efficientmod.deploy import conv1x1_from, register_fuser
+from efficientmod.fuse import conv1x1_from, register_fuser
 from efficientmod.models.base import Backbone
 from efficientmod.models.layers import ConvNorm, ConvNormAct, drop_path_or_identity
 from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant

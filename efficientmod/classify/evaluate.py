@@ -1,5 +1,5 @@
 """Evaluation: top-1, top-5 and loss of a model on a folder of images (or any loader of
-:class:`~efficientmod.data.Batch`), synchronised over the processes of a distributed run."""
+:class:`~efficientmod.classify.data.Batch`), synchronised over the processes of a distributed run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from efficientmod.data import ImageFolder, ShardSampler, check_image_folders, collate_skipping_bad, eval_transform
+from efficientmod.classify.data import (
+    ImageFolder,
+    ShardSampler,
+    check_image_folders,
+    collate_skipping_bad,
+    eval_transform,
+)
 from efficientmod.runtime import amp_dtype, autocast, read_train_checkpoint
 
 __all__ = ["evaluate", "evaluate_checkpoint"]

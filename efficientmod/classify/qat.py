@@ -9,10 +9,10 @@ int8 will run, the forward pass sees int8's errors, gradients pass the rounding 
 (the straight-through estimator, Bengio et al., 2013) and the quantisers' ranges are
 trained with the weights (NNCF's quantisers; as in LSQ, Esser et al., 2020).
 
-The flow, one :class:`~efficientmod.train.Trainer` run with this module's hooks:
+The flow, one :class:`~efficientmod.classify.engine.Trainer` run with this module's hooks:
 
 1. ``--init-from``: a trained float model (a ``save_pretrained`` folder or a run folder
-   holding ``model/``) is :func:`~efficientmod.deploy.deploy`\\ ed — BatchNorm and layer
+   holding ``model/``) is :func:`~efficientmod.fuse.deploy`\\ ed — BatchNorm and layer
    scales folded, projections merged — so the quantisers sit on the weights and
    activations OpenVINO will run in int8 (the same graph ``efficientmod export`` quantises),
    and no BatchNorm statistics drift during the fine-tune. The deployed blocks keep plain
@@ -22,7 +22,7 @@ The flow, one :class:`~efficientmod.train.Trainer` run with this module's hooks:
    the fake quantisers (NNCF's placement for the CPU, :data:`FLOAT_TYPES`): the starting
    point, scored on the validation set next to the float model.
 3. The normal training loop fine-tunes weights and quantiser ranges (``QAT_PRESET`` of
-   :mod:`efficientmod.config`: a few epochs at a small learning rate, no heavy
+   :mod:`efficientmod.classify.config`: a few epochs at a small learning rate, no heavy
    augmentation), evaluating the fake-quantised model every epoch; checkpoints hold the
    quantiser placement (``nncf.torch.get_config``, plain containers) beside the weights.
 4. Each best epoch is converted to OpenVINO (``openvino.convert_model``: the fake
@@ -46,12 +46,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from efficientmod.config import TrainConfig
+from efficientmod.classify.config import TrainConfig
 from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement
 from efficientmod.export.openvino import StaticBatchModel, save_openvino
 
 if TYPE_CHECKING:
-    from efficientmod.train import Trainer
+    from efficientmod.classify.engine import Trainer
 
 __all__ = ["IR_NAME", "AGREEMENT_TOLERANCE", "FLOAT_TYPES", "QuantisationAwareTraining", "load_float_model",
            "quantise_model", "quantiser_placement", "restore_quantised", "export_int8", "check_qat_options"]
@@ -234,7 +234,7 @@ def _convert_int8(qmodel: nn.Module, example: torch.Tensor):
 
 
 class QuantisationAwareTraining:
-    """What ``--qat`` adds to a :class:`~efficientmod.train.Trainer`: the float model of
+    """What ``--qat`` adds to a :class:`~efficientmod.classify.engine.Trainer`: the float model of
     ``--init-from`` (deployed), its quantised copy, the IR of each best epoch, and the
     fp32 / post-training / QAT comparison at the end."""
 
@@ -260,7 +260,7 @@ class QuantisationAwareTraining:
     def build_model(self, trainer: Trainer, resume_state: dict | None) -> nn.Module:
         """The deployed float model with fake quantisers: restored from the checkpoint to
         resume, else calibrated (and the float and post-training top-1 measured)."""
-        from efficientmod.deploy import deploy
+        from efficientmod.fuse import deploy
 
         self.check_data(trainer.class_names, trainer.preprocessing)
         float_model = deploy(self.float_model.to(trainer.rt.device))
@@ -283,7 +283,7 @@ class QuantisationAwareTraining:
     def _calibration_images(self, trainer: Trainer) -> list[torch.Tensor]:
         """``--calib-samples`` training images through the evaluation transform, spread
         evenly over the (class-ordered) training set; unreadable files skipped."""
-        from efficientmod.data import BadSample, ImageFolder, digits_datasets
+        from efficientmod.classify.data import BadSample, ImageFolder, digits_datasets
 
         cfg = self.cfg
         if cfg.data is None:
@@ -300,7 +300,7 @@ class QuantisationAwareTraining:
 
     def write_ir(self, trainer: Trainer) -> Path:
         """The model's IR as ``model_int8.xml`` in the run folder, checked on the validation set."""
-        from efficientmod.predict import Preprocessing, onnx_metadata
+        from efficientmod.classify.predict import Preprocessing, onnx_metadata
 
         path = trainer.run_dir / IR_NAME
         preprocessing = Preprocessing.of_model(self.float_model, (self.cfg.in_chans, self.cfg.img_size,

@@ -14,12 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from efficientmod.bench import BenchSettings, Candidate, benchmark, count_macs, count_params
-from efficientmod.config import TrainConfig
-from efficientmod.data import collate_skipping_bad, digits_datasets
-from efficientmod.evaluate import evaluate
+from efficientmod.classify.config import TrainConfig
+from efficientmod.classify.data import collate_skipping_bad, digits_datasets
+from efficientmod.classify.evaluate import evaluate
+from efficientmod.classify.predict import Preprocessing, onnx_metadata
 from efficientmod.export import export_onnx
 from efficientmod.models.pretrained import from_pretrained
-from efficientmod.predict import Preprocessing, onnx_metadata
 
 __all__ = ["DEMO_TARGET_TOP1", "demo_report", "onnx_top1"]
 

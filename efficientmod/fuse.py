@@ -23,8 +23,6 @@ no drop path).
 """
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
 
 import torch
@@ -87,18 +85,6 @@ def deploy(model: nn.Module, channels_last: bool | None = None) -> nn.Module:
 
 def is_deployed(model: nn.Module) -> bool:
     return bool(getattr(model, "deployed", False))
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`deploy`: ``efficientmod.deploy`` names the function
-    (the lazy public API) or, when ``import efficientmod.deploy`` ran first, this module —
-    ``efficientmod.deploy(model)`` works either way."""
-
-    def __call__(self, model: nn.Module, channels_last: bool | None = None) -> nn.Module:
-        return deploy(model, channels_last=channels_last)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 @torch.no_grad()

@@ -137,7 +137,7 @@ def _bounded_open(path: str | Path) -> Image.Image:
             return image
     image.close()
     raise Image.DecompressionBombError(f"{width}x{height} pixels is over the {MAX_DECODE_PIXELS:,}-pixel "
-                                       "decode limit (efficientmod.data.MAX_DECODE_PIXELS)")
+                                       "decode limit (efficientmod.classify.data.MAX_DECODE_PIXELS)")
 
 
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:

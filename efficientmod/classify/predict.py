@@ -1,7 +1,7 @@
 """Classify image files with a deployed model or an exported ONNX file.
 
 The straight line: :func:`load_model` (a registered name + checkpoint, or a
-``save_pretrained`` folder) → :func:`~efficientmod.deploy.deploy` → :class:`Predictor`
+``save_pretrained`` folder) → :func:`~efficientmod.fuse.deploy` → :class:`Predictor`
 (or :meth:`Predictor.from_file`, which reads what it needs from the file's metadata) →
 :meth:`Predictor.predict_files`. Each model brings its own preprocessing (input size,
 mean / std, interpolation, crop fraction from the registry) and its class names: those
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from efficientmod.data import DECODE_ERRORS
+from efficientmod.classify.data import DECODE_ERRORS
 from efficientmod.runtime import read_train_checkpoint
 
 __all__ = [
@@ -67,8 +67,8 @@ class Preprocessing:
 
     def load(self, path: str | os.PathLike) -> torch.Tensor:
         """The image file as a (C, H, W) tensor, decoded by the loader training uses
-        (:func:`efficientmod.data.load_image`); Pillow's errors pass through."""
-        from efficientmod.data import load_image
+        (:func:`efficientmod.classify.data.load_image`); Pillow's errors pass through."""
+        from efficientmod.classify.data import load_image
 
         return self.transform(load_image(path, "L" if self.input_size[0] == 1 else "RGB"))
 
@@ -163,7 +163,7 @@ class Predictor:
     @classmethod
     def from_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> Predictor:
         """Deploy ``model`` (in place) and run it on its registry's preprocessing."""
-        from efficientmod.deploy import deploy
+        from efficientmod.fuse import deploy
 
         deploy(model)
         device = next(model.parameters()).device

@@ -95,7 +95,7 @@ def _add_model_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None
 
 
 def _input_size(model, pixels: list[int] | None) -> tuple[int, int, int]:
-    from efficientmod.predict import Preprocessing
+    from efficientmod.classify.predict import Preprocessing
 
     if pixels is None:  # what the model was trained on (save_pretrained / training checkpoint), else the registry's
         return Preprocessing.of_model(model).input_size
@@ -109,9 +109,9 @@ def _input_size(model, pixels: list[int] | None) -> tuple[int, int, int]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from efficientmod.deploy import deploy
+    from efficientmod.classify.predict import Preprocessing, load_model, onnx_metadata
     from efficientmod.export import ExportVerificationError, export_verified
-    from efficientmod.predict import Preprocessing, load_model, onnx_metadata
+    from efficientmod.fuse import deploy
 
     fmt = _export_format(args)
     model = load_model(args.model, args.checkpoint)
@@ -242,7 +242,7 @@ def _is_exported(path: str) -> bool:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from efficientmod.predict import Predictor, load_model
+    from efficientmod.classify.predict import Predictor, load_model
 
     if args.topk < 1 or args.batch_size < 1:
         raise ValueError("--topk and --batch-size must be positive")

@@ -16,7 +16,7 @@ the EMA weights beats every earlier epoch's top-1 (which one is recorded). Each 
 holds the model, EMA, optimizer, scheduler, loss scaler, counters, the epoch's loss sums,
 every rank's RNG states, the recipe, the class names and the preprocessing, as tensors and
 plain containers only (read back with ``torch.load(weights_only=True)``). With the
-sample-level seeding of :mod:`efficientmod.data`, a resumed run repeats the uninterrupted
+sample-level seeding of :mod:`efficientmod.classify.data`, a resumed run repeats the uninterrupted
 one step for step, ``metrics.csv`` included. The run folder is checked before anything is
 written: an earlier run is never overwritten unless asked (``--overwrite``), a resume
 with another model or recipe is refused.
@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from efficientmod.checkpoint import atomic_write, load_checkpoint
-from efficientmod.config import TrainConfig, save_yaml
-from efficientmod.data import (
+from efficientmod.classify.config import TrainConfig, save_yaml
+from efficientmod.classify.data import (
     ImageFolder,
     ShardSampler,
     TrainSampler,
@@ -57,7 +57,7 @@ from efficientmod.data import (
     eval_transform,
     train_transform,
 )
-from efficientmod.evaluate import evaluate
+from efficientmod.classify.evaluate import evaluate
 from efficientmod.models import create_model, model_info
 from efficientmod.runtime import (
     Runtime,
@@ -263,7 +263,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
         self.qat = None
         if cfg.qat or cfg.init_from:  # --qat: the model, its input size and channels come from --init-from
-            from efficientmod.qat import QuantisationAwareTraining
+            from efficientmod.classify.qat import QuantisationAwareTraining
 
             self.qat = QuantisationAwareTraining(cfg)
             cfg = self.qat.cfg
