@@ -38,10 +38,11 @@ from int8_accuracy import PATCH, digits_data, folder_data, make_photo_patches, t
 from efficientmod.bench import environment
 from efficientmod.checkpoint import atomic_write
 from efficientmod.classify.config import DEMO_PRESET, TrainConfig
-from efficientmod.classify.predict import Preprocessing, onnx_metadata
+from efficientmod.classify.predict import onnx_metadata
 from efficientmod.export.calibration import run_batched
 from efficientmod.export.executorch import ExecutorchRuntime, export_executorch
 from efficientmod.fuse import deploy
+from efficientmod.preprocessing import Preprocessing
 
 VARIANTS = (("fp32", "gemm"), ("int8", "gemm"), ("int8", "all"))
 

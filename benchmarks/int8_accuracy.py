@@ -33,13 +33,14 @@ from efficientmod.bench import environment
 from efficientmod.checkpoint import atomic_write
 from efficientmod.classify.config import DEMO_PRESET, TrainConfig
 from efficientmod.classify.engine import train
-from efficientmod.classify.predict import Preprocessing, onnx_metadata
+from efficientmod.classify.predict import onnx_metadata
 from efficientmod.export import export_verified, load_runtime
 from efficientmod.export.calibration import calibration_files, read_calibration_images, run_batched
 from efficientmod.export.openvino import export_openvino
 from efficientmod.export.quantize import export_onnx_int8
 from efficientmod.fuse import deploy
 from efficientmod.models.pretrained import from_pretrained
+from efficientmod.preprocessing import Preprocessing
 
 PHOTOS = ("astronaut", "cat", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "brick", "grass", "gravel", "camera", "coins")

@@ -27,13 +27,14 @@ from efficientmod.bench import environment
 from efficientmod.checkpoint import atomic_write
 from efficientmod.classify.config import QAT_PRESET, resolve_config
 from efficientmod.classify.engine import train
-from efficientmod.classify.predict import Preprocessing, onnx_metadata
+from efficientmod.classify.predict import onnx_metadata
 from efficientmod.classify.qat import IR_NAME, load_float_model
 from efficientmod.cli import build_parser
 from efficientmod.export import load_runtime
 from efficientmod.export.calibration import calibration_files, read_calibration_images, run_batched
 from efficientmod.export.openvino import export_openvino
 from efficientmod.fuse import deploy
+from efficientmod.preprocessing import Preprocessing
 
 
 def post_training_int8(model, data: Path, path: Path) -> Path:

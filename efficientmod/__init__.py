@@ -2,12 +2,15 @@
 from paper to deployment.
 
 The public API is imported on first use, so that ``import efficientmod`` (and the
-command line's ``--help``) stays as cheap as importing torch.
+command line's ``--help``) stays as cheap as importing torch; importing it registers every
+variant in timm as soon as timm is imported (:mod:`efficientmod.timm_registration`).
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from efficientmod.timm_registration import register_when_timm_is_imported
 
 __version__ = "0.1.0"
 
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from efficientmod.fuse import deploy
     from efficientmod.models import create_model, list_models, model_info
     from efficientmod.models.pretrained import from_pretrained
+
+
+register_when_timm_is_imported()
 
 
 def __getattr__(name: str):

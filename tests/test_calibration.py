@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from synthetic_images import make_image_folder
 
-from efficientmod.classify.predict import Preprocessing
 from efficientmod.export import ExportVerificationError
 from efficientmod.export.calibration import (
     calibration_files,
@@ -14,6 +13,7 @@ from efficientmod.export.calibration import (
     read_calibration_images,
     run_batched,
 )
+from efficientmod.preprocessing import Preprocessing
 
 PREPROCESSING = Preprocessing((3, 32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 1.0)
 

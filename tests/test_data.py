@@ -121,7 +121,7 @@ def test_digits_split_and_range():
 def test_16_bit_png_is_scaled_not_saturated(tmp_path):
     from PIL import Image
 
-    from efficientmod.classify.data import load_image
+    from efficientmod.images import load_image
 
     rng = np.random.default_rng(0)
     deep = rng.integers(0, 65536, (24, 40), dtype=np.uint16)
@@ -137,7 +137,7 @@ def test_16_bit_png_is_scaled_not_saturated(tmp_path):
 def test_exif_orientation_is_applied(tmp_path):
     from PIL import Image
 
-    from efficientmod.classify.data import load_image
+    from efficientmod.images import load_image
 
     pixels = np.zeros((20, 30, 3), dtype=np.uint8)
     pixels[:, :10] = 255  # white left third
@@ -153,16 +153,17 @@ def test_huge_images_are_decoded_reduced_or_skipped(tmp_path, monkeypatch):
     from PIL import Image
 
     import efficientmod.classify.data as data
+    import efficientmod.images as images
 
-    monkeypatch.setattr(data, "MAX_DECODE_PIXELS", 40 * 40)
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 40 * 40)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 96, 3), dtype=np.uint8))
     photo.save(tmp_path / "big.jpg", quality=95)
     photo.save(tmp_path / "big.png")
     with pytest.warns(UserWarning, match=r"big.jpg: 96x128 pixels, decoded at 24x32"):
-        reduced = data.load_image(tmp_path / "big.jpg")  # JPEG: 1/4 scale by DCT scaling, never full size
+        reduced = images.load_image(tmp_path / "big.jpg")  # JPEG: 1/4 scale by DCT scaling, never full size
     assert reduced.size == (24, 32)
     with pytest.raises(Image.DecompressionBombError, match="decode limit"):
-        data.load_image(tmp_path / "big.png")
+        images.load_image(tmp_path / "big.png")
     (tmp_path / "c" / "x").mkdir(parents=True)
     (tmp_path / "big.png").rename(tmp_path / "c" / "x" / "big.png")
     sample = data.ImageFolder(tmp_path / "c", ["x"])[0]

@@ -160,3 +160,22 @@ def test_constructors_reach_their_parents_through_super():
                     and not (isinstance(node.func.value, ast.Call) and ast.unparse(node.func.value) == "super()")):
                 direct.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
     assert direct == []
+
+
+@pytest.mark.parametrize("order", ["efficientmod_first", "timm_first"])
+def test_import_efficientmod_registers_every_variant_in_timm(order):
+    """README and every model card promise it: ``import efficientmod`` is enough for timm (and
+    timm's scripts, ``local-dir:`` / ``hf-hub:`` loading, transformers' TimmWrapper) to build
+    every variant, whichever of the two is imported first - and --help still imports no timm."""
+    imports = "import efficientmod, timm" if order == "efficientmod_first" else "import timm, efficientmod"
+    result = _run(f"{imports}\n"
+                  "import torch\n"
+                  "from efficientmod.models import model_info, list_models\n"
+                  "names = [model_info(n).timm_name for n in list_models()]\n"
+                  "assert len(names) == 17 and all(timm.is_model(n) for n in names), names\n"
+                  "for name in names:\n"
+                  "    model = timm.create_model(name, num_classes=3)\n"
+                  "    assert model.num_classes == 3 and model.registry_name\n"
+                  "print(len(names))")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.strip()) == 17

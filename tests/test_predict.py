@@ -11,8 +11,9 @@ from skimage import data as skdata
 from test_deploy import random_model
 
 import efficientmod
-from efficientmod.classify.predict import Predictor, Preprocessing, imagenet_class_names, load_model
+from efficientmod.classify.predict import Predictor, imagenet_class_names, load_model
 from efficientmod.cli import main
+from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import read_train_checkpoint, save_train_checkpoint
 
 CLASSES = ["cat", "astronaut", "coffee"]

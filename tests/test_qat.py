@@ -150,11 +150,11 @@ def test_element_wise_ops_can_stay_float(float_dir):
 def test_qat_run_writes_a_verified_int8_ir(float_dir, data, tmp_path, capsys):
     from efficientmod.checkpoint import load_weights_only
     from efficientmod.classify.engine import Trainer
-    from efficientmod.classify.predict import Preprocessing
     from efficientmod.classify.qat import restore_quantised
     from efficientmod.export import load_runtime
     from efficientmod.export.calibration import read_calibration_images
     from efficientmod.models.pretrained import from_pretrained
+    from efficientmod.preprocessing import Preprocessing
 
     out = tmp_path / "qat"
     cfg = TrainConfig(**dict(QAT_PRESET, qat=True, init_from=str(float_dir.parent), data=str(data), output=str(out),

@@ -17,9 +17,10 @@ from efficientmod.bench import BenchSettings, Candidate, benchmark, count_macs, 
 from efficientmod.classify.config import TrainConfig
 from efficientmod.classify.data import collate_skipping_bad, digits_datasets
 from efficientmod.classify.evaluate import evaluate
-from efficientmod.classify.predict import Preprocessing, onnx_metadata
+from efficientmod.classify.predict import onnx_metadata
 from efficientmod.export import export_onnx
 from efficientmod.models.pretrained import from_pretrained
+from efficientmod.preprocessing import Preprocessing
 
 __all__ = ["DEMO_TARGET_TOP1", "demo_report", "onnx_top1"]
 

@@ -11,71 +11,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-from PIL import Image
 
-from efficientmod.classify.data import DECODE_ERRORS
+from efficientmod.images import DECODE_ERRORS
+from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import read_train_checkpoint
 
 __all__ = [
     "Preprocessing", "Prediction", "Predictor", "load_model", "imagenet_class_names", "onnx_metadata",
 ]
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """A model's evaluation preprocessing: resize to ``input_size / crop_pct`` (shorter side),
-    centre crop ``input_size``, normalise with ``mean`` / ``std`` (timm's eval transform)."""
-
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
-
-    @classmethod
-    def of_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> Preprocessing:
-        """The preprocessing ``model`` was trained with (recorded by ``save_pretrained`` or a
-        training checkpoint, as ``model.preprocessing``), else its registry's for its input
-        channels; when given, another ``input_size`` (C, H, W)."""
-        from efficientmod.models import model_info
-
-        saved = getattr(model, "preprocessing", None)
-        if saved:
-            size = tuple(input_size) if input_size is not None else tuple(saved["input_size"])
-            return cls(size, tuple(saved["mean"]), tuple(saved["std"]), saved["interpolation"], saved["crop_pct"])
-        if not getattr(model, "registry_name", ""):
-            raise ValueError("the model was not built by efficientmod.create_model; its preprocessing is unknown")
-        info = model_info(model.registry_name)
-        chans = model.in_chans
-        size = tuple(input_size) if input_size is not None else (chans, *info.input_size[1:])
-        return cls(size, _per_channel(info.mean, chans), _per_channel(info.std, chans),
-                   info.interpolation, info.crop_pct)
-
-    @cached_property
-    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        from timm.data import create_transform
-
-        return create_transform(self.input_size, is_training=False, interpolation=self.interpolation,
-                                crop_pct=self.crop_pct, mean=self.mean, std=self.std)
-
-    def load(self, path: str | os.PathLike) -> torch.Tensor:
-        """The image file as a (C, H, W) tensor, decoded by the loader training uses
-        (:func:`efficientmod.classify.data.load_image`); Pillow's errors pass through."""
-        from efficientmod.classify.data import load_image
-
-        return self.transform(load_image(path, "L" if self.input_size[0] == 1 else "RGB"))
-
-
-def _per_channel(values: Sequence[float], chans: int) -> tuple[float, ...]:
-    """ImageNet's three-channel statistics cut (or repeated) to ``chans`` channels."""
-    return tuple(values[i % len(values)] for i in range(chans))
 
 
 def imagenet_class_names() -> list[str]:
@@ -141,7 +89,7 @@ def onnx_metadata(model: nn.Module, preprocessing: Preprocessing) -> dict[str, o
         num_classes=model.num_classes,
         class_names=getattr(model, "class_names", None),
         deployed=bool(getattr(model, "deployed", False)),
-        **asdict(preprocessing),
+        **preprocessing.to_dict(),
     )
 
 
@@ -187,8 +135,7 @@ class Predictor:
         if meta.get("producer") != "efficientmod":
             raise ValueError(f"{path} has no efficientmod metadata (its preprocessing is unknown): "
                              "export it with `efficientmod export`")
-        preprocessing = Preprocessing(tuple(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
-                                      meta["interpolation"], meta["crop_pct"])
+        preprocessing = Preprocessing.from_dict(meta, str(path))
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(runtime.run(batch.numpy()))

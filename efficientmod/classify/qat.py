@@ -300,7 +300,8 @@ class QuantisationAwareTraining:
 
     def write_ir(self, trainer: Trainer) -> Path:
         """The model's IR as ``model_int8.xml`` in the run folder, checked on the validation set."""
-        from efficientmod.classify.predict import Preprocessing, onnx_metadata
+        from efficientmod.classify.predict import onnx_metadata
+        from efficientmod.preprocessing import Preprocessing
 
         path = trainer.run_dir / IR_NAME
         preprocessing = Preprocessing.of_model(self.float_model, (self.cfg.in_chans, self.cfg.img_size,

@@ -95,7 +95,7 @@ def _add_model_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None
 
 
 def _input_size(model, pixels: list[int] | None) -> tuple[int, int, int]:
-    from efficientmod.classify.predict import Preprocessing
+    from efficientmod.preprocessing import Preprocessing
 
     if pixels is None:  # what the model was trained on (save_pretrained / training checkpoint), else the registry's
         return Preprocessing.of_model(model).input_size
@@ -109,9 +109,10 @@ def _input_size(model, pixels: list[int] | None) -> tuple[int, int, int]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from efficientmod.classify.predict import Preprocessing, load_model, onnx_metadata
+    from efficientmod.classify.predict import load_model, onnx_metadata
     from efficientmod.export import ExportVerificationError, export_verified
     from efficientmod.fuse import deploy
+    from efficientmod.preprocessing import Preprocessing
 
     fmt = _export_format(args)
     model = load_model(args.model, args.checkpoint)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from efficientmod.classify.data import DECODE_ERRORS, load_rgb
+from efficientmod.images import DECODE_ERRORS, load_rgb
 
 __all__ = ["Skipped", "SkipCounter", "read_rgb", "to_tensor", "collate", "make_loader", "fixed_input_shapes"]
 
@@ -47,7 +47,7 @@ class SkipCounter(Counter):
 
 
 def read_rgb(path: str | Path) -> Image.Image | Skipped:
-    """The image as RGB (decoded as :func:`efficientmod.classify.data.load_rgb` decodes it), or
+    """The image as RGB (decoded as :func:`efficientmod.images.load_rgb` decodes it), or
     :class:`Skipped` when the file is missing or cannot be decoded."""
     try:
         return load_rgb(path)

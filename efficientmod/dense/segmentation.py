@@ -25,9 +25,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from efficientmod.classify.data import DECODE_ERRORS
 from efficientmod.dense.backbone import BackboneFPN, build_backbone_fpn
 from efficientmod.dense.data import SkipCounter, Skipped, make_loader, read_rgb, to_tensor
+from efficientmod.images import DECODE_ERRORS
 from efficientmod.models import model_info
 
 __all__ = [

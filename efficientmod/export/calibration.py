@@ -6,7 +6,7 @@ a bf16 or int8 file is then checked not against PyTorch's logits to 1e-4 (it can
 them) but by how often it predicts what the float32 model predicts:
 
 * :func:`read_calibration_images` reads an image folder (flat or one sub-folder per class,
-  searched recursively) through a model's :class:`~efficientmod.classify.predict.Preprocessing`
+  searched recursively) through a model's :class:`~efficientmod.preprocessing.Preprocessing`
   into one float32 (N, C, H, W) array; a deterministic, evenly spread subset when
   ``samples`` is smaller than the folder.
 * :func:`prediction_agreement` compares two logit arrays: top-1 agreement (the same class
@@ -55,10 +55,10 @@ def calibration_files(folder: str | os.PathLike, samples: int | None = None) -> 
 
 def read_calibration_images(folder: str | os.PathLike, preprocessing, samples: int | None = 300) -> np.ndarray:
     """``samples`` images of ``folder`` (all when None) preprocessed by ``preprocessing``
-    (an :class:`efficientmod.classify.predict.Preprocessing`, or anything with ``load(path)`` returning
+    (an :class:`efficientmod.preprocessing.Preprocessing`, or anything with ``load(path)`` returning
     a C×H×W tensor) as one float32 (N, C, H, W) array. Unreadable files are skipped with a
     note on stderr; a ``ValueError`` when none is readable."""
-    from efficientmod.classify.data import DECODE_ERRORS
+    from efficientmod.images import DECODE_ERRORS
 
     images, skipped = [], []
     for path in calibration_files(folder, samples):
