@@ -1,8 +1,9 @@
 """Process set-up shared by the training engines (classification and dense).
 
-One place for what every engine needs before its first step: joining the process group
-that ``torchrun`` describes, seeding and saving / restoring random states, mixed precision,
-the training-checkpoint format (one for both engines: ``last.pth`` in the run folder, a
+One place for what every engine needs: the device of a ``--device`` value, joining the
+process group that ``torchrun`` describes, the ranks' agreement on a flag, seeding and
+saving / restoring random states, mixed precision, the loss scaler and the optimizer step
+(backward, unscale, clip, step), the training-checkpoint format (one for both engines: ``last.pth`` in the run folder, a
 format tag and the task, written atomically, read with ``weights_only=True``) and the
 error types that the command line maps to exit statuses. Importing this module imports
 torch (and safetensors) only.
@@ -23,8 +24,9 @@ import torch.distributed as dist
 from efficientmod.checkpoint import atomic_write, load_weights_only
 
 __all__ = [
-    "TRAIN_CHECKPOINT_FORMAT", "LAST_CHECKPOINT", "AMP_CHOICES", "TrainingDiverged", "Runtime", "init_runtime",
-    "seed_everything", "rng_state", "set_rng_state", "amp_dtype", "autocast", "grad_scaler", "optimizer_step",
+    "TRAIN_CHECKPOINT_FORMAT", "LAST_CHECKPOINT", "AMP_CHOICES", "TrainingDiverged", "Runtime", "resolve_device",
+    "init_runtime", "on_every_rank", "cpus_per_process", "seed_everything", "rng_state", "set_rng_state",
+    "amp_dtype", "autocast", "grad_scaler", "backward", "apply_gradients", "optimizer_step",
     "save_train_checkpoint", "load_train_checkpoint", "read_train_checkpoint", "is_train_checkpoint",
 ]
 
@@ -54,16 +56,19 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                   parameters: list, clip_grad: float | None = None) -> None:
-    """Backward (outside autocast, as PyTorch's AMP recipe has it) and step; with a float16
-    loss ``scaler`` (:func:`grad_scaler`), the gradients are unscaled before clipping and a
-    step whose gradients overflowed is skipped (the scale then shrinks)."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
+def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    """Add ``loss``'s gradients (outside autocast, as PyTorch's AMP recipe has it), scaled by
+    ``scaler`` (:func:`grad_scaler`) when there is one."""
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, parameters,
+                    clip_grad: float | None = None) -> None:
+    """Step ``optimizer`` on the gradients that :func:`backward` accumulated, then clear them.
+    With a float16 loss ``scaler`` the gradients are unscaled before clipping (``clip_grad``:
+    their total norm over ``parameters``) and a step whose gradients overflowed is skipped
+    (the scale then shrinks)."""
+    if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_grad:
         torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
@@ -72,6 +77,16 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
     else:
         scaler.step(optimizer)
         scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                   parameters: list, clip_grad: float | None = None) -> None:
+    """One update from one loss: :func:`backward` from cleared gradients, then
+    :func:`apply_gradients`."""
+    optimizer.zero_grad(set_to_none=True)
+    backward(loss, scaler)
+    apply_gradients(optimizer, scaler, parameters, clip_grad)
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,18 +109,32 @@ class Runtime:
         return self.world > 1
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device of a ``--device`` value: ``auto`` is the GPU when there is one, else
+    the CPU; a name torch does not know, or CUDA on a machine without it, is a one-line
+    ``ValueError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a torch device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
 def init_runtime(device: str = "auto", cudnn_benchmark: bool = True) -> Runtime:
     """Join the process group that ``torchrun`` describes in the environment (NCCL on GPUs,
-    gloo on CPUs); a plain process is rank 0 of 1. On a GPU, TF32 is allowed and cuDNN's
-    autotuner is on when ``cudnn_benchmark`` (right when input shapes repeat: it searches
-    again for every new shape)."""
+    gloo on CPUs); a plain process is rank 0 of 1. ``device`` is resolved by
+    :func:`resolve_device`; plain ``cuda`` is this process's GPU (``LOCAL_RANK``). On a GPU,
+    TF32 is allowed and cuDNN's autotuner is on when ``cudnn_benchmark`` (right when input
+    shapes repeat: it searches again for every new shape)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but no CUDA device is available")
-    run_device = torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device(device)
+    run_device = resolve_device(device)
+    if run_device.type == "cuda" and run_device.index is None:
+        run_device = torch.device("cuda", local_rank)
     if run_device.type == "cuda":
         torch.cuda.set_device(run_device)
         torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -115,6 +144,22 @@ def init_runtime(device: str = "auto", cudnn_benchmark: bool = True) -> Runtime:
         dist.init_process_group("nccl" if run_device.type == "cuda" else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     return Runtime(rank, world, run_device)
+
+
+def on_every_rank(flag: bool | torch.Tensor, runtime: Runtime) -> bool:
+    """Whether ``flag`` (a bool or a one-element tensor) holds on every process: a collective
+    in a distributed run, so that the ranks take (or skip) a step together and stop together."""
+    if not runtime.distributed:
+        return bool(flag)
+    agreed = torch.as_tensor(flag, dtype=torch.float32, device=runtime.device).clone()
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
+def cpus_per_process(world: int) -> int:
+    """CPU cores this process may use (its affinity set, shared by the machine's processes)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, available // world)
 
 
 def seed_everything(seed: int) -> None:

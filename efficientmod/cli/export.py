@@ -223,19 +223,6 @@ def _run_executorch_export(args: argparse.Namespace, model, input_size, preproce
     return 0
 
 
-def _torch_device(name: str):
-    """``torch.device(name)``, refused with a clear message when it is not usable here."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a torch device ({error})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def _is_exported(path: str) -> bool:
     from efficientmod.export import FORMATS
 
@@ -244,6 +231,7 @@ def _is_exported(path: str) -> bool:
 
 def run_predict(args: argparse.Namespace) -> int:
     from efficientmod.classify.predict import Predictor, load_model
+    from efficientmod.runtime import resolve_device
 
     if args.topk < 1 or args.batch_size < 1:
         raise ValueError("--topk and --batch-size must be positive")
@@ -254,7 +242,7 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         if args.checkpoint is None and not Path(args.model).is_dir():
             raise ValueError(f"predicting with random weights makes no sense: pass --checkpoint for {args.model}")
-        device = _torch_device(args.device)
+        device = resolve_device(args.device)
         model = load_model(args.model, args.checkpoint).to(device)
         predictor = Predictor.from_model(model)
     failed = []

@@ -44,6 +44,7 @@ from efficientmod.runtime import (
     grad_scaler,
     init_runtime,
     load_train_checkpoint,
+    on_every_rank,
     optimizer_step,
     rng_state,
     save_train_checkpoint,
@@ -118,16 +119,6 @@ def num_epochs(config: DenseTrainConfig, steps_per_epoch: int) -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def _on_every_rank(flag: bool, runtime: Runtime) -> bool:
-    """Whether ``flag`` holds on every process: a collective in a distributed run, so that
-    the ranks take (or skip) each DDP step together and stop together."""
-    if not runtime.distributed:
-        return flag
-    agreed = torch.tensor(float(flag), device=runtime.device)
-    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-    return bool(agreed.item())
 
 
 def _all_rng_states(runtime: Runtime) -> list[dict]:
@@ -262,13 +253,13 @@ def train(
                 last_usable = inputs, targets
             elif runtime.distributed and last_usable:  # ranks must step together: redo the last batch
                 inputs, targets = last_usable
-            if not _on_every_rank(bool(inputs), runtime):  # a rank has nothing to train on: all skip
+            if not on_every_rank(bool(inputs), runtime):  # a rank has nothing to train on: all skip
                 continue
             scheduler.step_update(step)
             with autocast(device, dtype):
                 losses = compute_loss(wrapped, to_device(inputs, device), to_device(targets, device))
             loss = sum(losses.values())
-            if not _on_every_rank(bool(torch.isfinite(loss)), runtime):  # all ranks stop, none waits forever
+            if not on_every_rank(bool(torch.isfinite(loss)), runtime):  # all ranks stop, none waits forever
                 raise TrainingDiverged(f"the loss is not finite at step {step} (this rank's losses: {_fmt(losses)}); "
                                          "lower --lr?")
             optimizer_step(loss, optimizer, scaler, parameters, config.clip_grad)
