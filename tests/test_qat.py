@@ -149,8 +149,7 @@ def test_element_wise_ops_can_stay_float(float_dir):
 @pytest.mark.slow  # NNCF calibration, one epoch and the OpenVINO conversion: ~30 s on a loaded 2-core machine
 def test_qat_run_writes_a_verified_int8_ir(float_dir, data, tmp_path, capsys):
     from efficientmod.checkpoint import load_weights_only
-    from efficientmod.classify.engine import Trainer
-    from efficientmod.classify.qat import restore_quantised
+    from efficientmod.classify.qat import QATTrainer, restore_quantised
     from efficientmod.export import load_runtime
     from efficientmod.export.calibration import read_calibration_images
     from efficientmod.models.pretrained import from_pretrained
@@ -160,7 +159,7 @@ def test_qat_run_writes_a_verified_int8_ir(float_dir, data, tmp_path, capsys):
     cfg = TrainConfig(**dict(QAT_PRESET, qat=True, init_from=str(float_dir.parent), data=str(data), output=str(out),
                              epochs=1, lr=1e-4, batch_size=4, workers=0, threads=1, tensorboard=False,
                              calib_samples=6))
-    result = Trainer(cfg).fit()
+    result = QATTrainer(cfg).fit()
     written = {p.name for p in out.iterdir()}
     assert {"last.pth", "best.pth", "model_int8.xml", "model_int8.bin", "metrics.csv"} <= written
     assert not (out / "model").exists()
@@ -187,7 +186,7 @@ def test_qat_run_writes_a_verified_int8_ir(float_dir, data, tmp_path, capsys):
     assert np.abs(logits - reference).max() < 0.1 * np.abs(reference).max()
 
     # a resume rebuilds the quantisers from the checkpoint (nothing left to train here)
-    resumed = Trainer(replace(cfg, resume="auto")).fit()
+    resumed = QATTrainer(replace(cfg, resume="auto")).fit()
     assert resumed["epochs"] == 1 and resumed["qat"]["ptq_top1"] == scores["ptq_top1"]
 
     image = next((data / "val" / "ant").iterdir())

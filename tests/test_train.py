@@ -19,7 +19,8 @@ from synthetic_images import make_bad_files, make_image_folder
 
 from efficientmod import create_model
 from efficientmod.classify.config import TrainConfig, load_yaml, resolve_config
-from efficientmod.classify.engine import DistillationLoss, Trainer
+from efficientmod.classify.engine import Trainer
+from efficientmod.classify.losses import DistillationLoss
 from efficientmod.cli import build_parser, main
 
 TINY = ["--model", "efficientmod_xxs", "--img-size", "32", "--batch-size", "4", "--workers", "0",
@@ -344,10 +345,30 @@ def test_demo_life_cycle(tmp_path, capsys):
 
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_mixed_precision_channels_last_and_clipping(amp):
-    cfg = TrainConfig(model="efficientmod_xxs", img_size=32, batch_size=2, synthetic=True, num_classes=3,
-                      benchmark_steps=1, amp=amp, clip_grad=1.0, channels_last=True, ema=False)
-    trainer = Trainer(cfg)
-    assert torch.isfinite(trainer.train_step(torch.randn(2, 3, 32, 32), torch.tensor([0, 2])))
+    """The gradients the optimizer steps on have the total norm --clip-grad (unscaled first
+    under fp16's loss scaling), where the same step without clipping has a larger one."""
+
+    def step_norms(clip_grad: float | None) -> tuple[Trainer, list[float]]:
+        cfg = TrainConfig(model="efficientmod_xxs", img_size=32, batch_size=2, synthetic=True, num_classes=3,
+                          benchmark_steps=1, amp=amp, clip_grad=clip_grad, channels_last=True, ema=False)
+        trainer, norms = Trainer(cfg), []
+
+        def record_norm(optimizer, args, kwargs):
+            grads = [p.grad.float() for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+        trainer.optimizer.register_step_pre_hook(record_norm)
+        images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        for _ in range(20):  # fp16: the scaler skips the steps whose scaled gradients overflow, halving its scale
+            assert torch.isfinite(trainer.train_step(images, torch.tensor([0, 2])))
+            if norms:
+                return trainer, norms
+        raise AssertionError("no optimizer step in 20 passes")
+
+    clip = 0.01
+    trainer, [clipped] = step_norms(clip)
+    _, [unclipped] = step_norms(None)  # the same weights (same seed) and batch
+    assert unclipped > 2 * clip and clipped == pytest.approx(clip, rel=1e-3)
     assert (trainer.scaler is not None) == (amp == "fp16")  # fp16 needs loss scaling, bf16 does not
     assert trainer.model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "DEMO_PRESET", "QAT_PRESET", "add_config_arguments", "resolve_config", "load_yaml",
-           "save_yaml"]
+__all__ = ["TrainConfig", "DEMO_PRESET", "QAT_PRESET", "add_config_arguments", "given_values", "train_preset",
+           "config_of", "resolve_config", "load_yaml", "save_yaml"]
 
 
 # The auto-augment strings timm 1.0.31's create_transform(auto_augment=...) builds: a policy,
@@ -259,11 +259,31 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: dict | None = 
             group.add_argument(flag, type=meta["type"], choices=meta["choices"], metavar=metavar, **kwargs)
 
 
+def given_values(args: argparse.Namespace) -> dict:
+    """The recipe values a user gave: the ``--config`` YAML file's, overridden by the flags
+    given on the command line."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return values
+
+
+def train_preset(given: dict) -> dict:
+    """The preset ``efficientmod train`` starts from for the values ``given``: the fine-tune
+    recipe of a trained model for ``--qat``, the digits demo without ``--data`` (and without
+    ``--synthetic``), else none."""
+    if given.get("qat"):
+        return QAT_PRESET
+    if given.get("data") is None and not given.get("synthetic"):
+        return DEMO_PRESET
+    return {}
+
+
+def config_of(given: dict, preset: dict | None = None) -> TrainConfig:
+    """The recipe: defaults < ``preset`` < the values ``given`` (:func:`given_values`)."""
+    return TrainConfig(**{**(preset or {}), **given})
+
+
 def resolve_config(args: argparse.Namespace, preset: dict | None = None) -> TrainConfig:
     """Defaults < ``preset`` < ``--config`` YAML < flags given on the command line."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = dict(preset or {})
-    if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    return TrainConfig(**values)
+    return config_of(given_values(args), preset)

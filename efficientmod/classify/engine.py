@@ -17,18 +17,14 @@ holds the model, EMA, optimizer, scheduler, loss scaler, counters, the epoch's l
 every rank's RNG states, the recipe, the class names and the preprocessing, as tensors and
 plain containers only (read back with ``torch.load(weights_only=True)``). With the
 sample-level seeding of :mod:`efficientmod.classify.data`, a resumed run repeats the uninterrupted
-one step for step, ``metrics.csv`` included. The run folder is checked before anything is
-written: an earlier run is never overwritten unless asked (``--overwrite``), a resume
-with another model or recipe is refused.
+one step for step, ``metrics.csv`` included. The run folder
+(:mod:`efficientmod.classify.run_folder`) is checked before anything is written; the losses
+are :mod:`efficientmod.classify.losses`'; backward and optimizer step :mod:`efficientmod.runtime`'s.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
 import importlib.util
-import os
-import shutil
 import sys
 import time
 import warnings
@@ -39,16 +35,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from efficientmod.checkpoint import atomic_write, load_checkpoint
-from efficientmod.classify.config import TrainConfig, save_yaml
+from efficientmod.checkpoint import load_checkpoint
+from efficientmod.classify.config import TrainConfig
 from efficientmod.classify.data import (
     ImageFolder,
     ShardSampler,
+    SyntheticBatches,
     TrainSampler,
     check_image_folders,
     collate_skipping_bad,
@@ -58,88 +54,26 @@ from efficientmod.classify.data import (
     train_transform,
 )
 from efficientmod.classify.evaluate import evaluate
+from efficientmod.classify.losses import build_criterion
+from efficientmod.classify.run_folder import RunFolder, RunLog
 from efficientmod.models import create_model, model_info
 from efficientmod.runtime import (
     Runtime,
     TrainingDiverged,
     amp_dtype,
+    apply_gradients,
     autocast,
+    backward,
+    cpus_per_process,
+    grad_scaler,
     init_runtime,
-    load_train_checkpoint,
+    on_every_rank,
     rng_state,
-    save_train_checkpoint,
     seed_everything,
     set_rng_state,
 )
 
-__all__ = ["Trainer", "DistillationLoss", "train"]
-
-
-# -- losses ------------------------------------------------------------------------------------
-class DistillationLoss(nn.Module):
-    """Knowledge distillation as in DeiT (Touvron et al., 2021), for a one-head student:
-
-        L = (1 − α) · L_base(s, y) + α · L_kd
-        soft: L_kd = τ² · Σ KL( softmax(t/τ) ‖ softmax(s/τ) ) / (B · C)     hard: L_kd = CE(s, argmax t)
-
-    with s, t the student's and the frozen teacher's logits on the same (mixed) images, B the
-    batch and C the classes. The soft term is DeiT's (and the EfficientMod training code's):
-    the KL summed over the batch, divided by the number of logits — PyTorch's legacy
-    "mean" — so α = 0.9, τ = 1 reproduce their recipe's balance between the two terms.
-    """
-
-    def __init__(self, base: nn.Module, teacher: nn.Module, kind: str = "soft", tau: float = 1.0, alpha: float = 0.9):
-        super().__init__()
-        if kind not in ("soft", "hard"):
-            raise ValueError(f"--distill must be soft or hard, got {kind!r}")
-        self.base, self.teacher, self.kind, self.tau, self.alpha = base, teacher, kind, tau, alpha
-
-    def forward(self, images: torch.Tensor, student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher = self.teacher(images).float()
-        student = student.float()
-        if self.kind == "soft":
-            kd = F.kl_div(F.log_softmax(student / self.tau, dim=1), F.log_softmax(teacher / self.tau, dim=1),
-                          reduction="sum", log_target=True) * self.tau**2 / student.numel()
-        else:
-            kd = F.cross_entropy(student, teacher.argmax(dim=1))
-        return (1 - self.alpha) * self.base(student, targets) + self.alpha * kd
-
-
-class PlainLoss(nn.Module):
-    """``criterion(images, logits, targets)`` without a teacher."""
-
-    def __init__(self, base: nn.Module):
-        super().__init__()
-        self.base = base
-
-    def forward(self, images: torch.Tensor, student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.base(student.float(), targets)
-
-
-def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """A registry or timm model name (weights from ``--teacher-checkpoint``), or a
-    ``save_pretrained`` folder."""
-    import timm
-
-    from efficientmod.models import list_models
-    from efficientmod.models.pretrained import from_pretrained
-
-    if Path(cfg.teacher).is_dir():
-        teacher = from_pretrained(cfg.teacher)
-    else:
-        build = create_model if cfg.teacher in list_models() else timm.create_model
-        try:
-            teacher = build(cfg.teacher, num_classes=num_classes, in_chans=in_chans)
-        except RuntimeError as error:  # timm: unknown model
-            raise ValueError(f"--teacher {cfg.teacher!r}: {error}") from error
-        if cfg.teacher_checkpoint:
-            load_checkpoint(teacher, cfg.teacher_checkpoint)
-        else:
-            warnings.warn("--teacher without --teacher-checkpoint distils from random weights", stacklevel=2)
-    if getattr(teacher, "num_classes", num_classes) != num_classes:
-        raise ValueError(f"the teacher predicts {teacher.num_classes} classes, the data has {num_classes}")
-    return teacher.eval().requires_grad_(False)
+__all__ = ["Trainer", "train"]
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -170,123 +104,83 @@ def build_datasets(cfg: TrainConfig, img_size: int) -> DataBundle:
     return DataBundle(train, val, class_names, 3, preprocessing)
 
 
-class SyntheticBatches:
-    """The same random batch over and over, already on the device: training speed
-    without any input pipeline."""
-
-    def __init__(self, batch_size: int, in_chans: int, img_size: int, num_classes: int, device, steps: int):
-        self.images = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
-        self.targets = torch.randint(0, num_classes, (batch_size,), device=device)
-        self.steps = steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        return iter([(self.images, self.targets, [])] * self.steps)
-
-
-# -- the run folder ----------------------------------------------------------------------------
-class RunLog:
-    """``metrics.csv`` (one row per epoch, appended across resumes) and TensorBoard."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool):
-        self.csv_path = run_dir / "metrics.csv"
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                warnings.warn("tensorboard is not installed; no TensorBoard logs (pip install tensorboard)",
-                              stacklevel=2)
-            else:
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    @staticmethod
-    def keep_epochs(csv_path: Path, epochs: int) -> None:
-        """Drop the rows after epoch ``epochs`` (those of a run killed between writing its
-        row and its checkpoint, which the resumed run writes again)."""
-        if not csv_path.exists():
-            return
-        lines = csv_path.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= epochs]
-        if len(kept) < len(lines):
-            atomic_write(csv_path, lambda tmp: Path(tmp).write_text("".join(kept)))
-
-    def scalars(self, step: int, **values: float) -> None:
-        if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
-
-    def epoch(self, row: dict) -> None:
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        self.scalars(row["step"], **{f"epoch/{k}": v for k, v in row.items()
-                                     if k not in ("epoch", "step") and isinstance(v, (int, float))})
-        if self.writer is not None:
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-# -- the engine ----------------------------------------------------------------------------------
-# Flags that may differ between a run and its resume; any other recipe difference is refused
-# (a resumed schedule, optimizer and data order are those of the checkpoint's recipe).
-RESUME_MAY_CHANGE = frozenset({"output", "resume", "overwrite", "data", "pretrained", "workers", "log_interval",
-                               "ckpt_steps", "tensorboard"})
-
-# What a run writes into its folder; --overwrite deletes exactly these.
-RUN_FILES = ("last.pth", "best.pth", "model", "metrics.csv", "config.yaml", "tensorboard", "model.onnx",
-             "model_int8.xml", "model_int8.bin")
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used (an earlier run in it, not writable, disk full); the
-    message says what to do and that the previous checkpoint is intact."""
-
-
-def cpus_per_process(world: int) -> int:
-    """CPU cores this process may use (its affinity set, shared by the machine's processes)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, available // world)
-
-
 class Trainer:
-    """Builds everything a run needs from a :class:`TrainConfig`, then :meth:`fit`."""
+    """Builds everything a run needs from a :class:`TrainConfig`, then :meth:`fit`.
+
+    A subclass changes what is trained through the hooks :meth:`configure` (the recipe it
+    runs), :meth:`build_model`, :meth:`state_dict`, :meth:`save_best_model` and
+    :meth:`report`, and the attributes :attr:`best_model_name` and :attr:`min_useful_lr`
+    (:class:`efficientmod.classify.qat.QATTrainer` is one)."""
+
+    best_model_name = "model/"  # what save_best_model writes, in the final line
+    min_useful_lr = 1e-4  # a lower learning rate is warned about: a short run may barely move
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
-        self.qat = None
-        if cfg.qat or cfg.init_from:  # --qat: the model, its input size and channels come from --init-from
-            from efficientmod.classify.qat import QuantisationAwareTraining
-
-            self.qat = QuantisationAwareTraining(cfg)
-            cfg = self.qat.cfg
+        cfg = self.configure(cfg)
         if cfg.model is None:
             raise ValueError("--model is required (`efficientmod models` lists the names)")
         if cfg.overwrite and cfg.resume:
             raise ValueError("--overwrite starts afresh and --resume continues: give one of them")
         self.cfg = cfg
-        self.rt = runtime or init_runtime(cfg.device)
-        cores = cpus_per_process(self.rt.world)
-        self.workers = cfg.workers if cfg.workers is not None else min(8, cores)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        elif self.rt.device.type == "cpu":  # PyTorch's default (all cores), less the loader workers' share
-            torch.set_num_threads(min(torch.get_num_threads(), max(1, cores - self.workers)))
-        self.threads = torch.get_num_threads()
+        self.runtime = runtime or init_runtime(cfg.device)
+        self._set_threads()
         info = model_info(cfg.model)
         self.img_size = cfg.img_size or info.input_size[-1]
         self.run_dir = Path(cfg.output or f"runs/{cfg.model}")
-        self.dtype = amp_dtype(cfg.amp, self.rt.device)
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.rt.device.type == "cuda"
+        self.run_folder = RunFolder(self.run_dir)
+        self.dtype = amp_dtype(cfg.amp, self.runtime.device)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.runtime.device.type == "cuda"
         seed_everything(cfg.seed)  # the same initial weights on every rank
+        self._build_data()
+        self.updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum_steps)
+        self.total_epochs = cfg.epochs + cfg.cooldown_epochs
+        resume = None if cfg.benchmark_steps else self.run_folder.check(  # reads only
+            cfg, self.class_names, self.runtime.world, self.say)
 
+        self.model = self.build_model(None if resume is None else resume[0])
+        self.optimizer, self.scheduler = self._build_optimizer()
+        self.scaler = grad_scaler(self.runtime.device, self.dtype)
+        self.ema = self._build_ema()
+        self.mixup = self._build_mixup()
+        self.criterion = build_criterion(cfg, self.mixup is not None, len(self.class_names), self.in_chans,
+                                         self.runtime.device, self.channels_last)
+
+        self.epoch = self.epoch_step = self.global_step = 0
+        self.epoch_totals = torch.zeros(3, dtype=torch.float64)  # this epoch's loss sum, steps, bad files
+        self.best_top1, self.best_source = -1.0, None
+        self.bad_seen: set[str] = set()
+        seed_everything(cfg.seed + self.runtime.rank)  # each rank its own drop-path and Mixup draws
+        if resume is not None:
+            self._load_state(*resume)
+        if not cfg.benchmark_steps and self.runtime.main:
+            self.run_folder.prepare(cfg, self.epoch)  # the first write, after every check
+        self.train_model = self._wrap_model()
+        self.log = RunLog(self.run_dir, cfg.tensorboard) if self.runtime.main and not cfg.benchmark_steps else None
+
+    def configure(self, cfg: TrainConfig) -> TrainConfig:
+        """The recipe this trainer runs: ``cfg``, refused when it asks for a quantisation-aware
+        fine-tune (:class:`efficientmod.classify.qat.QATTrainer` runs those)."""
+        if cfg.init_from:
+            raise ValueError("--init-from gives the float model of --qat; to fine-tune from weights use --pretrained")
+        if cfg.qat:
+            raise ValueError("--qat runs in efficientmod.classify.qat.QATTrainer (`efficientmod train --qat`)")
+        return cfg
+
+    # -- building ----------------------------------------------------------------------------
+    def _set_threads(self) -> None:
+        """Loader workers and PyTorch threads: the given ones, else the process's share of the cores."""
+        cfg = self.cfg
+        cores = cpus_per_process(self.runtime.world)
+        self.workers = cfg.workers if cfg.workers is not None else min(8, cores)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif self.runtime.device.type == "cpu":  # PyTorch's default (all cores), less the loader workers' share
+            torch.set_num_threads(min(torch.get_num_threads(), max(1, cores - self.workers)))
+        self.threads = torch.get_num_threads()
+
+    def _build_data(self) -> None:
+        """Classes, channels, preprocessing and loaders of the data (none for --synthetic)."""
+        cfg = self.cfg
         if cfg.synthetic:
             if not cfg.benchmark_steps:
                 raise ValueError("--synthetic data only measures speed: add --benchmark-steps N")
@@ -294,59 +188,35 @@ class Trainer:
             self.in_chans = cfg.in_chans or 3
             self.steps_per_epoch = cfg.benchmark_steps
             self.preprocessing = None
-        else:
-            self.data = build_datasets(cfg, self.img_size)
-            self.class_names, self.in_chans = self.data.class_names, cfg.in_chans or self.data.in_chans
-            self.preprocessing = self.data.preprocessing
-            self._build_loaders()
-        self.updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum_steps)
-        self.total_epochs = cfg.epochs + cfg.cooldown_epochs
-        resume_state = None if cfg.benchmark_steps else self._check_run_dir()  # reads only
+            return
+        self.data = build_datasets(cfg, self.img_size)
+        self.class_names, self.in_chans = self.data.class_names, cfg.in_chans or self.data.in_chans
+        self.preprocessing = self.data.preprocessing
+        self._build_loaders()
 
-        self.model = self._build_model(info, resume_state)
-        self.optimizer, self.scheduler = self._build_optimizer()
-        self.scaler = torch.amp.GradScaler(self.rt.device.type) if self.dtype == torch.float16 else None
-        self.ema = self._build_ema()
-        self.mixup = self._build_mixup()
-        self.criterion = self._build_criterion()
-
-        self.epoch = self.epoch_step = self.global_step = 0
-        self.epoch_totals = torch.zeros(3, dtype=torch.float64)  # this epoch's loss sum, steps, bad files
-        self.best_top1, self.best_source = -1.0, None
-        self.bad_seen: set[str] = set()
-        seed_everything(cfg.seed + self.rt.rank)  # each rank its own drop-path and Mixup draws
-        if resume_state is not None:
-            self._load_state(*resume_state)
-        if not cfg.benchmark_steps:
-            self._prepare_run_dir()  # the first write, after every check
-        self.train_model = self._wrap_model()
-        self.log = RunLog(self.run_dir, cfg.tensorboard) if self.rt.main and not cfg.benchmark_steps else None
-
-    # -- building ----------------------------------------------------------------------------
     def _build_loaders(self) -> None:
-        cfg, rt = self.cfg, self.rt
-        self.train_sampler = TrainSampler(len(self.data.train), rt.rank, rt.world, cfg.seed)
+        cfg, runtime = self.cfg, self.runtime
+        self.train_sampler = TrainSampler(len(self.data.train), runtime.rank, runtime.world, cfg.seed)
         # whole optimizer steps only: a last incomplete accumulation is dropped (as the official code)
         accum = cfg.grad_accum_steps
         self.steps_per_epoch = self.train_sampler.per_rank() // cfg.batch_size // accum * accum
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.data.train)} training images cannot fill one optimizer step of "
-                             f"{cfg.batch_size} x {accum} (--grad-accum-steps) per process on {rt.world} "
+                             f"{cfg.batch_size} x {accum} (--grad-accum-steps) per process on {runtime.world} "
                              "process(es); lower --batch-size or --grad-accum-steps")
         common = dict(num_workers=self.workers, collate_fn=collate_skipping_bad,
-                      pin_memory=rt.device.type == "cuda", persistent_workers=self.workers > 0,
+                      pin_memory=runtime.device.type == "cuda", persistent_workers=self.workers > 0,
                       generator=torch.Generator())  # never draws from the global torch RNG
         self.train_loader = DataLoader(self.data.train, batch_size=cfg.batch_size, sampler=self.train_sampler,
                                        drop_last=True, **common)
         self.val_loader = DataLoader(self.data.val, batch_size=cfg.batch_size,
-                                     sampler=ShardSampler(len(self.data.val), rt.rank, rt.world), **common)
+                                     sampler=ShardSampler(len(self.data.val), runtime.rank, runtime.world), **common)
 
-    def _build_model(self, info, resume_state: tuple[dict, Path] | None) -> nn.Module:
+    def build_model(self, resume_state: dict | None) -> nn.Module:
+        """The network to train, on the device (``resume_state``: the checkpoint a resume
+        continues, whose weights are loaded later; None for a new run)."""
         cfg = self.cfg
-        if self.qat is not None:
-            if self.rt.distributed:
-                raise ValueError("--qat runs on one process (not under torchrun)")
-            return self.qat.build_model(self, None if resume_state is None else resume_state[0])
+        info = model_info(cfg.model)
         drop_path = cfg.drop_path if cfg.drop_path is not None else info.drop_path_rate
         kwargs = dict(num_classes=len(self.class_names), in_chans=self.in_chans)
         if drop_path:
@@ -356,7 +226,7 @@ class Trainer:
         model = create_model(cfg.model, **kwargs)
         if cfg.pretrained:  # a resumed run then overwrites these weights with its own
             load_checkpoint(model, cfg.pretrained, ignore_head=True)
-        model.to(self.rt.device)
+        model.to(self.runtime.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
@@ -366,9 +236,9 @@ class Trainer:
         from timm.scheduler import create_scheduler_v2
 
         cfg = self.cfg
-        self.global_batch = cfg.batch_size * self.rt.world * cfg.grad_accum_steps
+        self.global_batch = cfg.batch_size * self.runtime.world * cfg.grad_accum_steps
         self.lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.global_batch / cfg.base_batch
-        extra = dict(fused=True) if self.rt.device.type == "cuda" and cfg.opt in ("adamw", "adam") else {}
+        extra = dict(fused=True) if self.runtime.device.type == "cuda" and cfg.opt in ("adamw", "adam") else {}
         optimizer = create_optimizer_v2(self.model, cfg.opt, lr=self.lr, weight_decay=cfg.weight_decay,
                                         layer_decay=cfg.layer_decay, eps=cfg.opt_eps, **extra)
         scheduler, _ = create_scheduler_v2(
@@ -399,92 +269,19 @@ class Trainer:
                      switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
                      num_classes=len(self.class_names))
 
-    def _build_criterion(self) -> nn.Module:
-        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-        cfg = self.cfg
-        if self.mixup is not None:
-            base = SoftTargetCrossEntropy()  # Mixup already smooths the targets
-        elif cfg.smoothing > 0:
-            base = LabelSmoothingCrossEntropy(cfg.smoothing)
-        else:
-            base = nn.CrossEntropyLoss()
-        if not cfg.teacher:
-            return PlainLoss(base)
-        teacher = build_teacher(cfg, len(self.class_names), self.in_chans).to(self.rt.device)
-        if self.channels_last:
-            teacher.to(memory_format=torch.channels_last)
-        return DistillationLoss(base, teacher, cfg.distill, cfg.distill_tau, cfg.distill_alpha)
-
     def _wrap_model(self) -> nn.Module:
         model = self.model
-        if self.rt.distributed:
+        if self.runtime.distributed:
             # depth-wise kernels of shape (C, 1, k, k): strides of the size-1 dim differ, layout is the same
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            model = DistributedDataParallel(model, device_ids=[self.rt.device.index]
-                                            if self.rt.device.type == "cuda" else None,
+            model = DistributedDataParallel(model, device_ids=[self.runtime.device.index]
+                                            if self.runtime.device.type == "cuda" else None,
                                             gradient_as_bucket_view=True)
         if self.cfg.compile:
-            if self.rt.device.type == "cuda" and importlib.util.find_spec("triton") is None:
+            if self.runtime.device.type == "cuda" and importlib.util.find_spec("triton") is None:
                 raise ValueError("--compile on CUDA needs triton, which is not installed (or drop --compile)")
             model = torch.compile(model, dynamic=False)  # an odd-sized batch recompiles statically, not dynamic
         return model
-
-    # -- the run folder and resuming -----------------------------------------------------------
-    def _check_run_dir(self) -> tuple[dict, Path] | None:
-        """Everything about the run folder and the checkpoint to resume that can be refused,
-        checked before anything is written; returns (checkpoint, path) to resume, or None."""
-        cfg, run_dir = self.cfg, self.run_dir
-        if run_dir.exists() and not run_dir.is_dir():
-            raise RunFolderError(f"--output {run_dir} is a file, not a folder")
-        earlier = [name for name in ("last.pth", "best.pth", "model") if (run_dir / name).exists()]
-        if cfg.overwrite:
-            return None
-        if not cfg.resume:
-            if earlier:
-                raise RunFolderError(f"{run_dir} already holds a run ({', '.join(earlier)}); continue it with "
-                                     "--resume auto, start it afresh with --overwrite, or choose another --output")
-            return None
-        path = run_dir / "last.pth" if cfg.resume == "auto" else Path(cfg.resume)
-        if not path.exists():
-            if cfg.resume != "auto":
-                raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-            if earlier:
-                raise RunFolderError(f"--resume auto: {run_dir} has no last.pth to continue but holds "
-                                     f"{', '.join(earlier)} of an earlier run; start afresh with --overwrite "
-                                     "(deletes them) or choose another --output")
-            self._say(f"no checkpoint in {run_dir}; starting a new run")
-            return None
-        try:
-            state = load_train_checkpoint(path, task="classification")
-        except ValueError as error:
-            raise ValueError(f"{error} (use --pretrained to fine-tune from its weights)") from None
-        self._check_same_recipe(state, path)
-        return state, path
-
-    def _check_same_recipe(self, state: dict, path: Path) -> None:
-        """Refuse a resume whose model, classes or recipe differ from the checkpoint's (only
-        the flags of :data:`RESUME_MAY_CHANGE` and of the speed group may change)."""
-        saved = state["config"]
-        if saved["model"] != self.cfg.model:
-            raise ValueError(f"{path} holds a {saved['model']}, not a {self.cfg.model}: resume with "
-                             f"--model {saved['model']}, or start a new run in another --output")
-        if list(state["class_names"]) != self.class_names:
-            raise ValueError(f"{path} was trained on other classes than the data now given")
-        speed = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "speed"}
-        changed = [f"--{name.replace('_', '-')} {saved[name]!r} -> {value!r}"
-                   for name, value in self.cfg.to_dict().items()
-                   if name in saved and name not in RESUME_MAY_CHANGE | speed and saved[name] != value]
-        if changed:
-            raise ValueError(f"--resume: the recipe differs from the checkpoint's ({'; '.join(changed)}); a resumed "
-                             "run keeps its recipe: drop these flags, or start a new run in another --output")
-        saved_batch = saved["batch_size"] * state["world_size"]
-        if state["epoch_step"] and saved_batch != self.cfg.batch_size * self.rt.world:
-            # the sampler skips the epoch's first epoch_step global batches: only exact at the same size
-            raise ValueError(f"{path} was written mid-epoch at a global batch of {saved_batch} "
-                             f"({saved['batch_size']} x {state['world_size']} process(es)); resume it with "
-                             f"the same global batch (now {self.cfg.batch_size} x {self.rt.world}), or from a "
-                             "checkpoint written at the end of an epoch")
 
     def _load_state(self, state: dict, path: Path) -> None:
         self.model.load_state_dict(state["model"])
@@ -496,49 +293,21 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.epoch_step, self.global_step = state["epoch"], state["epoch_step"], state["global_step"]
         self.best_top1, self.best_source = state["best_top1"], state.get("best_source")
-        if len(state["rng"]) == self.rt.world:
-            set_rng_state(state["rng"][self.rt.rank])
+        if len(state["rng"]) == self.runtime.world:
+            set_rng_state(state["rng"][self.runtime.rank])
             if state.get("epoch_totals"):  # the loss sums of the epoch's steps before a mid-epoch checkpoint
-                self.epoch_totals = state["epoch_totals"][self.rt.rank].clone()
+                self.epoch_totals = state["epoch_totals"][self.runtime.rank].clone()
         else:
-            self._say(f"the checkpoint comes from {len(state['rng'])} process(es), this run has {self.rt.world}: "
-                      "random streams are re-seeded, so the run continues but does not repeat exactly")
+            self.say(f"the checkpoint comes from {len(state['rng'])} process(es), this run has {self.runtime.world}: "
+                     "random streams are re-seeded, so the run continues but does not repeat exactly")
         self.scheduler.step_update(num_updates=self.global_step)
-        self._say(f"resumed {path}: epoch {self.epoch + 1}, step {self.epoch_step}/{self.steps_per_epoch}")
-
-    def _prepare_run_dir(self) -> None:
-        """Create the folder, delete an earlier run (--overwrite) and what a killed write left,
-        keep the metrics of the epochs the checkpoint holds, write config.yaml."""
-        if not self.rt.main:
-            return
-        with self._writing(self.run_dir):
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.cfg.overwrite:
-                for name in RUN_FILES:
-                    target = self.run_dir / name
-                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-            for folder in (self.run_dir, self.run_dir / "model"):
-                for stale in folder.glob(".*.tmp") if folder.is_dir() else []:  # atomic_write's, from a kill
-                    stale.unlink()
-            RunLog.keep_epochs(self.run_dir / "metrics.csv", self.epoch)
-            save_yaml(self.cfg, self.run_dir / "config.yaml")
-
-    @contextlib.contextmanager
-    def _writing(self, path: Path):
-        """OSErrors of writes (disk full, read-only, a file where a folder should be) as one
-        :class:`RunFolderError` line that says the previous checkpoint is intact."""
-        try:
-            yield
-        except OSError as error:
-            last = self.run_dir / "last.pth"
-            kept = f"; the previous checkpoint {last} is intact" if last.is_file() else ""
-            raise RunFolderError(f"cannot write {error.filename or path}: {error.strerror or error}{kept}") from None
+        self.say(f"resumed {path}: epoch {self.epoch + 1}, step {self.epoch_step}/{self.steps_per_epoch}")
 
     def state_dict(self) -> dict:
         """Everything a resume needs; collective in a distributed run (gathers RNG states)."""
         rng, totals = [rng_state()], [self.epoch_totals.cpu()]
-        if self.rt.distributed:
-            rng, totals = [None] * self.rt.world, [None] * self.rt.world
+        if self.runtime.distributed:
+            rng, totals = [None] * self.runtime.world, [None] * self.runtime.world
             dist.all_gather_object(rng, rng_state())
             dist.all_gather_object(totals, self.epoch_totals.cpu())
         return dict(
@@ -549,8 +318,8 @@ class Trainer:
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=self.epoch, epoch_step=self.epoch_step, global_step=self.global_step,
             epoch_totals=totals, best_top1=self.best_top1, best_source=self.best_source, rng=rng,
-            config=self.cfg.to_dict(), class_names=list(self.class_names), world_size=self.rt.world,
-            preprocessing=self.preprocessing, qat=self.qat.state() if self.qat is not None else None,
+            config=self.cfg.to_dict(), class_names=list(self.class_names), world_size=self.runtime.world,
+            preprocessing=self.preprocessing,
         )
 
     def save(self, *names: str) -> None:
@@ -560,80 +329,58 @@ class Trainer:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise TrainingDiverged(self._diverged_message("the weights hold NaN/inf"))
         state = self.state_dict()
-        if self.rt.main:
-            for name in names:
-                with self._writing(self.run_dir / name):
-                    save_train_checkpoint(self.run_dir / name, state, task="classification")
+        if self.runtime.main:
+            self.run_folder.save_checkpoints(state, *names)
 
     def save_best_model(self, source: str) -> None:
         """``model/`` (save_pretrained, with the run's preprocessing) from the best weights:
-        the raw model's or the EMA's, whichever scored the best top-1; with ``--qat`` the
-        OpenVINO int8 IR ``model_int8.xml`` instead."""
-        if not self.rt.main:
-            return
-        if self.qat is not None:
-            with self._writing(self.run_dir / "model_int8.xml"):
-                self.qat.write_ir(self)
-            return
-        net = self.ema.module if source == "ema" else self.model
-        with self._writing(self.run_dir / "model"):
-            net.save_pretrained(self.run_dir / "model", class_names=self.class_names,
-                                preprocessing=self.preprocessing)
+        the raw model's or the EMA's (``source``), whichever scored the best top-1; rank 0
+        only."""
+        if self.runtime.main:
+            self.run_folder.save_model(self.ema.module if source == "ema" else self.model, self.class_names,
+                                       self.preprocessing)
 
     # -- training ----------------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, targets: torch.Tensor, update: bool = True) -> torch.Tensor | None:
         """One forward/backward pass, adding 1/N of its gradient (N = ``--grad-accum-steps``);
         with ``update`` also the optimizer and EMA step. None when the batch had no usable image."""
-        images = images.to(self.rt.device, non_blocking=True)
-        targets = targets.to(self.rt.device, non_blocking=True)
+        images = images.to(self.runtime.device, non_blocking=True)
+        targets = targets.to(self.runtime.device, non_blocking=True)
         if self.mixup is not None and len(targets) % 2:
             images, targets = images[:-1], targets[:-1]  # Mixup pairs images; bad files made it odd
         empty = not len(targets)
         if empty:
-            if not self.rt.distributed and (not update or self.cfg.grad_accum_steps == 1):
+            if not self.runtime.distributed and (not update or self.cfg.grad_accum_steps == 1):
                 return None
             # keep the ranks' gradient all-reduces matched: a zero-weighted dummy step
-            images = torch.zeros(1, self.in_chans, self.img_size, self.img_size, device=self.rt.device)
+            images = torch.zeros(1, self.in_chans, self.img_size, self.img_size, device=self.runtime.device)
         elif self.mixup is not None:
             images, targets = self.mixup(images, targets)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        no_sync = self.train_model.no_sync if self.rt.distributed and not update else contextlib.nullcontext
+        no_sync = self.train_model.no_sync if self.runtime.distributed and not update else contextlib.nullcontext
         with no_sync():  # DDP all-reduces the gradients of the last pass of an accumulation only
-            with autocast(self.rt.device, self.dtype):
+            with autocast(self.runtime.device, self.dtype):
                 logits = self.train_model(images)
                 loss = logits.float().sum() * 0 if empty else self.criterion(images, logits, targets)
-            share = loss / self.cfg.grad_accum_steps
-            (self.scaler.scale(share) if self.scaler is not None else share).backward()
+            backward(loss / self.cfg.grad_accum_steps, self.scaler)
         if update:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-                self._clip()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self._clip()
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            apply_gradients(self.optimizer, self.scaler, self.model.parameters(), self.cfg.clip_grad)
             if self.ema is not None:
                 self.ema.update(self.model, step=self.global_step + 1)
         return None if empty else loss.detach()
 
-    def _clip(self) -> None:
-        if self.cfg.clip_grad:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-
     def train_one_epoch(self, epoch: int) -> dict:
         """The epoch's remaining steps; a mid-epoch resume carries the loss sums of the steps
         before it (``epoch_totals``), so the epoch's mean is that of an uninterrupted run."""
-        cfg, rt = self.cfg, self.rt
+        cfg, runtime = self.cfg, self.runtime
         self.model.train()
         self.train_sampler.set_epoch(epoch, skip=self.epoch_step * cfg.batch_size)
-        totals = self.epoch_totals = self.epoch_totals.to(rt.device)  # loss sum, steps, bad files
-        nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
+        totals = self.epoch_totals = self.epoch_totals.to(runtime.device)  # loss sum, steps, bad files
+        nonfinite = torch.zeros((), dtype=torch.bool, device=runtime.device)
         images_seen, started = 0, time.perf_counter()
         with tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {epoch + 1}/{self.total_epochs}",
-                  disable=not rt.main, dynamic_ncols=True, file=sys.stderr) as bar:
+                  disable=not runtime.main, dynamic_ncols=True, file=sys.stderr) as bar:
             for images, targets, bad in self.train_loader:
                 if self.epoch_step == self.steps_per_epoch:
                     break  # the batches of an incomplete last accumulation
@@ -642,7 +389,7 @@ class Trainer:
                 update = (self.epoch_step + 1) % cfg.grad_accum_steps == 0
                 loss = self.train_step(images, targets, update)
                 self.epoch_step += 1
-                images_seen += len(targets) * rt.world
+                images_seen += len(targets) * runtime.world
                 if loss is not None:
                     totals[0] += loss
                     totals[1] += 1
@@ -663,7 +410,7 @@ class Trainer:
                 if checkpoint_due:
                     self.save("last.pth")
                 bar.update(1)
-        if rt.distributed:
+        if runtime.distributed:
             totals = totals.clone()
             dist.all_reduce(totals)
         elapsed = time.perf_counter() - started
@@ -675,14 +422,11 @@ class Trainer:
         return max(group["lr"] for group in self.optimizer.param_groups)
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
-        flag = nonfinite.to(torch.float32)
-        if self.rt.distributed:
-            dist.all_reduce(flag)
-        if flag.item():
+        if not on_every_rank(~nonfinite, self.runtime):  # every rank stops, none waits forever
             raise TrainingDiverged(self._diverged_message("the training loss became NaN/inf"))
 
     def _diverged_message(self, what: str) -> str:
-        last = self.run_dir / "last.pth"
+        last = self.run_folder.last_checkpoint
         kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
         return (f"{what} at epoch {self.epoch + 1}, step {self.epoch_step} (global step {self.global_step}); "
                 f"stopped. {kept}. Lower the learning rate (--lr/--base-lr), set --clip-grad, or use "
@@ -695,7 +439,9 @@ class Trainer:
                 tqdm.write(f"warning: skipping unreadable file {path} ({reason})", file=sys.stderr)
 
     def evaluate_model(self, model: nn.Module) -> dict:
-        return evaluate(model, self.val_loader, self.rt.device, self.dtype, self.channels_last, progress=self.rt.main)
+        """Loss, top-1 and top-5 of ``model`` on the validation images (all ranks' together)."""
+        return evaluate(model, self.val_loader, self.runtime.device, self.dtype, self.channels_last,
+                        progress=self.runtime.main)
 
     def validate(self) -> dict:
         result = self.evaluate_model(self.model)
@@ -729,19 +475,22 @@ class Trainer:
             if self.log is not None:
                 self.log.close()
         elapsed = time.perf_counter() - started
-        kept = "model_int8.xml" if self.qat is not None else "model/"
-        if self.rt.main and val:
+        if self.runtime.main and val:
             tqdm.write(f"done: {self.epoch} epochs, val top-1 {val['top1']:.2f}% (best {self.best_top1:.2f}%, "
-                       f"{self.best_source} weights, in best.pth and {kept}), {elapsed:.0f} s; run folder "
-                       f"{self.run_dir}")
-        qat = dict(qat=self.qat.report(self.best_top1)) if self.qat is not None and self.rt.main else {}
-        return dict(val, best_top1=self.best_top1, best_source=self.best_source, epochs=self.epoch,
-                    run_dir=str(self.run_dir), time=elapsed, **qat)
+                       f"{self.best_source} weights, in best.pth and {self.best_model_name}), {elapsed:.0f} s; "
+                       f"run folder {self.run_dir}")
+        return self.report(dict(val, best_top1=self.best_top1, best_source=self.best_source, epochs=self.epoch,
+                                run_dir=str(self.run_dir), time=elapsed))
+
+    def report(self, result: dict) -> dict:
+        """What :meth:`fit` returns: ``result`` (the last validation, the best top-1 and
+        where it came from, the epochs, the run folder, the time)."""
+        return result
 
     def _start_summary(self) -> None:
         """What the run is about to do, and warnings for settings that make it useless."""
         cfg = self.cfg
-        if not self.rt.main:
+        if not self.runtime.main:
             return
         aug = "RandAugment " + cfg.aa if cfg.aa else f"colour jitter {cfg.color_jitter}"
         mix = f"Mixup {cfg.mixup} / CutMix {cfg.cutmix}" if self.mixup is not None else "no Mixup/CutMix"
@@ -751,13 +500,13 @@ class Trainer:
         scaled = "" if cfg.lr is not None else f" (--base-lr {cfg.base_lr:g} x {self.global_batch} / {cfg.base_batch})"
         drop_path = cfg.drop_path if cfg.drop_path is not None else "the variant's"
         lines = [
-            f"training {cfg.model} at {self.img_size}px on {self.rt.device} ({self.rt.world} process(es), "
+            f"training {cfg.model} at {self.img_size}px on {self.runtime.device} ({self.runtime.world} process(es), "
             f"amp {self.dtype or 'none'}); run folder {self.run_dir}",
             f"  data      {len(self.data.train)} train / {len(self.data.val)} val images, "
             f"{len(self.class_names)} classes",
             f"  schedule  {cfg.epochs} epochs + {cfg.cooldown_epochs} cool-down, {self.steps_per_epoch} steps of "
             f"{cfg.batch_size} per epoch and process, global batch {self.global_batch} "
-            f"({cfg.batch_size} x {self.rt.world} process(es) x {cfg.grad_accum_steps} accumulated), "
+            f"({cfg.batch_size} x {self.runtime.world} process(es) x {cfg.grad_accum_steps} accumulated), "
             f"{self.updates_per_epoch * self.total_epochs} optimizer steps",
             f"  lr        {self.lr:.3g}{scaled}, warm-up {cfg.warmup_epochs} epochs, cosine to {cfg.min_lr:g}",
             f"  augment   {aug}, {mix}, random erasing {cfg.reprob}, label smoothing {cfg.smoothing}, "
@@ -765,23 +514,23 @@ class Trainer:
             f"  EMA       {ema}",
             f"  CPU       {self.threads} thread(s), {self.workers} loader worker(s) per process",
         ]
-        self._say("\n".join(lines))
+        self.say("\n".join(lines))
         if cfg.warmup_epochs >= cfg.epochs:
-            self._say(f"warning: the warm-up ({cfg.warmup_epochs} epochs) is not shorter than the run ({cfg.epochs} "
-                      "epochs): the lr never reaches its peak; lower --warmup-epochs")
-        if self.lr < 1e-4 and not cfg.qat:  # a fine-tune of quantisers wants a small lr
-            self._say(f"warning: the learning rate is only {self.lr:.2g} (linear scaling to a global batch of "
-                      f"{self.global_batch}); a short run may barely move: set --lr for this batch")
+            self.say(f"warning: the warm-up ({cfg.warmup_epochs} epochs) is not shorter than the run ({cfg.epochs} "
+                     "epochs): the lr never reaches its peak; lower --warmup-epochs")
+        if self.lr < self.min_useful_lr:
+            self.say(f"warning: the learning rate is only {self.lr:.2g} (linear scaling to a global batch of "
+                     f"{self.global_batch}); a short run may barely move: set --lr for this batch")
 
     def _epoch_summary(self, epoch: int, train: dict, val: dict, improved: bool) -> None:
-        if not self.rt.main:
+        if not self.runtime.main:
             return
         row = dict(epoch=epoch + 1, step=self.global_step, train_loss=round(train["loss"], 5),
                    val_loss=round(val["loss"], 5), val_top1=round(val["top1"], 3), val_top5=round(val["top5"], 3),
                    ema_top1=round(val["ema_top1"], 3) if "ema_top1" in val else None, lr=self.current_lr(),
                    img_per_s=round(train["img_per_s"], 1), bad_files=train["bad_files"] + val["bad_files"],
                    epoch_time_s=round(train["time"], 2), time=datetime.now().isoformat(timespec="seconds"))
-        with self._writing(self.log.csv_path):
+        with self.run_folder.writing(self.log.csv_path):
             self.log.epoch(row)
         ema = f" | ema top-1 {val['ema_top1']:.2f}%" if "ema_top1" in val else ""
         bad = f" | {row['bad_files']} bad file(s) skipped" if row["bad_files"] else ""
@@ -795,11 +544,11 @@ class Trainer:
         """Training images/s (forward + backward + optimizer step, all processes together)
         over ``steps`` steps after ``warmup`` steps; with real data also the share of the
         wall time spent waiting for the input pipeline."""
-        cfg, rt = self.cfg, self.rt
+        cfg, runtime = self.cfg, self.runtime
         total = steps + warmup
         if cfg.synthetic:
             batches = SyntheticBatches(cfg.batch_size, self.in_chans, self.img_size, len(self.class_names),
-                                       rt.device, total)
+                                       runtime.device, total)
         else:
             self.train_sampler.set_epoch(0)
             if total > self.steps_per_epoch:
@@ -808,7 +557,7 @@ class Trainer:
             batches = self.train_loader
         self.model.train()
         waited, iterator = 0.0, iter(batches)
-        for step in tqdm(range(total), desc="benchmark", disable=not rt.main, file=sys.stderr):
+        for step in tqdm(range(total), desc="benchmark", disable=not runtime.main, file=sys.stderr):
             if step == warmup:
                 self._synchronize()
                 started, waited = time.perf_counter(), 0.0
@@ -818,29 +567,32 @@ class Trainer:
             self.train_step(images, targets)
         self._synchronize()
         elapsed = time.perf_counter() - started
-        result = dict(img_per_s=steps * cfg.batch_size * rt.world / elapsed, data_wait_share=waited / elapsed,
-                      steps=steps, batch_size=cfg.batch_size, processes=rt.world,
+        result = dict(img_per_s=steps * cfg.batch_size * runtime.world / elapsed, data_wait_share=waited / elapsed,
+                      steps=steps, batch_size=cfg.batch_size, processes=runtime.world,
                       data="synthetic" if cfg.synthetic else cfg.data, dtype=str(self.dtype),
-                      channels_last=self.channels_last, compile=cfg.compile, device=str(rt.device))
-        self._say(f"benchmark: {result['img_per_s']:.1f} img/s ({cfg.model}, {self.img_size}px, "
-                  f"batch {cfg.batch_size} x {rt.world}, {result['dtype']}, channels_last={self.channels_last}, "
-                  f"compile={cfg.compile}, data={result['data']}, waiting for data "
-                  f"{100 * result['data_wait_share']:.1f}% of the time)")
+                      channels_last=self.channels_last, compile=cfg.compile, device=str(runtime.device))
+        self.say(f"benchmark: {result['img_per_s']:.1f} img/s ({cfg.model}, {self.img_size}px, "
+                 f"batch {cfg.batch_size} x {runtime.world}, {result['dtype']}, channels_last={self.channels_last}, "
+                 f"compile={cfg.compile}, data={result['data']}, waiting for data "
+                 f"{100 * result['data_wait_share']:.1f}% of the time)")
         return result
 
     def _synchronize(self) -> None:
-        if self.rt.device.type == "cuda":
-            torch.cuda.synchronize(self.rt.device)
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize(self.runtime.device)
 
-    def _say(self, message: str) -> None:
-        if self.rt.main:
+    def say(self, message: str) -> None:
+        """``message`` on stderr, from rank 0 only (beside tqdm's progress bars)."""
+        if self.runtime.main:
             tqdm.write(message, file=sys.stderr)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Build a :class:`Trainer` for ``cfg`` and run it (leaving the process group, if any)."""
+def train(cfg: TrainConfig, trainer_class: type[Trainer] = Trainer) -> dict:
+    """Build a ``trainer_class`` (:class:`Trainer`, or a subclass such as
+    :class:`efficientmod.classify.qat.QATTrainer`) for ``cfg`` and fit it, leaving the
+    process group, if any."""
     try:
-        return Trainer(cfg).fit()
+        return trainer_class(cfg).fit()
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -9,7 +9,8 @@ int8 will run, the forward pass sees int8's errors, gradients pass the rounding 
 (the straight-through estimator, Bengio et al., 2013) and the quantisers' ranges are
 trained with the weights (NNCF's quantisers; as in LSQ, Esser et al., 2020).
 
-The flow, one :class:`~efficientmod.classify.engine.Trainer` run with this module's hooks:
+The flow, one run of :class:`QATTrainer` (a :class:`~efficientmod.classify.engine.Trainer`
+with its own model, best model and report):
 
 1. ``--init-from``: a trained float model (a ``save_pretrained`` folder or a run folder
    holding ``model/``) is :func:`~efficientmod.fuse.deploy`\\ ed — BatchNorm and layer
@@ -40,20 +41,17 @@ import warnings
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from efficientmod.classify.config import TrainConfig
+from efficientmod.classify.engine import Trainer
 from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement
 from efficientmod.export.openvino import StaticBatchModel, save_openvino
 
-if TYPE_CHECKING:
-    from efficientmod.classify.engine import Trainer
-
-__all__ = ["IR_NAME", "AGREEMENT_TOLERANCE", "FLOAT_TYPES", "QuantisationAwareTraining", "load_float_model",
+__all__ = ["IR_NAME", "AGREEMENT_TOLERANCE", "FLOAT_TYPES", "QATTrainer", "load_float_model",
            "quantise_model", "quantiser_placement", "restore_quantised", "export_int8", "check_qat_options"]
 
 IR_NAME = "model_int8.xml"  # in the run folder, with model_int8.bin
@@ -102,11 +100,9 @@ def _use_reference_kernels() -> None:
 
 
 def check_qat_options(cfg: TrainConfig) -> None:
-    """Refuse the options that cannot go with ``--qat`` (or ``--init-from`` without it)."""
+    """Refuse the options that cannot go with ``--qat``."""
     if not cfg.qat:
-        if cfg.init_from:
-            raise ValueError("--init-from gives the float model of --qat; to fine-tune from weights use --pretrained")
-        return
+        raise ValueError("QATTrainer runs --qat; efficientmod.classify.engine.Trainer trains float models")
     if not cfg.init_from:
         raise ValueError("--qat needs --init-from RUN_OR_MODEL_DIR (the trained float model to quantise)")
     refused = {
@@ -233,54 +229,63 @@ def _convert_int8(qmodel: nn.Module, example: torch.Tensor):
     return ov_model, StaticBatchModel(ov_model, "int8")
 
 
-class QuantisationAwareTraining:
-    """What ``--qat`` adds to a :class:`~efficientmod.classify.engine.Trainer`: the float model of
-    ``--init-from`` (deployed), its quantised copy, the IR of each best epoch, and the
-    fp32 / post-training / QAT comparison at the end."""
+class QATTrainer(Trainer):
+    """``efficientmod train --qat``: a :class:`~efficientmod.classify.engine.Trainer` whose
+    model is the deployed float model of ``--init-from`` with NNCF's fake quantisers, whose
+    best epochs are written as the verified OpenVINO int8 IR ``model_int8.xml`` (instead of
+    ``model/``), and whose result adds the fp32 / post-training / QAT comparison (``qat``)."""
 
-    def __init__(self, cfg: TrainConfig):
+    best_model_name = IR_NAME
+    min_useful_lr = 0.0  # a fine-tune of quantisers wants a small learning rate
+
+    def configure(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` checked for ``--qat``, with the model, input size and channels of the
+        ``--init-from`` float model."""
         check_qat_options(cfg)
         _nncf()
         self.float_model = load_float_model(cfg.init_from)
-        self.cfg = qat_config(cfg, self.float_model)
         self.scores: dict[str, float] = {}  # fp32 and post-training top-1, then the IR's
         self.placement: dict | None = None
+        return qat_config(cfg, self.float_model)
 
-    def check_data(self, class_names: list[str], preprocessing: dict) -> None:
+    def check_data(self) -> None:
         """The data must have the model's classes and preprocessing."""
         saved = self.float_model.class_names
-        if saved is not None and list(saved) != list(class_names):
+        if saved is not None and list(saved) != list(self.class_names):
             raise ValueError(f"--init-from was trained on the classes {list(saved)[:5]}..., the data has "
-                             f"{list(class_names)[:5]}... (same names, same order needed)")
-        differs = [key for key, value in preprocessing.items() if key in self.float_model.preprocessing
-                   and list(np.atleast_1d(self.float_model.preprocessing[key])) != list(np.atleast_1d(value))]
+                             f"{list(self.class_names)[:5]}... (same names, same order needed)")
+        float_preprocessing = self.float_model.preprocessing
+        differs = [key for key, value in self.preprocessing.items() if key in float_preprocessing
+                   and list(np.atleast_1d(float_preprocessing[key])) != list(np.atleast_1d(value))]
         if differs:
             raise ValueError(f"the data's preprocessing differs from the --init-from model's in {', '.join(differs)}")
 
-    def build_model(self, trainer: Trainer, resume_state: dict | None) -> nn.Module:
+    def build_model(self, resume_state: dict | None) -> nn.Module:
         """The deployed float model with fake quantisers: restored from the checkpoint to
         resume, else calibrated (and the float and post-training top-1 measured)."""
         from efficientmod.fuse import deploy
 
-        self.check_data(trainer.class_names, trainer.preprocessing)
-        float_model = deploy(self.float_model.to(trainer.rt.device))
+        if self.runtime.distributed:
+            raise ValueError("--qat runs on one process (not under torchrun)")
+        self.check_data()
+        float_model = deploy(self.float_model.to(self.runtime.device))
         if resume_state is not None:
             saved = resume_state.get("qat")
             if not saved:
                 raise ValueError("--resume: the checkpoint holds no QAT state (it is not a --qat run)")
             self.placement, self.scores = saved["placement"], dict(saved["scores"])
             return restore_quantised(float_model, self.placement)
-        images = self._calibration_images(trainer)
-        trainer._say(f"qat: calibrating NNCF's int8 quantisers on {len(images)} training images")
+        images = self.calibration_images()
+        self.say(f"qat: calibrating NNCF's int8 quantisers on {len(images)} training images")
         model = quantise_model(float_model, images)
         self.placement = quantiser_placement(model)
-        self.scores = dict(fp32_top1=trainer.evaluate_model(float_model)["top1"],
-                           ptq_top1=trainer.evaluate_model(model)["top1"])
-        trainer._say(f"qat: val top-1 fp32 {self.scores['fp32_top1']:.2f}%, int8 after calibration (post-training) "
-                     f"{self.scores['ptq_top1']:.2f}%")
+        self.scores = dict(fp32_top1=self.evaluate_model(float_model)["top1"],
+                           ptq_top1=self.evaluate_model(model)["top1"])
+        self.say(f"qat: val top-1 fp32 {self.scores['fp32_top1']:.2f}%, int8 after calibration (post-training) "
+                 f"{self.scores['ptq_top1']:.2f}%")
         return model
 
-    def _calibration_images(self, trainer: Trainer) -> list[torch.Tensor]:
+    def calibration_images(self) -> list[torch.Tensor]:
         """``--calib-samples`` training images through the evaluation transform, spread
         evenly over the (class-ordered) training set; unreadable files skipped."""
         from efficientmod.classify.data import BadSample, ImageFolder, digits_datasets
@@ -289,36 +294,48 @@ class QuantisationAwareTraining:
         if cfg.data is None:
             dataset = digits_datasets(cfg.img_size, max_shift=0, seed=cfg.seed)[0]
         else:
-            dataset = ImageFolder(Path(cfg.data) / "train", trainer.class_names, trainer.data.val.transform)
+            dataset = ImageFolder(Path(cfg.data) / "train", self.class_names, self.data.val.transform)
         picks = np.unique(np.linspace(0, len(dataset) - 1, min(cfg.calib_samples, len(dataset))).round().astype(int))
         samples = [dataset[int(i)] for i in picks]
-        return [image[None].to(trainer.rt.device) for image, _ in (s for s in samples if not isinstance(s, BadSample))]
+        readable = (sample for sample in samples if not isinstance(sample, BadSample))
+        return [image[None].to(self.runtime.device) for image, _ in readable]
 
-    def state(self) -> dict:
-        """For the training checkpoint: the quantiser placement and the starting scores."""
-        return dict(placement=self.placement, scores=self.scores)
+    def state_dict(self) -> dict:
+        """The trainer's state, and the quantiser placement and the starting scores."""
+        return dict(super().state_dict(), qat=dict(placement=self.placement, scores=self.scores))
 
-    def write_ir(self, trainer: Trainer) -> Path:
-        """The model's IR as ``model_int8.xml`` in the run folder, checked on the validation set."""
+    def save_best_model(self, source: str) -> None:
+        """The model's IR as ``model_int8.xml`` in the run folder, checked on the validation
+        set (rank 0 only; ``source`` is always the raw model: QAT keeps no EMA)."""
+        if self.runtime.main:
+            with self.run_folder.writing(self.run_dir / IR_NAME):
+                self.write_ir()
+
+    def write_ir(self) -> Path:
+        """The fake-quantised model as ``model_int8.xml`` (:func:`export_int8`, with the metadata
+        ``efficientmod export`` stores), its top-1 and agreement added to the scores."""
         from efficientmod.classify.predict import onnx_metadata
         from efficientmod.preprocessing import Preprocessing
 
-        path = trainer.run_dir / IR_NAME
+        path = self.run_dir / IR_NAME
         preprocessing = Preprocessing.of_model(self.float_model, (self.cfg.in_chans, self.cfg.img_size,
                                                                   self.cfg.img_size))
         metadata = onnx_metadata(self.float_model, preprocessing)
-        batches = ((images, labels) for images, labels, _ in trainer.val_loader if len(labels))
-        _, agreement, logits, labels = export_int8(trainer.model, path, batches, metadata)
+        batches = ((images, labels) for images, labels, _ in self.val_loader if len(labels))
+        _, agreement, logits, labels = export_int8(self.model, path, batches, metadata)
         self.scores.update(ir_top1=100.0 * float((logits.argmax(axis=1) == labels).mean()),
                            ir_agreement=agreement.top1)
-        trainer._say(f"qat: wrote {path} (OpenVINO int8: val top-1 {self.scores['ir_top1']:.2f}%, {agreement} "
-                     "against the fake-quantised PyTorch model)")
+        self.say(f"qat: wrote {path} (OpenVINO int8: val top-1 {self.scores['ir_top1']:.2f}%, {agreement} "
+                 "against the fake-quantised PyTorch model)")
         return path
 
-    def report(self, qat_top1: float) -> dict:
-        """The fp32 / post-training int8 / QAT int8 comparison, printed and returned."""
-        scores = dict(self.scores, qat_top1=qat_top1)
+    def report(self, result: dict) -> dict:
+        """``result`` with ``qat``: the fp32 / post-training int8 / QAT int8 comparison (rank
+        0), also printed."""
+        if not self.runtime.main:
+            return result
+        scores = dict(self.scores, qat_top1=self.best_top1)
         print(f"qat: val top-1: fp32 {scores['fp32_top1']:.2f}% | int8 post-training (start) "
-              f"{scores['ptq_top1']:.2f}% | int8 after QAT {qat_top1:.2f}% (fake-quantised PyTorch); OpenVINO "
-              f"{IR_NAME} {scores.get('ir_top1', float('nan')):.2f}%", file=sys.stderr)
-        return scores
+              f"{scores['ptq_top1']:.2f}% | int8 after QAT {scores['qat_top1']:.2f}% (fake-quantised PyTorch); "
+              f"OpenVINO {IR_NAME} {scores.get('ir_top1', float('nan')):.2f}%", file=sys.stderr)
+        return dict(result, qat=scores)

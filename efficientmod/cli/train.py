@@ -6,7 +6,14 @@ import sys
 import time
 from datetime import datetime
 
-from efficientmod.classify.config import DEMO_PRESET, QAT_PRESET, add_config_arguments, resolve_config
+from efficientmod.classify.config import (
+    DEMO_PRESET,
+    add_config_arguments,
+    config_of,
+    given_values,
+    resolve_config,
+    train_preset,
+)
 from efficientmod.runtime import AMP_CHOICES
 
 TRAIN_EPILOG = """\
@@ -68,16 +75,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args)
-    if cfg.qat:  # the fine-tune recipe of a trained model, under the flags and YAML given
-        cfg = resolve_config(args, preset=QAT_PRESET)
-    elif cfg.data is None and not cfg.synthetic:
+    given = given_values(args)
+    preset = train_preset(given)  # --qat: the fine-tune recipe of a trained model, under the flags and YAML given
+    if preset is DEMO_PRESET:
         print("efficientmod train: no --data given: training the digits demo "
               "(`efficientmod demo` also evaluates, exports and benchmarks it)", file=sys.stderr)
-        cfg = resolve_config(args, preset=DEMO_PRESET)
-    from efficientmod.classify.engine import train
+    cfg = config_of(given, preset)  # the one resolution of the recipe
+    from efficientmod.classify.engine import Trainer, train
 
-    train(cfg)
+    trainer_class = Trainer
+    if cfg.qat:
+        from efficientmod.classify.qat import QATTrainer as trainer_class
+    train(cfg, trainer_class)
     return 0
 
 
