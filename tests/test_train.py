@@ -20,6 +20,7 @@ from synthetic_images import make_bad_files, make_image_folder
 from efficientmod import create_model
 from efficientmod.classify.config import TrainConfig, load_yaml, resolve_config
 from efficientmod.classify.engine import Trainer
+from efficientmod.classify.evaluate import evaluate_checkpoint
 from efficientmod.classify.losses import DistillationLoss
 from efficientmod.cli import build_parser, main
 
@@ -93,6 +94,21 @@ def test_eval_command_matches_the_validation_of_the_run(full_run, folder, capsys
     assert main(["eval", "--model", "efficientmod_xxs", "--checkpoint", str(full_run / "model"),
                  "--data", str(folder), "--img-size", "32", "--workers", "0"]) == 0
     assert f"top-1 {last_top1:.2f}%" in capsys.readouterr().out
+
+
+def test_eval_of_the_ema_weights_and_of_the_model_folder_at_its_training_size(full_run, folder, capsys):
+    """--ema scores the EMA weights of a training checkpoint (as the run's ema_top1); a
+    model/ folder is evaluated at the size it was trained at (32 px, not the model's 224)."""
+    last_ema_top1 = float(list(csv.DictReader(open(full_run / "metrics.csv")))[-1]["ema_top1"])
+    assert main(["eval", "--model", "efficientmod_xxs", "--checkpoint", str(full_run / "last.pth"), "--ema",
+                 "--data", str(folder), "--workers", "0"]) == 0
+    assert f"top-1 {last_ema_top1:.2f}%" in capsys.readouterr().out
+    best_top1 = load(full_run / "best.pth")["best_top1"]
+    assert main(["eval", "--model", "efficientmod_xxs", "--checkpoint", str(full_run / "model"),
+                 "--data", str(folder), "--workers", "0"]) == 0
+    assert f"top-1 {best_top1:.2f}%" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="holds no EMA weights"):
+        evaluate_checkpoint("efficientmod_xxs", str(full_run / "model"), str(folder), workers=0, use_ema=True)
 
 
 def _weights_after_run(out: Path) -> dict:

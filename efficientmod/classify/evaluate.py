@@ -18,7 +18,7 @@ from efficientmod.classify.data import (
     collate_skipping_bad,
     eval_transform,
 )
-from efficientmod.runtime import amp_dtype, autocast, read_train_checkpoint
+from efficientmod.runtime import amp_dtype, autocast, read_train_checkpoint, resolve_device
 
 __all__ = ["evaluate", "evaluate_checkpoint"]
 
@@ -76,37 +76,42 @@ def evaluate_checkpoint(
     use_ema: bool = False,
 ) -> dict:
     """Evaluate ``checkpoint`` (a training checkpoint of this library, a ``save_pretrained``
-    folder, an official EfficientMod or a timm checkpoint) on ``data/<split>``."""
-    from efficientmod.checkpoint import load_checkpoint
-    from efficientmod.models import create_model, model_info
+    folder, an official EfficientMod or a timm checkpoint, loaded by
+    :func:`~efficientmod.classify.predict.load_model`) on ``data/<split>``."""
+    from efficientmod.classify.predict import load_model
+    from efficientmod.models import model_info
 
     class_names = check_image_folders(data, splits=(split,))
     info = model_info(model_name)
-    model = create_model(model_name, num_classes=len(class_names))
-    own = read_train_checkpoint(checkpoint, task="classification")
-    if own is not None:
-        saved = own.get("class_names")
-        if saved and list(saved) != class_names:
-            raise ValueError(f"the checkpoint was trained on other classes than {data}/{split} holds "
-                             f"(checkpoint: {saved[:10]}..., folder: {class_names[:10]}...)")
-        if use_ema and own.get("ema") is None:
-            raise ValueError(f"{checkpoint} holds no EMA weights")
-        load_checkpoint(model, own["ema"] if use_ema else own["model"])
-    else:
-        load_checkpoint(model, checkpoint)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    run_device = torch.device(device)
-    if run_device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}, but no CUDA device is available")
+    model = load_model(model_name, checkpoint)
+    if use_ema:
+        _load_ema_weights(model, checkpoint)
+    saved = getattr(model, "class_names", None)
+    if saved and list(saved) != class_names:
+        raise ValueError(f"the checkpoint was trained on other classes than {data}/{split} holds "
+                         f"(checkpoint: {saved[:10]}..., folder: {class_names[:10]}...)")
+    if model.num_classes != len(class_names):
+        raise ValueError(f"the checkpoint predicts {model.num_classes} classes, {data}/{split} holds "
+                         f"{len(class_names)}")
+    run_device = resolve_device(device)
     model.to(run_device)
     if run_device.type == "cuda":  # as in training: NHWC convolutions, cuDNN's autotuner for the fixed eval shape
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    size = img_size or (own or {}).get("config", {}).get("img_size") or info.input_size[-1]
+    saved_size = (getattr(model, "preprocessing", None) or {}).get("input_size")
+    size = img_size or (saved_size or info.input_size)[-1]
     transform = eval_transform(size, info.mean, info.std, info.crop_pct, info.interpolation)
     dataset = ImageFolder(Path(data) / split, class_names, transform)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset)), num_workers=workers,
                         collate_fn=collate_skipping_bad, pin_memory=run_device.type == "cuda")
     return evaluate(model, loader, run_device, amp_dtype(amp, run_device))
 
+
+def _load_ema_weights(model: nn.Module, checkpoint: str) -> None:
+    """The EMA weights of the training checkpoint ``checkpoint`` into ``model``."""
+    from efficientmod.checkpoint import load_checkpoint
+
+    own = read_train_checkpoint(checkpoint, task="classification")
+    if own is None or own.get("ema") is None:
+        raise ValueError(f"{checkpoint} holds no EMA weights")
+    load_checkpoint(model, own["ema"])
