@@ -73,6 +73,25 @@ def test_demo_refuses_qat(capsys):
     assert "efficientmod train --qat" in one_line_error(capsys)
 
 
+def test_the_float_trainer_refuses_qat_and_imports_nothing_of_it():
+    """QAT is a trainer of its own: the float Trainer points to it, and neither the engine
+    nor anything it imports imports the QAT module."""
+    from test_layout import import_graph
+
+    from efficientmod.classify.engine import Trainer
+
+    with pytest.raises(ValueError, match="QATTrainer"):
+        Trainer(TrainConfig(qat=True, init_from="somewhere", model="efficientmod_xxs"))
+    graph = import_graph()
+    seen, todo = set(), ["efficientmod.classify.engine"]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    assert "efficientmod.classify.qat" not in seen
+    assert "efficientmod.classify.engine" in graph["efficientmod.classify.qat"]
+
+
 def test_qat_preset_is_a_short_fine_tune():
     cfg = TrainConfig(**QAT_PRESET)
     assert cfg.cooldown_epochs == cfg.warmup_epochs == 0 and not cfg.ema and cfg.weight_decay == 0

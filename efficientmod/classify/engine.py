@@ -160,10 +160,10 @@ class Trainer:
     def configure(self, cfg: TrainConfig) -> TrainConfig:
         """The recipe this trainer runs: ``cfg``, refused when it asks for a quantisation-aware
         fine-tune (:class:`efficientmod.classify.qat.QATTrainer` runs those)."""
-        if cfg.init_from:
-            raise ValueError("--init-from gives the float model of --qat; to fine-tune from weights use --pretrained")
         if cfg.qat:
             raise ValueError("--qat runs in efficientmod.classify.qat.QATTrainer (`efficientmod train --qat`)")
+        if cfg.init_from:
+            raise ValueError("--init-from gives the float model of --qat; to fine-tune from weights use --pretrained")
         return cfg
 
     # -- building ----------------------------------------------------------------------------
