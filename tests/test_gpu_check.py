@@ -87,6 +87,20 @@ def test_init_runtime_sets_the_cudnn_autotuner_as_asked(monkeypatch):
         flags[0].benchmark, flags[0].allow_tf32, flags[1].allow_tf32 = before
 
 
+def test_every_device_flag_resolves_through_one_function(monkeypatch):
+    """train, eval and predict share runtime.resolve_device: auto is the GPU when there is
+    one, an unknown name or CUDA without a GPU is one clear ValueError."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == runtime.init_runtime("auto").device == torch.device("cpu")
+    for name, message in (("cuda", "CUDA is not available"), ("tpu9", "not a torch device")):
+        with pytest.raises(ValueError, match=message):
+            runtime.resolve_device(name)
+        with pytest.raises(ValueError, match=message):
+            runtime.init_runtime(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.resolve_device("auto") == torch.device("cuda")
+
+
 class _Stop(Exception):
     pass
 
