@@ -50,6 +50,7 @@ from efficientmod.classify.config import TrainConfig
 from efficientmod.classify.engine import Trainer
 from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement
 from efficientmod.export.openvino import StaticBatchModel, save_openvino
+from efficientmod.runtime import Runtime
 
 __all__ = ["IR_NAME", "AGREEMENT_TOLERANCE", "FLOAT_TYPES", "QATTrainer", "load_float_model",
            "quantise_model", "quantiser_placement", "restore_quantised", "export_int8", "check_qat_options"]
@@ -238,14 +239,17 @@ class QATTrainer(Trainer):
     best_model_name = IR_NAME
     min_useful_lr = 0.0  # a fine-tune of quantisers wants a small learning rate
 
+    def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
+        self.scores: dict[str, float] = {}  # fp32 and post-training top-1, then the IR's
+        self.placement: dict | None = None  # where the fake quantisers sit (nncf.torch.get_config)
+        super().__init__(cfg, runtime)
+
     def configure(self, cfg: TrainConfig) -> TrainConfig:
         """``cfg`` checked for ``--qat``, with the model, input size and channels of the
-        ``--init-from`` float model."""
+        ``--init-from`` float model (loaded here)."""
         check_qat_options(cfg)
         _nncf()
         self.float_model = load_float_model(cfg.init_from)
-        self.scores: dict[str, float] = {}  # fp32 and post-training top-1, then the IR's
-        self.placement: dict | None = None
         return qat_config(cfg, self.float_model)
 
     def check_data(self) -> None:

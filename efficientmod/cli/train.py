@@ -81,12 +81,14 @@ def run_train(args: argparse.Namespace) -> int:
         print("efficientmod train: no --data given: training the digits demo "
               "(`efficientmod demo` also evaluates, exports and benchmarks it)", file=sys.stderr)
     cfg = config_of(given, preset)  # the one resolution of the recipe
-    from efficientmod.classify.engine import Trainer, train
+    from efficientmod.classify.engine import train
 
-    trainer_class = Trainer
-    if cfg.qat:
-        from efficientmod.classify.qat import QATTrainer as trainer_class
-    train(cfg, trainer_class)
+    if cfg.qat:  # a trainer of its own (NNCF, OpenVINO)
+        from efficientmod.classify.qat import QATTrainer
+
+        train(cfg, QATTrainer)
+    else:
+        train(cfg)
     return 0
 
 
