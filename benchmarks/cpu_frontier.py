@@ -8,8 +8,11 @@ CPU backend of ``efficientmod bench`` (``ort-cpu``, ``ort-cpu-int8``, ``openvino
 ``openvino-cpu-bf16``, ``openvino-cpu-int8``; prepared exactly as the bench prepares them).
 Baselines: for EfficientMod, this library's *undeployed* model exported to ONNX (the
 official code is not available offline; the undeployed model reproduces it exactly, see
-tests/test_efficientmod.py); for EfficientViT-M4 and MobileViTv2-1.0, timm's model exported
-the same way. All run in ORT fp32 as the baseline.
+tests/test_efficientmod.py); for EfficientViT-M4 and MobileViTv2-1.0, timm's model. All run
+in ORT fp32 as the baseline, prepared by the same ``ort-cpu`` backend as ours: the same
+export settings on both sides (the backend's ``OnnxExport``: TorchScript exporter, opset 18,
+static shapes, one export per batch size; tests/test_bench.py checks it). Figures recorded
+before 2026-12-02 used a dynamic-batch ORT export on both sides.
 
 Latency: batch 1, ``--threads`` (default 1) threads; after ``--warmup`` untimed rounds, each
 of ``--rounds`` rounds runs every entry of the group once in a rotating order, so load from
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from efficientmod.bench import BACKENDS, BenchSettings, environment, resolve_models, unavailable_reason
+from efficientmod.bench import BACKENDS, BackendOptions, environment, resolve_models
 from efficientmod.checkpoint import atomic_write
 
 DEPLOYED_BACKENDS = ("ort-cpu", "ort-cpu-int8", "openvino-cpu", "openvino-cpu-bf16", "openvino-cpu-int8")
@@ -56,22 +59,28 @@ def interleaved(steps: list, rounds: int, warmup: int) -> list[list[float]]:
 
 
 def prepare(entries, threads: int, batch: int):
+    """One step per entry, each prepared by its backend exactly as ``efficientmod bench`` does."""
     steps = []
     for label, model, input_size, backend in entries:
-        settings = BenchSettings(backends=(backend,), threads=threads)
         torch.set_num_threads(threads)
         start = time.perf_counter()
-        steps.append(BACKENDS[backend].prepare(model, input_size, settings)(batch))
+        steps.append(BACKENDS[backend].prepare(model, input_size, BackendOptions(threads=threads))(batch))
         print(f"  prepared {label} on {backend} (threads {threads}, batch {batch}) in "
               f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return steps
 
 
-def run_group(name: str, baseline: str, args) -> dict:
-    base, = resolve_models([baseline])
-    ours, = resolve_models([f"{name}@deploy"])
+def group_entries(name: str, baseline: str, backends, img_size: int | None = None) -> list[tuple]:
+    """(label, model, input size, backend) of a group: the baseline in ORT fp32 first, then
+    the deployed model on each of ``backends``."""
+    base, = resolve_models([baseline], img_size)
+    ours, = resolve_models([f"{name}@deploy"], img_size)
     entries = [(f"{base.label} (baseline)", base.model, base.input_size, "ort-cpu")]
-    entries += [(ours.label, ours.model, ours.input_size, b) for b in args.backends]
+    return entries + [(ours.label, ours.model, ours.input_size, b) for b in backends]
+
+
+def run_group(name: str, baseline: str, args) -> dict:
+    entries = group_entries(name, baseline, args.backends)
     load_before = os.getloadavg()[0]
     latency = interleaved(prepare(entries, args.threads, 1), args.rounds, args.warmup)
     throughput = None
@@ -122,7 +131,7 @@ def main() -> int:
     unknown = [g for g in args.groups if g not in GROUPS]
     if unknown:
         parser.error(f"unknown group(s) {unknown}; choose from {list(GROUPS)}")
-    missing = {b: reason for b in args.backends if (reason := unavailable_reason(b))}
+    missing = {b: reason for b in args.backends if (reason := BACKENDS[b].unavailable_reason())}
     if missing:
         parser.error(f"backends not available here: {missing}")
     result = dict(command=" ".join([os.path.basename(sys.executable), *sys.argv]),
