@@ -186,7 +186,8 @@ def _add_bench_dense(subparsers: argparse._SubParsersAction) -> None:
         epilog="example:\n  efficientmod bench-dense --task det --mode train --model efficientmod_s --device cuda",
     )
     parser.add_argument("--task", choices=("det", "seg"), required=True, help="Mask R-CNN or Semantic FPN")
-    parser.add_argument("--mode", choices=("train", "infer"), nargs="+", default=["train", "infer"])
+    parser.add_argument("--mode", choices=("train", "infer"), nargs="+", default=["train", "infer"],
+                        help="training steps, inference or both (default both, one JSON line each)")
     parser.add_argument("--model", default="efficientmod_s", help="backbone")
     parser.add_argument("--batch-size", type=int, default=2, help="images per iteration")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
