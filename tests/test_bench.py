@@ -564,7 +564,7 @@ def test_ort_backends_export_ours_and_the_reference_alike_with_static_shapes(bac
     assert exports[0] == dict(opset=18, dynamic_batch=False, batch=1, input_size=(3, 32, 32), shape=[1, 3, 32, 32])
 
 
-def test_cpu_frontier_exports_baseline_and_deployed_model_the_same_way(exports):
+def _cpu_frontier():
     import importlib.util as module_loading
     from pathlib import Path
 
@@ -572,14 +572,36 @@ def test_cpu_frontier_exports_baseline_and_deployed_model_the_same_way(exports):
     spec = module_loading.spec_from_file_location("cpu_frontier", path)
     cpu_frontier = module_loading.module_from_spec(spec)
     spec.loader.exec_module(cpu_frontier)
-    entries = cpu_frontier.group_entries("efficientmod_xxs", cpu_frontier.GROUPS["efficientmod_xxs"], ["ort-cpu"],
-                                         img_size=32)
-    assert [(label, backend) for label, _, _, backend in entries] == [
-        ("efficientmod_xxs (baseline)", "ort-cpu"), ("efficientmod_xxs@deploy", "ort-cpu")]
+    return cpu_frontier
+
+
+def test_cpu_frontier_exports_baseline_and_deployed_model_the_same_way(exports):
+    cpu_frontier = _cpu_frontier()
+    entries = cpu_frontier.group_entries("efficientmod_xxs", cpu_frontier.GROUPS["efficientmod_xxs"],
+                                         ["ort-cpu", "ort-cpu-int8"], img_size=32, reference_everywhere=True)
+    assert [(label, backend, role) for label, _, _, backend, role in entries] == [
+        ("efficientmod_xxs (baseline)", "ort-cpu", "reference"),
+        ("efficientmod_xxs (reference)", "ort-cpu-int8", "reference"),
+        ("efficientmod_xxs@deploy", "ort-cpu", "ours"), ("efficientmod_xxs@deploy", "ort-cpu-int8", "ours")]
     for step in cpu_frontier.prepare(entries, threads=1, batch=1):
         step()
-    baseline, ours = exports
-    assert baseline == ours and baseline["dynamic_batch"] is False and baseline["shape"][0] == 1
+    baseline, reference_int8, ours, ours_int8 = exports
+    assert baseline == ours and reference_int8 == ours_int8
+    assert baseline["dynamic_batch"] is False and baseline["shape"][0] == 1
+    plain = cpu_frontier.group_entries("efficientmod_xxs", "efficientmod_xxs", ["ort-cpu-int8"], img_size=32)
+    assert [role for *_, role in plain] == ["reference", "ours"]  # by default the reference runs in ORT fp32 only
+
+
+def test_cpu_frontier_ratios_to_the_baseline_and_to_the_fastest_reference():
+    rows = [dict(role="reference", median_ms=40.0, p10_ms=36.0, throughput_img_s=100.0),
+            dict(role="reference", median_ms=20.0, p10_ms=18.0, throughput_img_s=250.0),
+            dict(role="ours", median_ms=15.0, p10_ms=9.0, throughput_img_s=500.0)]
+    _cpu_frontier().add_ratios(rows)
+    ours = rows[2]
+    assert (ours["median_ratio"], ours["p10_ratio"], ours["throughput_ratio"]) == (0.375, 0.25, 5.0)
+    assert ours["median_ratio_to_fastest_reference"] == 0.75 and ours["p10_ratio_to_fastest_reference"] == 0.5
+    assert ours["throughput_ratio_to_fastest_reference"] == 2.0
+    assert rows[1]["median_ratio_to_fastest_reference"] == 1.0
 
 
 def test_every_onnx_backend_declares_its_export_and_requirements():
