@@ -6,15 +6,15 @@ model after the other; this script exists for noisy machines.
     python benchmarks/deploy_ort_cpu.py efficientmod_s efficientmod_s@deploy --threads 1
 
 Model specs are those of ``efficientmod bench`` (``NAME``, ``NAME@deploy``, ``timm:NAME``).
-Every model is exported with :func:`efficientmod.export.export_onnx` (opset 18, dynamic
-batch) and run with every graph optimization on. Prints a markdown table: median, p10 and
+Every model is exported as the bench's ``ort-cpu`` backend exports it (its ``OnnxExport``:
+opset 18, static batch 1; the same settings for every model) and run with every graph
+optimization on. Prints a markdown table: median, p10 and
 minimum latency, the ratio of each median / p10 to the first model's, and the number of
 nodes ONNX Runtime runs after its optimizations.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 import torch
 
-from efficientmod.bench import environment, resolve_models
-from efficientmod.export import export_onnx, ort_session
+from efficientmod.bench import BACKENDS, environment, resolve_models
+from efficientmod.export import ort_session
 
 
 def optimized_node_count(path: Path, threads: int) -> int:
@@ -43,11 +43,11 @@ def main() -> None:
     torch.set_num_threads(1)
 
     candidates = resolve_models(args.models)
+    export = BACKENDS["ort-cpu"].export
     sessions, nodes, inputs = [], [], []
-    with tempfile.TemporaryDirectory(prefix="deploy-ort-") as folder:
-        for i, candidate in enumerate(candidates):
-            path = export_onnx(copy.deepcopy(candidate.model).eval(), Path(folder) / f"m{i}.onnx",
-                               candidate.input_size)
+    for candidate in candidates:
+        with tempfile.TemporaryDirectory(prefix="deploy-ort-") as folder:
+            path = export.write(candidate.model.eval(), folder, candidate.input_size, batch=1)
             sessions.append(ort_session(path, args.threads))
             nodes.append(optimized_node_count(path, args.threads))
             inputs.append({"input": np.random.default_rng(0).standard_normal(

@@ -244,9 +244,9 @@ for model in "${train_models[@]}"; do
 done
 
 # 3. dense prediction images/s at the papers' sizes
-step dense_det 30 dense efficientmod.dense.speed --task det --mode train infer --model efficientmod_s --batch-size 2 \
+step dense_det 30 dense efficientmod bench-dense --task det --mode train infer --model efficientmod_s --batch-size 2 \
   --steps 10 --warmup 3 --amp
-step dense_seg 20 dense efficientmod.dense.speed --task seg --mode train infer --model efficientmod_s --batch-size 4 \
+step dense_seg 20 dense efficientmod bench-dense --task seg --mode train infer --model efficientmod_s --batch-size 4 \
   --steps 10 --warmup 3 --amp
 
 # 4. the papers' GPU claims (EfficientMod-s vs EfficientFormerV2-S2 latency, EfficientViT-M2 vs MobileViT-XXS throughput)

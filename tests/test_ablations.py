@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import efficientmod
-from efficientmod.ablation_bench import format_ablation_table, run_ablations
 from efficientmod.bench import BenchSettings
+from efficientmod.bench.ablations import format_ablation_table, run_ablations
 from efficientmod.cli import main
 from efficientmod.models.ablations import ABLATIONS, FocalNetBlock, MBConvBlock, VANBlock, create_ablation
 
@@ -192,7 +192,7 @@ def test_bench_cli_ablation_flag_writes_the_figures(tmp_path, capsys):
 
 
 def test_ablation_candidates_start_with_the_reference_and_repeat_nothing():
-    from efficientmod.ablation_bench import ablation_candidates
+    from efficientmod.bench.ablations import ablation_candidates
 
     candidates = ablation_candidates("efficientmod_xxs", ["van", "efficientmod", "van"], img_size=64)
     assert [c.label for c in candidates] == ["efficientmod", "van"]

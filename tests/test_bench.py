@@ -4,18 +4,22 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import time
 import types
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-import efficientmod.bench as bench
 from efficientmod.bench import (
+    BACKENDS,
+    Backend,
+    BackendOptions,
     BenchReport,
     BenchRow,
     BenchSettings,
@@ -25,11 +29,16 @@ from efficientmod.bench import (
     count_macs,
     count_params,
     expand_specs,
+    measure,
     pareto_front,
     plot_accuracy_latency,
+    protocol,
     resolve_models,
     time_calls,
 )
+from efficientmod.bench import backends as bench_backends
+from efficientmod.bench.backends import CompiledModels, Requirement
+from efficientmod.bench.claims import cores_note
 from efficientmod.cli import main
 
 CPU = dict(backends=("torch-cpu",), threads=1)
@@ -110,8 +119,9 @@ class Ticker(nn.Module):
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(
-        perf_counter=fake.perf_counter, strftime=time.strftime, gmtime=time.gmtime))
+    clock_module = types.SimpleNamespace(perf_counter=fake.perf_counter, strftime=time.strftime, gmtime=time.gmtime)
+    for timing_module in (protocol, measure):
+        monkeypatch.setattr(timing_module, "time", clock_module)
     return fake
 
 
@@ -131,8 +141,8 @@ def test_latency_statistics_of_known_call_times(clock):
 
 def test_a_backend_minimum_warmup_keeps_compilation_out_of_the_figures(clock, monkeypatch):
     """With --warmup 0, a backend whose first calls compile still gets its untimed calls."""
-    compiled = bench.Backend("fake-compiled", "cpu", "test", bench.BACKENDS["torch-cpu"].prepare, min_warmup=2)
-    monkeypatch.setitem(bench.BACKENDS, compiled.name, compiled)
+    compiled = Backend("fake-compiled", "cpu", "test", BACKENDS["torch-cpu"].prepare, min_warmup=2)
+    monkeypatch.setitem(BACKENDS, compiled.name, compiled)
     ticker = Ticker(clock, [30.0, 1.0] + [0.002] * 3 + [5.0, 1.0] + [0.008] * 2)
     settings = BenchSettings(backends=(compiled.name,), threads=1, runs=3, warmup=0, batch=4, throughput_runs=2)
     (row,) = benchmark([Candidate("ticker", "test", ticker, (3, 4, 4))], settings).rows
@@ -221,7 +231,7 @@ def _row(model: str, backend: str, latency: float, throughput: float | None) -> 
 def test_plot_takes_more_families_than_colours(tmp_path):
     rows = [dataclasses.replace(_row(f"m{i}", "torch-cpu", 1.0 + i, None), family=f"family{i}", top1=60.0 + i)
             for i in range(12)]
-    report = BenchReport(rows, BenchSettings(), bench.environment(1))
+    report = BenchReport(rows, BenchSettings(), measure.environment(1))
     plot_accuracy_latency(report, tmp_path / "plot.png")
     assert matplotlib.image.imread(tmp_path / "plot.png").ndim == 3
     unmeasured = dataclasses.replace(report, rows=[dataclasses.replace(r, latency_ms_median=None) for r in rows])
@@ -349,8 +359,14 @@ def test_cli_bad_input_exits_2_with_a_clear_message(argv, message, capsys):
 
 # --------------------------------------------------------------------------- exit status, int8 / OpenVINO rows
 
+def _absent(monkeypatch, backend: str) -> None:
+    """``backend`` declares a requirement this machine lacks."""
+    lacking = Requirement("efficientmod_no_such_module", "absent (test)")
+    monkeypatch.setitem(BACKENDS, backend, dataclasses.replace(BACKENDS[backend], requires=(lacking,)))
+
+
 def test_cli_exits_1_when_a_named_backend_is_missing_or_nothing_is_measured(capsys, monkeypatch):
-    monkeypatch.setattr(bench, "unavailable_reason", lambda b: "absent (test)" if b == "ort-cpu" else None)
+    _absent(monkeypatch, "ort-cpu")
     assert main(["bench", "efficientmod_xxs", "-b", "torch-cpu", "ort-cpu", *TINY, "--batch", "0"]) == 1
     captured = capsys.readouterr()
     assert "efficientmod_xxs" in captured.out and "named backend(s) not available here: ort-cpu" in captured.err
@@ -360,18 +376,18 @@ def test_cli_exits_1_when_a_named_backend_is_missing_or_nothing_is_measured(caps
 
 def test_default_backends_missing_are_only_noted(capsys, monkeypatch):
     monkeypatch.setattr("efficientmod.cli.bench.DEFAULT_BACKENDS", ("torch-cpu", "ort-cpu"))
-    monkeypatch.setattr(bench, "unavailable_reason", lambda b: "absent (test)" if b == "ort-cpu" else None)
+    _absent(monkeypatch, "ort-cpu")
     assert main(["bench", "efficientmod_xxs", *TINY, "--batch", "0"]) == 0
     assert "skipping ort-cpu: absent (test)" in capsys.readouterr().err
 
 
 def test_openvino_backends_name_the_extra_when_absent(monkeypatch):
-    real = bench.importlib.util.find_spec
-    monkeypatch.setattr(bench.importlib.util, "find_spec",
-                        lambda name: None if name in ("openvino", "nncf") else real(name))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name in ("openvino", "nncf")
+                        else real(name, *rest))
     for backend in ("openvino-cpu", "openvino-cpu-bf16", "openvino-cpu-int8"):
-        assert "pip install 'efficientmod[openvino]'" in bench.unavailable_reason(backend)
-    assert bench.unavailable_reason("ort-cpu-int8") is None
+        assert "pip install 'efficientmod[openvino]'" in BACKENDS[backend].unavailable_reason()
+    assert BACKENDS["ort-cpu-int8"].unavailable_reason() is None
 
 
 def test_ort_int8_backend_measures_and_reports_its_precision():
@@ -395,11 +411,11 @@ def test_openvino_backends_measure_and_report_their_precision():
 def test_paper_claims_note_fewer_cores_than_threads():
     report = BenchReport([], BenchSettings(backends=("torch-cpu", "torch-cuda"), threads=4),
                          {"logical_cpus": 2}, {})
-    assert "2 logical CPU(s), fewer than the 4 threads asked for" in bench._cores_note(report, "torch-cpu", None)
-    assert "of the paper" in bench._cores_note(report, "torch-cpu", 8)
-    assert bench._cores_note(report, "torch-cuda", 8) == ""  # GPU figures do not depend on the cores
+    assert "2 logical CPU(s), fewer than the 4 threads asked for" in cores_note(report, "torch-cpu", None)
+    assert "of the paper" in cores_note(report, "torch-cpu", 8)
+    assert cores_note(report, "torch-cuda", 8) == ""  # GPU figures do not depend on the cores
     quiet = dataclasses.replace(report, environment={"logical_cpus": 4})
-    assert bench._cores_note(quiet, "torch-cpu", 1) == ""
+    assert cores_note(quiet, "torch-cpu", 1) == ""
     checks = check_claims(report, [dict(ours="a", peer="b", metric="latency", backends=["torch-cpu"], speedup=2.0,
                                         stated="", source="")])
     assert "fewer than the 4 threads" in checks[0].note and checks[1].note == ""
@@ -410,7 +426,8 @@ def test_paper_claims_note_fewer_cores_than_threads():
 def test_compiled_backends_compile_static_shapes(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
-    make_step = bench._torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), BenchSettings(**CPU), "cpu", compiled=True)
+    make_step = bench_backends.torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), BackendOptions(threads=1), "cpu",
+                                           compiled=True)
     make_step(1)(), make_step(4)()
     assert calls == [{"dynamic": False}]  # a batch size change recompiles, static
 
@@ -420,15 +437,33 @@ def test_compiled_backends_of_one_model_share_one_compilation(monkeypatch):
     compiles once, not once per backend (the H200 run spent half its time compiling twice)."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(model) or model)
-    model, other, settings = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), BenchSettings(**CPU)
-    with bench._shared_compilation():
-        bench._torch_steps(model, (3, 8, 8), settings, "cpu", compiled=True)(1)()
-        bench._torch_steps(model, (3, 8, 8), settings, "cpu", compiled=True)(4)()
-        assert bench._compiled(model, (3, 8, 8), settings, "cpu") is compiled[0]
-        bench._torch_steps(other, (3, 8, 8), settings, "cpu", compiled=True)
-        assert len(compiled) == 2
-    bench._torch_steps(model, (3, 8, 8), settings, "cpu", compiled=True)
-    assert len(compiled) == 3  # the scope (one candidate of benchmark()) has closed: its copies are gone
+    model, other = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+    options = BenchSettings(**CPU).backend_options(CompiledModels())  # what benchmark() makes per candidate
+    bench_backends.torch_steps(model, (3, 8, 8), options, "cpu", compiled=True)(1)()
+    bench_backends.torch_steps(model, (3, 8, 8), options, "cpu", compiled=True)(4)()
+    assert options.compilations.get(model, (3, 8, 8), options, "cpu") is compiled[0]
+    bench_backends.torch_steps(other, (3, 8, 8), options, "cpu", compiled=True)
+    assert len(compiled) == 2
+    fresh = BenchSettings(**CPU).backend_options(CompiledModels())  # the next candidate: its own copies
+    bench_backends.torch_steps(model, (3, 8, 8), fresh, "cpu", compiled=True)
+    assert len(compiled) == 3
+
+
+def test_benchmark_compiles_each_model_once_for_all_its_compiled_backends(monkeypatch):
+    """Through benchmark(): two compiled backends of a model measure one compilation (four
+    backend-model pairs, two compilations)."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(model) or model)
+
+    def compiled_on_cpu(model, input_size, options):
+        return bench_backends.torch_steps(model, input_size, options, "cpu", compiled=True)
+
+    for name in ("fake-compiled", "fake-compiled-twin"):
+        monkeypatch.setitem(BACKENDS, name, Backend(name, "cpu", "test", compiled_on_cpu))
+    settings = BenchSettings(backends=("fake-compiled", "fake-compiled-twin"), threads=1, runs=1, warmup=0, batch=0)
+    report = benchmark([("a", "test", nn.Conv2d(3, 4, 1), (3, 8, 8)), ("b", "test", nn.Conv2d(3, 4, 1), (3, 8, 8))],
+                       settings)
+    assert [r.error for r in report.rows] == [""] * 4 and len(compiled) == 2
 
 
 def test_compilation_follows_an_eager_call_that_fills_first_call_caches(monkeypatch):
@@ -444,18 +479,18 @@ def test_compilation_follows_an_eager_call_that_fills_first_call_caches(monkeypa
     with torch.inference_mode():
         model(torch.randn(1, 3, 64, 64))
     assert all(caches(model))
-    assert not any(caches(bench._converted(model, BenchSettings(**CPU), "cpu")))  # .to() empties them
+    assert not any(caches(bench_backends.converted(model, BackendOptions(threads=1), "cpu")))  # .to() empties them
     seen = []
     monkeypatch.setattr(torch, "compile", lambda m, **kwargs: seen.append(caches(m)) or m)
-    bench._torch_steps(model, (3, 64, 64), BenchSettings(**CPU), "cpu", compiled=True)
+    bench_backends.torch_steps(model, (3, 64, 64), BackendOptions(threads=1), "cpu", compiled=True)
     assert len(seen) == 1 and seen[0] and all(seen[0])
 
 
 def test_gpu_backends_convert_model_and_inputs_instead_of_autocast():
-    settings = BenchSettings(backends=("torch-cuda",), dtype="bf16")
-    step = bench._torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), settings, "meta")(2)  # "meta": any non-CPU device
+    options = BenchSettings(backends=("torch-cuda",), dtype="bf16").backend_options(CompiledModels())
+    step = bench_backends.torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), options, "meta")(2)  # "meta": any non-CPU
     assert step().dtype == torch.bfloat16
-    cpu_step = bench._torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), settings, "cpu")(2)
+    cpu_step = bench_backends.torch_steps(nn.Conv2d(3, 4, 1), (3, 8, 8), options, "cpu")(2)
     assert cpu_step().dtype == torch.float32  # CPU backends stay float32 whatever --dtype says
 
 
@@ -464,7 +499,7 @@ def test_cuda_settings_are_explicit_and_restored():
     before = flags[0].benchmark, flags[1].allow_tf32, flags[0].allow_tf32
     torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = False, True  # what training left
     try:
-        with bench._cuda_settings():
+        with bench_backends.cuda_settings():
             assert (flags[0].benchmark, flags[1].allow_tf32, flags[0].allow_tf32) == (True, False, True)
         assert (flags[0].benchmark, flags[1].allow_tf32) == (False, True)
     finally:
@@ -485,10 +520,117 @@ class CompileOOM(nn.Module):
 
 
 def test_wrapped_out_of_memory_is_recognised():
-    assert bench._is_out_of_memory(RuntimeError("x")) is False
+    assert measure.is_out_of_memory(RuntimeError("x")) is False
     with pytest.raises(RuntimeError) as info:
         CompileOOM()(torch.zeros(2, 3, 8, 8))
-    assert bench._is_out_of_memory(info.value)
+    assert measure.is_out_of_memory(info.value)
     settings = BenchSettings(**CPU, runs=1, warmup=0, batch=4)
     (row,) = benchmark([Candidate("oom", "test", CompileOOM(), (3, 8, 8))], settings).rows
     assert row.error == "out of GPU memory at batch 4" and row.latency_ms_median is not None
+
+
+# --------------------------------------------------------------------------- a fair baseline (issue 20)
+
+@pytest.fixture
+def exports(monkeypatch):
+    """Every ONNX export the backends make: its settings and the input shape of the file."""
+    import onnx
+
+    import efficientmod.export
+
+    real, seen = efficientmod.export.export_onnx, []
+
+    def recording(model, path, input_size, **settings):
+        written = real(model, path, input_size, **settings)
+        dims = onnx.load(str(written)).graph.input[0].type.tensor_type.shape.dim
+        seen.append(dict(settings, input_size=tuple(input_size), shape=[d.dim_value or d.dim_param for d in dims]))
+        return written
+
+    monkeypatch.setattr(efficientmod.export, "export_onnx", recording)
+    return seen
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu", "ort-cpu-int8"])
+def test_ort_backends_export_ours_and_the_reference_alike_with_static_shapes(backend, exports):
+    """The undeployed model (the official architecture) and ours, deployed, reach ONNX Runtime
+    through one export declaration: same exporter settings, the batch fixed in the graph."""
+    reference, ours = resolve_models(["efficientmod_xxs", "efficientmod_xxs@deploy"], img_size=32)
+    for candidate in (reference, ours):
+        make_step = BACKENDS[backend].prepare(candidate.model, candidate.input_size, BackendOptions(threads=1))
+        make_step(1)(), make_step(2)()
+    assert len(exports) == 4
+    assert exports[:2] == exports[2:]  # the reference's exports == ours
+    assert [e["shape"] for e in exports[:2]] == [[1, 3, 32, 32], [2, 3, 32, 32]]  # static: one per batch size
+    assert exports[0] == dict(opset=18, dynamic_batch=False, batch=1, input_size=(3, 32, 32), shape=[1, 3, 32, 32])
+
+
+def _cpu_frontier():
+    import importlib.util as module_loading
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "cpu_frontier.py"
+    spec = module_loading.spec_from_file_location("cpu_frontier", path)
+    cpu_frontier = module_loading.module_from_spec(spec)
+    spec.loader.exec_module(cpu_frontier)
+    return cpu_frontier
+
+
+def test_cpu_frontier_exports_baseline_and_deployed_model_the_same_way(exports):
+    cpu_frontier = _cpu_frontier()
+    entries = cpu_frontier.group_entries("efficientmod_xxs", cpu_frontier.GROUPS["efficientmod_xxs"],
+                                         ["ort-cpu", "ort-cpu-int8"], img_size=32, reference_everywhere=True)
+    assert [(label, backend, role) for label, _, _, backend, role in entries] == [
+        ("efficientmod_xxs (baseline)", "ort-cpu", "reference"),
+        ("efficientmod_xxs (reference)", "ort-cpu-int8", "reference"),
+        ("efficientmod_xxs@deploy", "ort-cpu", "ours"), ("efficientmod_xxs@deploy", "ort-cpu-int8", "ours")]
+    for step in cpu_frontier.prepare(entries, threads=1, batch=1):
+        step()
+    baseline, reference_int8, ours, ours_int8 = exports
+    assert baseline == ours and reference_int8 == ours_int8
+    assert baseline["dynamic_batch"] is False and baseline["shape"][0] == 1
+    plain = cpu_frontier.group_entries("efficientmod_xxs", "efficientmod_xxs", ["ort-cpu-int8"], img_size=32)
+    assert [role for *_, role in plain] == ["reference", "ours"]  # by default the reference runs in ORT fp32 only
+
+
+def test_cpu_frontier_ratios_to_the_baseline_and_to_the_fastest_reference():
+    rows = [dict(role="reference", median_ms=40.0, p10_ms=36.0, throughput_img_s=100.0),
+            dict(role="reference", median_ms=20.0, p10_ms=18.0, throughput_img_s=250.0),
+            dict(role="ours", median_ms=15.0, p10_ms=9.0, throughput_img_s=500.0)]
+    _cpu_frontier().add_ratios(rows)
+    ours = rows[2]
+    assert (ours["median_ratio"], ours["p10_ratio"], ours["throughput_ratio"]) == (0.375, 0.25, 5.0)
+    assert ours["median_ratio_to_fastest_reference"] == 0.75 and ours["p10_ratio_to_fastest_reference"] == 0.5
+    assert ours["throughput_ratio_to_fastest_reference"] == 2.0
+    assert rows[1]["median_ratio_to_fastest_reference"] == 1.0
+
+
+def test_every_onnx_backend_declares_its_export_and_requirements():
+    onnx_based = {name for name, b in BACKENDS.items() if b.export is not None}
+    assert onnx_based == {"ort-cpu", "ort-cpu-int8", "openvino-cpu", "openvino-cpu-bf16", "openvino-cpu-int8"}
+    assert all(BACKENDS[name].export.static_batch for name in ("ort-cpu", "ort-cpu-int8"))
+    assert {r.module for r in BACKENDS["openvino-cpu-int8"].requires} == {"openvino", "nncf"}
+    assert [r.module for r in BACKENDS["compile-cuda"].requires] == ["triton"]
+
+
+# --------------------------------------------------------------------------- the plot's labels (issue 22)
+
+def test_labels_of_a_crowded_plot_do_not_overlap():
+    from matplotlib.text import Text
+
+    from efficientmod.bench.report import accuracy_latency_figure
+
+    names = [f"efficientmod_variant_{i}@deploy" for i in range(12)] + ["far"]
+    rows = [dataclasses.replace(_row(name, "torch-cpu", 10.0 + 0.02 * i, None), family=f"family{i % 3}",
+                                top1=75.0 + 0.01 * (i % 3)) for i, name in enumerate(names[:-1])]
+    rows.append(dataclasses.replace(_row("far", "torch-cpu", 20.0, None), top1=80.0))
+    fig = accuracy_latency_figure(BenchReport(rows, BenchSettings(), measure.environment(1)))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    assert sorted(t.get_text() for t in ax.texts) == sorted(names)
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the label text, not its leader line
+    crowd = ax.transData.transform([(r.latency_ms_median, r.top1) for r in rows[:-1]])
+    assert np.ptp(crowd[:, 0]) < boxes[0].width / 3  # the markers are closer than a third of a label's width
+    overlapping = [(a.get_text(), b.get_text()) for (a, box_a), (b, box_b)
+                   in itertools.combinations(zip(ax.texts, boxes, strict=True), 2) if box_a.overlaps(box_b)]
+    assert overlapping == []

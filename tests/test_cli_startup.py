@@ -41,7 +41,7 @@ def test_help_of_every_command_imports_no_engine_nor_timm():
     result = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    expected = {"(top)", "models", "info", "bench", "viz", "train", "demo", "eval", "export", "predict",
+    expected = {"(top)", "models", "info", "bench", "bench-dense", "viz", "train", "demo", "eval", "export", "predict",
                 "det", "det train", "det eval", "det predict", "seg", "seg train", "seg eval", "seg predict"}
     assert expected <= set(report), sorted(report)
     assert {command: heavy for command, (code, heavy) in report.items() if heavy or code != 0} == {}

@@ -92,6 +92,21 @@ def test_quantize_rejects_bad_calibration(tmp_path):
         quantize_onnx_int8(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros((0, 3, 8, 8), np.float32))
 
 
+def test_quantize_calibrates_a_static_batch_graph_in_batches_of_its_size(model, tmp_path):
+    """A static batch-2 export (the bench's ort-cpu-int8 at batch 2) is calibrated two images at
+    a time; fewer images than its batch are refused with the reason."""
+    from efficientmod.export import export_onnx, ort_session
+
+    source = export_onnx(model, tmp_path / "b2.onnx", SIZE, dynamic_batch=False, batch=2)
+    images = np.random.default_rng(0).standard_normal((5, *SIZE), dtype=np.float32)
+    target = quantize_onnx_int8(source, tmp_path / "b2_int8.onnx", images)
+    (output,) = ort_session(target).run(None, {"input": images[:2]})
+    assert output.shape == (2, 4)
+    assert [d.dim_value for d in onnx.load(str(target)).graph.input[0].type.tensor_type.shape.dim] == [2, *SIZE]
+    with pytest.raises(ValueError, match="static batch 2 needs at least 2 calibration images"):
+        quantize_onnx_int8(source, tmp_path / "none.onnx", images[:1])
+
+
 def test_cli_int8_onnx_export_and_predict(images, tmp_path, capsys):
     path = tmp_path / "m.onnx"
     argv = ["export", "efficientmod_xxs", "-o", str(path), "--input-size", "32", "--precision", "int8",

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from efficientmod import runtime
+from efficientmod.cli import main
 from efficientmod.dense import engine, speed
 from efficientmod.dense.data import fixed_input_shapes, make_loader
 from efficientmod.dense.segmentation import segmentation_loss
@@ -49,8 +50,8 @@ def test_dense_speed_takes_the_training_engines_amp_choices(flags, amp, dtype, m
 
     monkeypatch.setattr(speed, "segmentation_loss", probing_loss)
     monkeypatch.setattr(speed, "optimizer_step", probing_step)
-    speed.main(["--task", "seg", *flags, "--model", "efficientmod_xxs", "--mode", "train", "--size", "64", "64",
-                "--batch-size", "1", "--steps", "1", "--warmup", "0", "--device", "cpu"])
+    assert main(["bench-dense", "--task", "seg", *flags, "--model", "efficientmod_xxs", "--mode", "train",
+                 "--size", "64", "64", "--batch-size", "1", "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     result = json.loads(line)
     assert (result["amp"], result["dtype"]) == (amp, str(dtype).removeprefix("torch."))
@@ -61,7 +62,7 @@ def test_dense_speed_takes_the_training_engines_amp_choices(flags, amp, dtype, m
 
 def test_dense_speed_refuses_an_unknown_amp_choice(capsys):
     with pytest.raises(SystemExit):
-        speed.main(["--task", "seg", "--amp", "fp8"])
+        main(["bench-dense", "--task", "seg", "--amp", "fp8"])
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
 
 

@@ -1,8 +1,11 @@
-"""``efficientmod bench``: measure models side by side (see :mod:`efficientmod.bench`)."""
+"""``efficientmod bench``: measure models side by side (see :mod:`efficientmod.bench`);
+``efficientmod bench-dense``: images per second of the dense prediction models
+(:func:`efficientmod.dense.speed.measure`)."""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -12,20 +15,27 @@ from efficientmod.bench import (
     DTYPES,
     BenchReport,
     BenchSettings,
-    ClaimCheck,
     benchmark,
     check_claims,
+    format_claims,
+    format_report,
     paper_claims,
     plot_accuracy_latency,
     resolve_models,
     write_csv,
     write_json,
 )
+from efficientmod.runtime import AMP_CHOICES
 
 DEFAULT_BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    _add_bench(subparsers)
+    _add_bench_dense(subparsers)
+
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     backends = "\n".join(f"  {b.name:<18} {b.help}" for b in BACKENDS.values())
     parser = subparsers.add_parser(
         "bench",
@@ -92,9 +102,7 @@ def run_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype, channels_last=args.channels_last,
     )
     if args.ablation:
-        from efficientmod.ablation_bench import run_ablation_command  # imports the model families
-
-        return run_ablation_command(args, settings)
+        return _run_ablations(args, settings)
     if args.threads > (os.cpu_count() or args.threads):
         print(f"efficientmod bench: note: --threads {args.threads} exceeds the {os.cpu_count()} "
               "logical CPUs of this machine", file=sys.stderr)
@@ -146,46 +154,61 @@ def _exit_status(report: BenchReport, explicit_backends: bool) -> int:
     return 0
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _run_ablations(args: argparse.Namespace, settings: BenchSettings) -> int:
+    """``efficientmod bench --ablation [BASE] [NAME ...]``: the named ablations (all by
+    default) of BASE measured with the bench options; prints the Markdown table and
+    writes ``--json`` / ``--csv`` like any benchmark."""
+    from efficientmod.bench.ablations import check_ablation_request, format_ablation_table, run_ablations
+
+    combined = [flag for flag, used in (("--compare", args.compare), ("--paper", args.paper), ("--plot", args.plot))
+                if used]
+    if combined:
+        raise ValueError(f"--ablation measures the ablations only; drop {', '.join(combined)}")
+    check_ablation_request(args.ablation, args.models)
+    report = run_ablations(args.ablation, args.models or None, settings, args.img_size,
+                           progress=not args.no_progress)
+    print(format_ablation_table(report, args.ablation))
+    if args.json:
+        write_json(report, args.json)
+    if args.csv:
+        write_csv(report, args.csv)
+    return 0
 
 
-def format_report(report: BenchReport) -> str:
-    """The rows as an aligned text table, then the environment and skipped backends."""
-    header = (f"{'model':<28} {'backend':<17} {'dtype':<5} {'thr':>3} {'input':>7} {'params M':>8} "
-              f"{'GMACs':>6} {'top-1':>5} {'lat ms (med':>11} {'p90)':>7} {'runs':>4} "
-              f"{'img/s':>9} {'@batch':>6}  note")
-    lines = [header, "-" * len(header)]
-    for r in report.rows:
-        lines.append(
-            f"{r.model:<28} {r.backend:<17} {r.dtype:<5} {_fmt(r.threads, 'd'):>3} "
-            f"{r.input_size[1]:>3}x{r.input_size[2]:<3} {r.params / 1e6:>8.3f} "
-            f"{_fmt(r.macs and r.macs / 1e9, '.3f'):>6} "
-            f"{_fmt(r.top1, '.1f'):>5} {_fmt(r.latency_ms_median, '.2f'):>11} {_fmt(r.latency_ms_p90, '.2f'):>7} "
-            f"{r.latency_runs:>4} {_fmt(r.throughput_img_s, ',.1f'):>9} {r.throughput_batch or '-':>6}  {r.error}"
-        )
-    env = report.environment
-    lines.append("")
-    lines.append(f"machine: {env['cpu']} ({env['logical_cpus']} logical CPUs, 1-min load "
-                 f"{_fmt(env['load_average_1m'], '.2f')} before, {_fmt(env.get('load_average_1m_after'), '.2f')} after)"
-                 + (f", GPU {env['gpu']} (CUDA {env['cuda']})" if env["gpu"] else ", no GPU"))
-    settings = report.settings
-    throughput = (f"throughput over {settings.throughput_runs} batches" if settings.batch != 0
-                  else "throughput not measured (--batch 0)")
-    lines.append(f"software: torch {env['torch']}, onnxruntime {env['onnxruntime']}, timm {env['timm']}, "
-                 f"python {env['python']}; warm-up {settings.warmup} calls, {throughput}")
-    lines += [f"skipped {backend}: {reason}" for backend, reason in report.skipped.items()]
-    return "\n".join(lines)
+def _add_bench_dense(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench-dense",
+        help="images per second of Mask R-CNN / Semantic FPN training and inference on random data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Images per second of Mask R-CNN and Semantic FPN training and inference, at the papers' "
+        "input sizes by default (COCO 1333x800, 80 classes; ADE20K 512x512, 150 classes), on random images "
+        "with random objects / label maps. One JSON line per mode.",
+        epilog="example:\n  efficientmod bench-dense --task det --mode train --model efficientmod_s --device cuda",
+    )
+    parser.add_argument("--task", choices=("det", "seg"), required=True, help="Mask R-CNN or Semantic FPN")
+    parser.add_argument("--mode", choices=("train", "infer"), nargs="+", default=["train", "infer"],
+                        help="training steps, inference or both (default both, one JSON line each)")
+    parser.add_argument("--model", default="efficientmod_s", help="backbone")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per iteration")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="input size (default: the paper's)")
+    parser.add_argument("--steps", type=int, default=20, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--amp", choices=AMP_CHOICES, nargs="?", const="bf16", default="none",
+                        help="mixed precision, as in `efficientmod det/seg train`: auto (bf16 on GPU, none on CPU), "
+                        "bf16 (also a bare --amp, which meant bf16 before the flag took a choice), fp16 (with "
+                        "loss scaling) or none (default)")
+    parser.set_defaults(func=run_bench_dense)
 
 
-def format_claims(checks: list[ClaimCheck]) -> str:
-    """The measured speed-ups of ours over the peers, next to the papers' figures."""
-    header = f"{'ours':<22} {'vs':<26} {'metric':<10} {'backend':<17} {'here':>6} {'paper':>6}  paper's statement"
-    lines = ["speed-up of ours over the peer: measured here vs the papers", header, "-" * len(header)]
-    for c in checks:
-        here = "-" if c.measured_speedup is None else f"{c.measured_speedup:.2f}x"
-        paper = "-" if c.paper_speedup is None else f"{c.paper_speedup:.2f}x"
-        flags = [c.why_missing and f"[{c.why_missing}]", c.note and f"[{c.note}]"]
-        note = "  ".join(filter(None, [c.stated, *flags]))
-        lines.append(f"{c.ours:<22} {c.peer:<26} {c.metric:<10} {c.backend:<14} {here:>6} {paper:>6}  {note}")
-    return "\n".join(lines)
+def run_bench_dense(args: argparse.Namespace) -> int:
+    import torch
+
+    from efficientmod.dense.speed import measure  # imports the detection and segmentation engines
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for mode in args.mode:
+        print(json.dumps(measure(args.task, mode, args.model, args.batch_size, args.size, args.steps, args.warmup,
+                                 device, args.amp)), flush=True)
+    return 0

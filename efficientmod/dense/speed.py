@@ -1,13 +1,11 @@
 """Images per second of Mask R-CNN and Semantic FPN training and inference, at the papers'
 input sizes by default (COCO 1333×800, 80 classes; ADE20K 512×512, 150 classes), on random
-images with random objects / label maps. Run as::
+images with random objects / label maps. The command line is ``efficientmod bench-dense``::
 
-    python -m efficientmod.dense.speed --task det --mode train --model efficientmod_s --device cuda
+    efficientmod bench-dense --task det --mode train --model efficientmod_s --device cuda
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
@@ -15,7 +13,7 @@ import torch
 from efficientmod.dense.data import fixed_input_shapes
 from efficientmod.dense.detection import build_detector, detection_loss
 from efficientmod.dense.segmentation import build_segmenter, segmentation_loss
-from efficientmod.runtime import AMP_CHOICES, amp_dtype, autocast, grad_scaler, optimizer_step
+from efficientmod.runtime import amp_dtype, autocast, grad_scaler, optimizer_step
 
 __all__ = ["measure"]
 
@@ -95,28 +93,3 @@ def measure(task: str, mode: str, model_name: str = "efficientmod_s", batch_size
                 amp=amp, dtype=str(dtype or torch.float32).removeprefix("torch."), device=name,
                 cudnn_benchmark=run_device.type == "cuda" and torch.backends.cudnn.benchmark,
                 images_per_second=round(steps * batch_size / seconds, 2))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=("det", "seg"), required=True, help="Mask R-CNN or Semantic FPN")
-    parser.add_argument("--mode", choices=("train", "infer"), nargs="+", default=["train", "infer"])
-    parser.add_argument("--model", default="efficientmod_s", help="backbone")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per iteration")
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="input size (default: the paper's)")
-    parser.add_argument("--steps", type=int, default=20, help="timed iterations")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", choices=AMP_CHOICES, nargs="?", const="bf16", default="none",
-                        help="mixed precision, as in `efficientmod det/seg train`: auto (bf16 on GPU, none on CPU), "
-                        "bf16 (also a bare --amp, which meant bf16 before the flag took a choice), fp16 (with "
-                        "loss scaling) or none (default)")
-    args = parser.parse_args(argv)
-    for mode in args.mode:
-        print(json.dumps(measure(args.task, mode, args.model, args.batch_size, args.size, args.steps, args.warmup,
-                                 args.device, args.amp)), flush=True)
-
-
-if __name__ == "__main__":
-    main()

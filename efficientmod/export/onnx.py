@@ -38,18 +38,21 @@ def export_onnx(
     opset: int = 18,
     dynamic_batch: bool = True,
     metadata: dict[str, object] | None = None,
+    batch: int = 1,
 ) -> Path:
     """Export ``model`` (in eval mode, on CPU, float32) to ``path`` atomically.
 
-    The graph has one input ``input`` (N×C×H×W, N dynamic when ``dynamic_batch``) and one
-    output ``output``. Uses the TorchScript-based exporter, which handles every family of
-    this library in well under a second per model. ``metadata`` entries are stored in the
+    The graph has one input ``input`` (N×C×H×W, N dynamic when ``dynamic_batch``, else
+    ``batch``) and one output ``output``. Uses the TorchScript-based exporter, which handles
+    every family of this library in well under a second per model. ``metadata`` entries are stored in the
     model's ``metadata_props`` (strings kept, anything else JSON-encoded); see
     :func:`read_onnx_metadata`.
     """
     _check_opset(opset)
     path = Path(path)
-    atomic_write(path, lambda tmp: _write_onnx(model, tmp, input_size, opset, dynamic_batch, metadata))
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    atomic_write(path, lambda tmp: _write_onnx(model, tmp, input_size, opset, dynamic_batch, metadata, batch))
     return path
 
 
@@ -59,12 +62,12 @@ def _check_opset(opset: int) -> None:
 
 
 def _write_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], opset: int,
-                dynamic_batch: bool, metadata: dict[str, object] | None) -> None:
-    """The export itself (not atomic): ``model`` in eval mode meanwhile, the tracer's
-    expected warnings silenced."""
+                dynamic_batch: bool, metadata: dict[str, object] | None, batch: int = 1) -> None:
+    """The export itself (not atomic), traced at ``batch`` images: ``model`` in eval mode
+    meanwhile, the tracer's expected warnings silenced."""
     was_training = model.training
     model.eval()
-    example = torch.zeros(1, *input_size)
+    example = torch.zeros(batch, *input_size)
     dynamic_axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     try:
         with warnings.catch_warnings():

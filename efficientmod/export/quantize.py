@@ -60,17 +60,21 @@ def _check_calibration(calibration: np.ndarray) -> np.ndarray:
 
 
 class _Images:
-    """The calibration images one by one, as ONNX Runtime's ``CalibrationDataReader``."""
+    """The calibration images ``batch`` at a time (the batch of a static-batch graph; a
+    remainder smaller than ``batch`` is left out), as ONNX Runtime's ``CalibrationDataReader``."""
 
-    def __init__(self, images: np.ndarray):
-        self.images = images
+    def __init__(self, images: np.ndarray, batch: int = 1):
+        if len(images) < batch:
+            raise ValueError(f"a graph of static batch {batch} needs at least {batch} calibration images, "
+                             f"got {len(images)}")
+        self.images, self.batch = images, batch
         self.position = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position == len(self.images):
+        if self.position + self.batch > len(self.images):
             return None
-        self.position += 1
-        return {"input": self.images[self.position - 1][None]}
+        self.position += self.batch
+        return {"input": self.images[self.position - self.batch:self.position]}
 
     def rewind(self) -> None:
         self.position = 0
@@ -79,7 +83,8 @@ class _Images:
 def quantize_onnx_int8(source: str | os.PathLike, target: str | os.PathLike, calibration: np.ndarray,
                        per_channel: bool = True) -> Path:
     """Statically quantise the float32 ONNX file ``source`` to a QDQ int8 file ``target``
-    (written atomically), calibrated on ``calibration``. The metadata of ``source`` is kept.
+    (written atomically), calibrated on ``calibration`` (fed ``batch`` images at a time when
+    ``source`` has a static batch). The metadata of ``source`` is kept.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -87,14 +92,16 @@ def quantize_onnx_int8(source: str | os.PathLike, target: str | os.PathLike, cal
 
     calibration = _check_calibration(calibration)
     target = Path(target)
-    metadata = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+    source_model = onnx.load(str(source), load_external_data=False)
+    metadata = {p.key: p.value for p in source_model.metadata_props}
+    batch = source_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1  # 0: a dynamic batch
 
     def write(tmp: str) -> None:
         with tempfile.TemporaryDirectory(prefix="efficientmod-int8-") as folder:
             prepared = Path(folder) / "prepared.onnx"
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             quantize_static(
-                str(prepared), tmp, _Images(calibration), quant_format=QuantFormat.QDQ,
+                str(prepared), tmp, _Images(calibration, batch), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(ORT_INT8_OPS), per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,

@@ -1,7 +1,7 @@
-"""The EfficientMod ablations measured side by side: ``efficientmod bench --ablation``.
+"""The EfficientMod ablations measured side by side (``efficientmod bench --ablation``).
 
 Each named ablation of :data:`efficientmod.models.ablations.ABLATIONS` is built on one
-base variant and measured by :func:`efficientmod.bench.benchmark` (same protocol, same
+base variant and measured by :func:`efficientmod.bench.measure.benchmark` (same protocol, same
 backends as every other benchmark); :func:`format_ablation_table` lays the figures out as
 one Markdown row per ablation, with latency relative to the unmodified block.
 """
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from efficientmod.bench import BenchReport, BenchSettings, Candidate, benchmark
+from efficientmod.bench.measure import benchmark
+from efficientmod.bench.protocol import BenchReport, BenchSettings, Candidate
 from efficientmod.models import model_info
 from efficientmod.models.ablations import ABLATIONS, create_ablation
 
-__all__ = ["ablation_candidates", "run_ablations", "format_ablation_table", "run_ablation_command"]
+__all__ = ["ablation_candidates", "check_ablation_request", "run_ablations", "format_ablation_table"]
 
 REFERENCE = "efficientmod"
 
@@ -32,7 +33,7 @@ def ablation_candidates(base: str = "efficientmod_xxs", names: Iterable[str] | N
 def run_ablations(base: str = "efficientmod_xxs", names: Iterable[str] | None = None,
                   settings: BenchSettings | None = None, img_size: int | None = None,
                   progress: bool = False) -> BenchReport:
-    """Measure the ablations of ``base`` (see :func:`efficientmod.bench.benchmark`;
+    """Measure the ablations of ``base`` (see :func:`efficientmod.bench.measure.benchmark`;
     ``settings`` default to :class:`BenchSettings`'s)."""
     return benchmark(ablation_candidates(base, names, img_size), settings or BenchSettings(), progress=progress)
 
@@ -82,28 +83,13 @@ def format_ablation_table(report: BenchReport, base: str, statistic: str = "medi
     return "\n".join(lines)
 
 
-def run_ablation_command(args, settings: BenchSettings) -> int:
-    """``efficientmod bench --ablation [BASE] [NAME ...]``: the named ablations (all by
-    default) of BASE measured with the bench options; prints the Markdown table and
-    writes ``--json`` / ``--csv`` like any benchmark."""
-    from efficientmod.bench import write_csv, write_json
-
-    combined = [flag for flag, used in (("--compare", args.compare), ("--paper", args.paper), ("--plot", args.plot))
-                if used]
-    if combined:
-        raise ValueError(f"--ablation measures the ablations only; drop {', '.join(combined)}")
-    if args.ablation in ABLATIONS:  # `--ablation van` reads 'van' as BASE
+def check_ablation_request(base: str, names: list[str]) -> None:
+    """A ``ValueError`` naming the fix when ``base`` is an ablation rather than a model (the
+    command line reads ``--ablation van`` as BASE 'van') or a name is not an ablation."""
+    if base in ABLATIONS:
         raise ValueError(f"--ablation takes the BASE model first, then ablation names: "
-                         f"--ablation efficientmod_xxs {' '.join([args.ablation, *args.models])}")
-    unknown = [n for n in args.models if n not in ABLATIONS]
+                         f"--ablation efficientmod_xxs {' '.join([base, *names])}")
+    unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation(s) {unknown}; with --ablation, name ablations from "
                          f"{', '.join(ABLATIONS)}")
-    report = run_ablations(args.ablation, args.models or None, settings, args.img_size,
-                           progress=not args.no_progress)
-    print(format_ablation_table(report, args.ablation))
-    if args.json:
-        write_json(report, args.json)
-    if args.csv:
-        write_csv(report, args.csv)
-    return 0
