@@ -5,7 +5,7 @@ registered name: bad input is refused with the expected shape, feature maps have
 strides through both registries, the timm interface (``forward_features`` /
 ``forward_head`` / ``forward_intermediates``, ``features_only``, ``num_classes=0``,
 ``global_pool``, ``in_chans``, ``reset_classifier``), determinism across batches and dtypes,
-placement, scripting, tracing, exporting and saving. A new family adds one row to
+placement, deployment at odd sizes, scripting, tracing, exporting and saving. A new family adds one row to
 ``FAMILY_CONTRACT`` and passes this file. (timm's own model test-suite also runs on every
 name in CI: ``.ci/timm-suite``.)
 
@@ -33,17 +33,19 @@ from efficientmod.models import model_info
 @dataclass(frozen=True)
 class FamilyContract:
     """What a family's architecture promises: the stride of each stage's map, the multiple
-    the input sides must be, and a non-square input size whose maps are whole at every stride."""
+    the input sides must be, a non-square input size whose maps are whole at every stride,
+    and one whose maps the network pads or resizes."""
 
     strides: tuple[int, ...]
     input_multiple: int
     size: tuple[int, int]
+    odd_size: tuple[int, int]
 
 
 FAMILY_CONTRACT = {
-    "efficientmod": FamilyContract(strides=(4, 8, 16, 32), input_multiple=32, size=(64, 96)),
-    "efficientvit": FamilyContract(strides=(16, 32, 64), input_multiple=16, size=(128, 192)),
-    "mobilevitv2": FamilyContract(strides=(2, 4, 8, 16, 32), input_multiple=32, size=(128, 192)),
+    "efficientmod": FamilyContract(strides=(4, 8, 16, 32), input_multiple=32, size=(64, 96), odd_size=(96, 160)),
+    "efficientvit": FamilyContract(strides=(16, 32, 64), input_multiple=16, size=(128, 192), odd_size=(160, 80)),
+    "mobilevitv2": FamilyContract(strides=(2, 4, 8, 16, 32), input_multiple=32, size=(128, 192), odd_size=(96, 160)),
 }
 ALL_VARIANTS = smallest_fast(efficientmod.list_models())  # the registry lists each family smallest first
 SMALLEST = [efficientmod.list_models(family=family)[0] for family in FAMILY_CONTRACT]
@@ -145,6 +147,20 @@ def test_deterministic_batch_independent_and_agree_across_dtypes(name):
     assert (a - c.double()).abs().max().item() < 1e-4
     assert (single - a[1:2]).abs().max().item() < 1e-10  # batch-independent
     assert (other_seed - a).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("name", SMALLEST)
+def test_deployed_model_keeps_the_logits_at_an_odd_size(name):
+    """``efficientmod.deploy`` on maps the network pads or resizes (EfficientViT's windows,
+    MobileViTv2's patches, EfficientMod's odd final map); ``test_deploy.py`` checks every
+    variant's folding at 64²."""
+    model = perturbed(name)
+    x = torch.randn(2, 3, *contract(name).odd_size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model(x)
+        deployed = efficientmod.deploy(copy.deepcopy(model))(x)
+    assert (expected[0] - expected[1]).abs().max().item() > 1e-5  # the logits depend on the image
+    torch.testing.assert_close(deployed, expected, rtol=0, atol=1e-4)
 
 
 # -- feature maps ---------------------------------------------------------------------------
