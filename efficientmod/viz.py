@@ -211,7 +211,11 @@ def normalise(heat: np.ndarray) -> np.ndarray:
     return (heat - heat.min()) / (heat.max() - heat.min())
 
 
-def overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+COLORMAP = "jet"  # of every map drawn; the contact sheet's colour bar shows it
+SCALE_LABEL = "map value (min-max scaled per map)"
+
+
+def overlay(image: np.ndarray, heat: torch.Tensor, alpha: float = 0.5, cmap: str = COLORMAP) -> np.ndarray:
     """``heat`` (h, w) upsampled bilinearly to ``image`` (H, W, 3, uint8), min-max
     normalised, coloured and blended: an (H, W, 3) float image in [0, 1]."""
     from matplotlib import colormaps
@@ -319,11 +323,16 @@ def save_panels(panels: list[Panel], directory: Path) -> list[Path]:
     return paths
 
 
-def contact_sheet(rows: list[list[Panel]], path: Path, title: str) -> Path:
-    """One figure: a row of panels per image."""
+def contact_sheet_figure(rows: list[list[Panel]], title: str):
+    """One figure: a row of panels per image, and a colour bar of the maps' scale (each map
+    is min-max scaled on its own, so the bar reads as the same relative scale on every panel)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     plt = _pyplot()
     columns = max(len(r) for r in rows)
-    figure, axes = plt.subplots(len(rows), columns, figsize=(2.2 * columns, 2.6 * len(rows) + 0.4), squeeze=False)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(2.2 * columns + 0.9, 2.6 * len(rows) + 0.4),
+                                squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for r, panels in enumerate(rows):
@@ -331,7 +340,18 @@ def contact_sheet(rows: list[list[Panel]], path: Path, title: str) -> Path:
             axes[r, c].imshow(np.clip(panel.picture, 0, 1))
             axes[r, c].set_title(panel.title, fontsize=8)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    width = figure.get_figwidth()  # inches; the colour bar takes the last 0.9 (bar, ticks, label)
+    figure.tight_layout(rect=(0, 0, 1 - 0.9 / width, 1))
+    scale_axes = figure.add_axes((1 - 0.8 / width, 0.15, 0.12 / width, 0.7))
+    bar = figure.colorbar(ScalarMappable(Normalize(0, 1), COLORMAP), cax=scale_axes)
+    bar.set_label(SCALE_LABEL, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    return figure
+
+
+def contact_sheet(rows: list[list[Panel]], path: Path, title: str) -> Path:
+    """:func:`contact_sheet_figure` saved to ``path``."""
+    figure = contact_sheet_figure(rows, title)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path

@@ -31,6 +31,31 @@ def draw_reference_weights(layout, seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
+@torch.no_grad()
+def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Make every norm and attention bias non-trivial (timm initialises many BN scales and
+    all attention biases to zero, running statistics to 0 / 1)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def noise(tensor, scale):
+        return scale * torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+
+    for name, buffer in model.named_buffers():
+        if name.endswith("running_mean"):
+            buffer.copy_(noise(buffer, 0.1))
+        elif name.endswith("running_var"):
+            buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator, dtype=buffer.dtype))
+    for name, param in model.named_parameters():
+        module_name, kind = name.rsplit(".", 1)
+        is_norm = isinstance(model.get_submodule(module_name), (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d,
+                                                                  torch.nn.GroupNorm))
+        if is_norm:
+            param.copy_((1.0 if kind == "weight" else 0.0) + noise(param, 0.2))
+        elif kind == "attention_biases":
+            param.copy_(noise(param, 1.0))
+    return model
+
+
 def smallest_fast(names) -> list:
     """``names`` as pytest parameters, all but the first (smallest: the registry lists each
     family smallest first) variant of each family marked ``slow``: the fast tier sees every

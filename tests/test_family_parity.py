@@ -16,6 +16,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import perturb_
 
 import efficientmod
 from efficientmod.checkpoint import load_checkpoint
@@ -33,31 +34,6 @@ VARIANTS = [(family, name) for family in FAMILIES for name in efficientmod.list_
 # the two whole-network comparisons: the smallest variant of each family in the fast tier, every one in the full suite
 SWEEP = [pytest.param(family, name, id=name, marks=pytest.mark.slow if index else ())
          for family in FAMILIES for index, name in enumerate(efficientmod.list_models(family=family))]
-
-
-@torch.no_grad()
-def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Make every norm and attention bias non-trivial (timm initialises many BN scales and
-    all attention biases to zero, running statistics to 0 / 1)."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def noise(tensor, scale):
-        return scale * torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
-
-    for name, buffer in model.named_buffers():
-        if name.endswith("running_mean"):
-            buffer.copy_(noise(buffer, 0.1))
-        elif name.endswith("running_var"):
-            buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator, dtype=buffer.dtype))
-    for name, param in model.named_parameters():
-        module_name, kind = name.rsplit(".", 1)
-        is_norm = isinstance(model.get_submodule(module_name), (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d,
-                                                                  torch.nn.GroupNorm))
-        if is_norm:
-            param.copy_((1.0 if kind == "weight" else 0.0) + noise(param, 0.2))
-        elif kind == "attention_biases":
-            param.copy_(noise(param, 1.0))
-    return model
 
 
 def timm_and_ours(name: str, dtype=torch.float64, seed: int = 0, **kwargs):
@@ -145,33 +121,16 @@ def main() -> None:
         print(f"| {name} (other = {other}²) | {cells} |  ({time.perf_counter() - start:.1f} s)")
 
 
-# -- the library interface, the same for both families ---------------------------------------
-# (name, input side, the stage strides the architecture has)
-INTERFACE_CASES = [("efficientvit_m1", 256, [16, 32, 64]), ("mobilevitv2_050", 128, [2, 4, 8, 16, 32])]
-
-
-@pytest.mark.parametrize("name,size,strides", INTERFACE_CASES)
-def test_features_only_through_both_registries(name, size, strides):
-    info = efficientmod.models.model_info(name)
-    x = torch.randn(2, 3, size, size)
-    for model in (efficientmod.create_model(name, features_only=True),
-                  timm.create_model(info.timm_name, features_only=True)):
-        model.eval()
-        channels = model.feature_info.channels()
-        assert model.feature_info.reduction() == strides
-        with torch.no_grad():
-            shapes = [tuple(f.shape) for f in model(x)]
-        assert shapes == [(2, c, size // s, size // s) for c, s in zip(channels, strides, strict=True)]
-
-
-@pytest.mark.parametrize("name,size,strides", INTERFACE_CASES)
-def test_intermediates_equal_timm(name, size, strides):
+# -- beyond logits: stage maps, non-square inputs, the families' padding paths in ONNX ------------
+# (the interface every family shares is tested once for all in test_family_contract.py)
+@pytest.mark.parametrize("name,size,stages", [("efficientvit_m1", 256, 3), ("mobilevitv2_050", 128, 5)])
+def test_intermediates_equal_timm(name, size, stages):
     reference, ours = timm_and_ours(name)
     x = torch.randn(1, 3, size, size, dtype=torch.float64)
     with torch.no_grad():
         theirs = reference.eval().forward_intermediates(x, intermediates_only=True)
         mine = ours.eval().forward_intermediates(x, intermediates_only=True)
-    assert len(mine) == len(theirs) == len(strides)
+    assert len(mine) == len(theirs) == stages
     for a, b in zip(mine, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
@@ -182,62 +141,6 @@ def test_non_square_input_matches_timm(name, height, width):
     x = torch.randn(2, 3, height, width, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=0, atol=1e-8)
-
-
-@pytest.mark.parametrize("name,size,strides", INTERFACE_CASES)
-def test_features_only_prunes_unused_stages(name, size, strides):
-    model = efficientmod.create_model(name, features_only=True, out_indices=(1,)).eval()
-    assert len(model.model.stages) == 2
-    with torch.no_grad():
-        (feature,) = model(torch.randn(1, 3, size, size))
-    assert feature.shape[-1] == size // strides[1]
-
-
-@pytest.mark.parametrize("name,shape,multiple", [
-    ("efficientvit_m0", (1, 1, 224, 224), 16),
-    ("efficientvit_m0", (1, 3, 200, 224), 16),
-    ("efficientvit_m0", (3, 224, 224), 16),
-    ("mobilevitv2_050", (1, 3, 240, 256), 32),
-    ("mobilevitv2_050", (1, 4, 256, 256), 32),
-])
-def test_bad_input_names_the_expected_shape(name, shape, multiple):
-    model = efficientmod.create_model(name).eval()
-    with pytest.raises(ValueError, match=rf"N x 3 x H x W with H and W positive multiples of {multiple}"):
-        model(torch.zeros(shape))
-
-
-@pytest.mark.parametrize("name", ["efficientvit_m0", "mobilevitv2_050"])
-def test_in_chans_and_num_classes(name):
-    model = efficientmod.create_model(name, in_chans=1, num_classes=7).eval()
-    with torch.no_grad():
-        assert model(torch.randn(2, 1, 64, 64)).shape == (2, 7)
-    model.reset_classifier(0)
-    with torch.no_grad():
-        assert model(torch.randn(2, 1, 64, 64)).shape == (2, model.num_features)
-
-
-@pytest.mark.parametrize("name", ["efficientvit_m0", "mobilevitv2_050"])
-def test_save_pretrained_round_trip(name, tmp_path):
-    model = perturb_(efficientmod.create_model(name, num_classes=5)).eval()
-    model.save_pretrained(tmp_path, class_names=list("abcde"))
-    restored = efficientmod.from_pretrained(tmp_path).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(model(x), restored(x))
-    assert restored.class_names == list("abcde")
-
-
-@pytest.mark.parametrize("name", ["efficientvit_m0", "mobilevitv2_050"])
-def test_deploy_folds_every_batchnorm(name):
-    from efficientmod.fuse import deploy
-
-    model = perturb_(efficientmod.create_model(name)).eval()
-    x = torch.randn(2, 3, 96, 96)
-    with torch.no_grad():
-        expected = model(x)
-        deployed = deploy(model)
-        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in deployed.modules())
-        torch.testing.assert_close(deployed(x), expected, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("name,size", [("efficientvit_m0", 160), ("mobilevitv2_050", 224)])
@@ -256,27 +159,6 @@ def test_onnx_export_matches(name, size, tmp_path):
         (logits,) = session.run(None, {"input": x.numpy()})
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=0, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", ["efficientvit_m0", "mobilevitv2_050"])
-def test_grad_checkpointing_gives_the_same_gradients(name, monkeypatch):
-    model = perturb_(efficientmod.create_model(name)).double().train()
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    checkpoint, checkpointed = torch.utils.checkpoint.checkpoint, []
-
-    def counting_checkpoint(function, *args, **kwargs):
-        checkpointed.append(function)
-        return checkpoint(function, *args, **kwargs)
-
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
-    grads = []
-    for enable in (False, True):
-        model.set_grad_checkpointing(enable)
-        model.zero_grad()
-        model(x).square().mean().backward()
-        grads.append(next(model.stem.parameters()).grad.clone())  # the first layer's
-    assert checkpointed == list(model.stages)  # only the second pass, every stage once
-    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-10)
 
 
 if __name__ == "__main__":

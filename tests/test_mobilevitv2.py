@@ -1,6 +1,7 @@
 """MobileViTv2-specific behaviour: unfolding into patches, the separable attention's
-properties, the reference's resize of odd maps. (Exactness to timm for
-every variant, non-square inputs, features, bad input and save/load: ``test_family_parity.py``.)"""
+properties, the reference's resize of odd maps.
+(Exactness to timm for every variant and non-square inputs: ``test_family_parity.py``;
+features, bad input, save/load and the rest of the shared interface: ``test_family_contract.py``.)"""
 from __future__ import annotations
 
 import torch

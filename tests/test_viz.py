@@ -262,3 +262,22 @@ def test_flat_maps_are_said_to_carry_no_signal(photo, tmp_path, capsys):
     assert flat == ["efficientvit_m0_chelsea_attention_stages1.png", "efficientvit_m0_chelsea_attention_stages2.png",
                     "efficientvit_m0_chelsea_cam.png"]
     assert all((tmp_path / name).is_file() for name in flat)
+
+
+def test_contact_sheet_has_a_colour_bar_of_the_maps_scale(tmp_path):
+    from matplotlib import colormaps
+
+    from efficientmod.viz import COLORMAP, Panel, contact_sheet, contact_sheet_figure
+
+    rows = [[Panel("input", np.zeros((8, 8, 3)), "a.png"), Panel("CAM", np.ones((8, 8, 3)), "b.png")]]
+    figure = contact_sheet_figure(rows, "a title")
+    bars = [axis._colorbar for axis in figure.axes if getattr(axis, "_colorbar", None) is not None]  # matplotlib's
+    assert len(bars) == 1
+    (bar,) = bars
+    assert bar.mappable.get_clim() == (0, 1) and bar.cmap.name == COLORMAP
+    assert "min-max" in bar.ax.get_ylabel()
+    # the bar's colours are those overlay() paints with: a map's top value is the bar's top colour
+    painted = overlay(np.zeros((4, 4, 3), dtype=np.uint8), torch.tensor([[0.0, 1.0]]), alpha=1.0)
+    assert np.allclose(painted[0, -1], colormaps[bar.cmap.name](1.0)[:3])
+    path = contact_sheet(rows, tmp_path / "sheet.png", "a title")
+    assert Image.open(path).size[0] > Image.open(path).size[1]  # written: two panels and the bar side by side

@@ -45,9 +45,11 @@ def _check_auto_augment(aa: Any) -> None:
                          f"e.g. rand-m9-mstd0.5-inc1), got {aa!r}: {detail}")
 
 
-def option(default: Any, help: str, type: Any = None, choices: tuple | None = None, group: str = "recipe"):
-    """A recipe field: its default, its ``--help`` text and how the flag parses."""
-    return field(default=default, metadata=dict(help=help, type=type, choices=choices, group=group))
+def option(default: Any, help: str, type: Any = None, choices: tuple | None = None, group: str = "recipe",
+           unset: str | None = None):
+    """A recipe field: its default, its ``--help`` text and how the flag parses; ``unset`` says
+    what a ``None`` default stands for (``--help`` shows it as the default, or a preset's value)."""
+    return field(default=default, metadata=dict(help=help, type=type, choices=choices, group=group, unset=unset))
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,8 @@ class TrainConfig:
     model: str | None = option(None, "model name (`efficientmod models` lists them)", str, group="run")
     data: str | None = option(None, "ImageNet-style folder with train/<class>/* and val/<class>/*; "
                               "without it `train` runs the digits demo", str, group="run")
-    output: str | None = option(None, "run folder (checkpoints, config.yaml, metrics.csv, TensorBoard); "
-                                "default runs/<model>", str, group="run")
+    output: str | None = option(None, "run folder (checkpoints, config.yaml, metrics.csv, TensorBoard)", str,
+                                group="run", unset="runs/<model>")
     resume: str | None = option(None, "'auto' continues from <output>/last.pth when it exists; "
                                 "or a checkpoint path. Only the flags of the speed group and --workers, "
                                 "--data, --log-interval, --ckpt-steps, --tensorboard may differ from the "
@@ -98,13 +100,13 @@ class TrainConfig:
     color_jitter: float = option(0.4, "colour jitter (used only without --aa)", float)
     train_interpolation: str = option("random", "resize interpolation for training ('random': bilinear "
                                       "or bicubic per image)", str)
-    drop_path: float | None = option(None, "stochastic depth rate; default: the variant's value", float)
+    drop_path: float | None = option(None, "stochastic depth rate", float, unset="the variant's value")
     drop: float = option(0.0, "dropout before the classifier", float)
     ema: bool = option(True, "keep an exponential moving average of the weights (evaluated too)", bool)
     ema_decay: float = option(0.9998, "EMA decay", float)
-    ema_warmup: bool | None = option(None, "ramp the EMA decay up from 0; default: on when the run has "
-                                     "fewer than 5 / (1 - decay) optimizer steps, i.e. when a fixed decay "
-                                     "would leave the EMA near its random initialisation", bool)
+    ema_warmup: bool | None = option(None, "ramp the EMA decay up from 0", bool,
+                                     unset="on when the run has fewer than 5 / (1 - decay) optimizer steps, i.e. "
+                                     "when a fixed decay would leave the EMA near its random initialisation")
     # -- distillation -------------------------------------------------------------------
     teacher: str | None = option(None, "teacher: a model name (efficientmod or timm) or a "
                                  "save_pretrained folder", str, group="distillation")
@@ -126,20 +128,20 @@ class TrainConfig:
                                 "classes) that set the quantisers' ranges before the fine-tune", int,
                                 group="quantisation")
     # -- input ----------------------------------------------------------------------------
-    img_size: int | None = option(None, "input side (a multiple of 32); default: the model's", int, group="input")
-    in_chans: int | None = option(None, "input channels (default 3; the digits demo uses 1)", int, group="input")
-    workers: int | None = option(None, "data-loader worker processes per process (default: the CPU cores "
-                                 "available to each process, at most 8)", int, group="input")
+    img_size: int | None = option(None, "input side (a multiple of 32)", int, group="input", unset="the model's")
+    in_chans: int | None = option(None, "input channels", int, group="input", unset="the images' (3 for RGB)")
+    workers: int | None = option(None, "data-loader worker processes per process", int, group="input",
+                                 unset="the CPU cores available to each process, at most 8")
     # -- speed --------------------------------------------------------------------------
     device: str = option("auto", "cuda, cpu or auto (cuda when available)", str, group="speed")
     amp: str = option("auto", "mixed precision: auto (bf16 on GPU, none on CPU), bf16, fp16 "
                       "(with loss scaling) or none", str, ("auto", "bf16", "fp16", "none"), group="speed")
-    channels_last: bool | None = option(None, "channels-last memory format (default: on for GPU)",
-                                        bool, group="speed")
+    channels_last: bool | None = option(None, "channels-last memory format", bool, group="speed",
+                                        unset="on for GPU")
     compile: bool = option(False, "torch.compile the model", bool, group="speed")
-    threads: int | None = option(None, "PyTorch CPU threads per process (default: PyTorch's, on CPU lowered "
-                                 "so that threads + --workers do not exceed the cores; the demo uses 1, which "
-                                 "stays fast when other work shares the cores)", int, group="speed")
+    threads: int | None = option(None, "PyTorch CPU threads per process (1 stays fast when other work shares "
+                                 "the cores)", int, group="speed",
+                                 unset="PyTorch's, on CPU lowered so that threads + --workers do not exceed the cores")
     synthetic: bool = option(False, "random tensors on the device instead of a data folder "
                              "(with --benchmark-steps: throughput without data loading)", bool, group="speed")
     num_classes: int = option(1000, "classes of --synthetic data", int, group="speed")
@@ -250,6 +252,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: dict | None = 
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         flag = "--" + f.name.replace("_", "-")
         default = (preset or {}).get(f.name, f.default)
+        default = meta["unset"] if default is None else default
         default_text = "" if default is None else f" (default: {default})"
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + default_text)
         if meta["type"] is bool:

@@ -249,7 +249,8 @@ def _add_seg_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-split", default=None, help="evaluate on this split after training (e.g. validation)")
     parser.add_argument("--num-classes", type=int, default=150, help="classes after reduce_zero_label (ADE20K: 150)")
     parser.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
-                        help="label 0 is a class (by default 0 is ignored and ids 1.. become 0..)")
+                        help="label 0 is a class (without the flag, reduce_zero_label=%(default)s: 0 is ignored "
+                        "and ids 1.. become 0..)")
     parser.add_argument("--resize", type=int, nargs=2, default=[2048, 512], metavar=("LONG", "SHORT"),
                         help="keep-ratio rescale bounds")
     parser.add_argument("--crop-size", type=int, default=512, help="training crop")

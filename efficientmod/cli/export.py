@@ -1,4 +1,4 @@
-"""``efficientmod export`` (deployed model → verified ONNX) and ``efficientmod predict``."""
+"""``efficientmod export`` (deployed model → verified ONNX, OpenVINO or ExecuTorch file), ``efficientmod predict``."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ __all__ = ["add_parser"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export",
-        help="export a deployed model to ONNX or OpenVINO (fp32, bf16, int8) and verify it",
+        help="export a deployed model to ONNX, OpenVINO or ExecuTorch (.pte) (fp32, bf16, int8) and verify it",
         description="Deploy MODEL (fold BatchNorm and layer scales, merge projections), export it to "
         "ONNX with a dynamic batch axis, then run the file in ONNX Runtime on random inputs of "
         "several batch sizes and compare with PyTorch. Prints the max abs difference; above "
@@ -43,12 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     predict = subparsers.add_parser(
         "predict",
-        help="top-5 classes of image files (deployed model, ONNX or OpenVINO file)",
+        help="top-5 classes of image files (deployed model, ONNX, OpenVINO or ExecuTorch .pte file)",
         description="Classify IMAGE files with the deployed MODEL (a registered name with "
         "--checkpoint, a save_pretrained folder) or a file written by `efficientmod export` "
-        "(.onnx run by ONNX Runtime, .xml by OpenVINO), using the model's own preprocessing. Class names: "
-        "those saved with the weights, else ImageNet's for 1000 classes. Unreadable images are reported on stderr, "
-        "the others still predicted; the exit status is then 1.",
+        "(.onnx run by ONNX Runtime, .xml by OpenVINO, .pte by ExecuTorch), using the model's own preprocessing. "
+        "Class names: those saved with the weights, else ImageNet's for 1000 classes. Unreadable images are reported "
+        "on stderr, the others still predicted; the exit status is then 1.",
     )
     _add_model_args(predict, onnx=True)
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
