@@ -517,8 +517,8 @@ def test_best_checkpoint_and_model_folder_hold_the_better_of_raw_and_ema(full_ru
     assert (best["best_top1"], best["best_source"]) == chosen
     model = from_pretrained(full_run / "model")
     assert_same_weights(model.state_dict(), best[best["best_source"]], atol=0)
-    assert model.preprocessing["input_size"] == [3, 32, 32] and model.preprocessing["crop_pct"] == 0.875
-    assert best["preprocessing"] == model.preprocessing
+    assert model.preprocessing.input_size == (3, 32, 32) and model.preprocessing.crop_pct == 0.875
+    assert best["preprocessing"] == model.preprocessing.to_dict()
 
 
 def test_workers_and_threads_default_to_the_machine(folder, tmp_path, monkeypatch):

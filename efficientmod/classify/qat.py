@@ -49,6 +49,7 @@ import torch.nn as nn
 from efficientmod.classify.config import TrainConfig
 from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement
 from efficientmod.export.openvino import StaticBatchModel, save_openvino
+from efficientmod.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from efficientmod.classify.engine import Trainer
@@ -141,10 +142,10 @@ def load_float_model(init_from: str | Path) -> nn.Module:
 def qat_config(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
     """``cfg`` with --model, --img-size and --in-chans of the ``--init-from`` model (given
     ones must agree with it)."""
-    channels, height, width = model.preprocessing.get("input_size", (model.in_chans, None, None))
-    if height is None or height != width:
-        raise ValueError(f"--init-from: the model's saved input size {model.preprocessing.get('input_size')} is "
-                         "missing or not square")
+    channels, height, width = model.preprocessing.input_size
+    if height != width:
+        raise ValueError(f"--init-from: the model's saved input size {list(model.preprocessing.input_size)} is "
+                         "not square")
     derived = dict(model=model.registry_name, img_size=height, in_chans=channels)
     for name, value in derived.items():
         given = getattr(cfg, name)
@@ -246,14 +247,14 @@ class QuantisationAwareTraining:
         self.scores: dict[str, float] = {}  # fp32 and post-training top-1, then the IR's
         self.placement: dict | None = None
 
-    def check_data(self, class_names: list[str], preprocessing: dict) -> None:
+    def check_data(self, class_names: list[str], preprocessing: Preprocessing) -> None:
         """The data must have the model's classes and preprocessing."""
         saved = self.float_model.class_names
         if saved is not None and list(saved) != list(class_names):
             raise ValueError(f"--init-from was trained on the classes {list(saved)[:5]}..., the data has "
                              f"{list(class_names)[:5]}... (same names, same order needed)")
-        differs = [key for key, value in preprocessing.items() if key in self.float_model.preprocessing
-                   and list(np.atleast_1d(self.float_model.preprocessing[key])) != list(np.atleast_1d(value))]
+        saved = self.float_model.preprocessing.to_dict()
+        differs = [key for key, value in preprocessing.to_dict().items() if saved[key] != value]
         if differs:
             raise ValueError(f"the data's preprocessing differs from the --init-from model's in {', '.join(differs)}")
 
@@ -300,13 +301,12 @@ class QuantisationAwareTraining:
 
     def write_ir(self, trainer: Trainer) -> Path:
         """The model's IR as ``model_int8.xml`` in the run folder, checked on the validation set."""
-        from efficientmod.classify.predict import onnx_metadata
-        from efficientmod.preprocessing import Preprocessing
+        from efficientmod.metadata import export_metadata
 
         path = trainer.run_dir / IR_NAME
         preprocessing = Preprocessing.of_model(self.float_model, (self.cfg.in_chans, self.cfg.img_size,
                                                                   self.cfg.img_size))
-        metadata = onnx_metadata(self.float_model, preprocessing)
+        metadata = export_metadata(self.float_model, preprocessing)
         batches = ((images, labels) for images, labels, _ in trainer.val_loader if len(labels))
         _, agreement, logits, labels = export_int8(trainer.model, path, batches, metadata)
         self.scores.update(ir_top1=100.0 * float((logits.argmax(axis=1) == labels).mean()),
