@@ -92,7 +92,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                  device=args.device, amp=args.amp, use_ema=args.ema)
     bad = f", {result['bad_files']} unreadable file(s) skipped" if result["bad_files"] else ""
     size = "x".join(map(str, result["input_size"]))
-    print(f"{args.model} on {args.data}/{args.split} ({result['count']} images{bad}, input {size}): "
+    print(f"{args.model} on {args.data}/{args.split} ({result['count']} images{bad}) at {size}: "
           f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     return 0
 
