@@ -3,9 +3,10 @@
 The straight line: :func:`load_model` (a registered name + checkpoint, or a
 ``save_pretrained`` folder) → :func:`~efficientmod.fuse.deploy` → :class:`Predictor`
 (or :meth:`Predictor.from_file`, which reads what it needs from the file's metadata) →
-:meth:`Predictor.predict_files`. Each model brings its own preprocessing (input size,
-mean / std, interpolation, crop fraction from the registry) and its class names: those
-saved with the weights, else ImageNet's for 1000 classes, else the class indices.
+:meth:`Predictor.predict_files`. Each model brings the :class:`~efficientmod.preprocessing.
+Preprocessing` it declares (saved with its weights or in an export's metadata, else its
+variant's) and its class names: those saved with the weights, else ImageNet's for 1000
+classes, else the class indices.
 """
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> Predictor:
-        """Deploy ``model`` (in place) and run it on its registry's preprocessing."""
+        """Deploy ``model`` (in place) and run it on the preprocessing it declares (another
+        ``input_size`` when given)."""
         from efficientmod.fuse import deploy
 
         deploy(model)
