@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from PIL import Image
 from synthetic_images import make_image_folder
@@ -20,7 +21,7 @@ from efficientmod.classify.engine import build_datasets
 from efficientmod.classify.evaluate import default_workers
 from efficientmod.classify.predict import load_model
 from efficientmod.cli import main
-from efficientmod.metadata import MAX_CLASSES, ExportMetadata, export_metadata
+from efficientmod.metadata import MAX_CLASSES, ExportMetadata, class_names_of, export_metadata
 from efficientmod.models import model_info
 from efficientmod.models.pretrained import from_pretrained
 from efficientmod.preprocessing import Preprocessing
@@ -76,6 +77,9 @@ def test_the_run_records_one_preprocessing_everywhere(run):
     for model in (from_pretrained(run / "model"), load_model("efficientmod_xxs", run / "best.pth")):
         assert model.preprocessing == expected and Preprocessing.of_model(model) == expected
         assert model.class_names == ["ant", "bee"] == model.pretrained_cfg["label_names"]
+    via_timm = timm.create_model(f"local-dir:{run / 'model'}", pretrained=True)  # timm reads config.json itself
+    assert via_timm.pretrained_cfg["label_names"] == ["ant", "bee"] == class_names_of(via_timm)
+    assert Preprocessing.of_model(via_timm) == expected
 
 
 def _card_input_line(folder: Path) -> str:

@@ -17,7 +17,7 @@ from efficientmod.metadata import ExportMetadata
 from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import amp_dtype, autocast
 
-__all__ = ["evaluate", "evaluate_checkpoint"]
+__all__ = ["evaluate", "evaluate_checkpoint", "default_workers", "ExportedClassifier"]
 
 
 @torch.no_grad()
