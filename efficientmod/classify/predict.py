@@ -75,8 +75,7 @@ def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     name) is a ``save_pretrained`` folder or anything :func:`efficientmod.load_checkpoint`
     reads; a training checkpoint sets the classes, the input channels and the preprocessing
     (its EMA weights with ``use_ema``); other weights get a classifier of ``num_classes``
-    (default 1000). Without a checkpoint the weights are random. A path that does not exist
-    is a ``FileNotFoundError``.
+    (default 1000). Without a checkpoint the weights are random.
     """
     from efficientmod.checkpoint import load_checkpoint
     from efficientmod.models import create_model, model_info
@@ -90,8 +89,6 @@ def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = 
             raise ValueError(f"{model} is a save_pretrained folder: it holds the weights, drop --checkpoint")
         return from_pretrained(model)
     name = model_info(str(model)).name
-    if checkpoint is not None and not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if checkpoint is not None and Path(checkpoint).is_dir():
         return _from_folder(name, checkpoint)
     own = None if checkpoint is None else read_train_checkpoint(checkpoint, task="classification")

@@ -253,8 +253,8 @@ class QuantisationAwareTraining:
         if saved is not None and list(saved) != list(class_names):
             raise ValueError(f"--init-from was trained on the classes {list(saved)[:5]}..., the data has "
                              f"{list(class_names)[:5]}... (same names, same order needed)")
-        saved = self.float_model.preprocessing.to_dict()
-        differs = [key for key, value in preprocessing.to_dict().items() if saved[key] != value]
+        recorded = self.float_model.preprocessing.to_dict()
+        differs = [key for key, value in preprocessing.to_dict().items() if recorded[key] != value]
         if differs:
             raise ValueError(f"the data's preprocessing differs from the --init-from model's in {', '.join(differs)}")
 
