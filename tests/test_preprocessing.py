@@ -3,6 +3,7 @@ folder's config.json and model card, export metadata, predict and eval all recor
 use the same input size, statistics, interpolation and crop."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import warnings
@@ -54,14 +55,27 @@ def _eval(capsys, checkpoint: Path, images: Path, *extra: str) -> tuple[str, flo
     return size, float(top1), float(loss)
 
 
+def _assert_agree(exported: tuple[str, float, float], best: tuple[str, float, float]) -> None:
+    assert exported[:2] == best[:2] and exported[2] == pytest.approx(best[2], abs=1e-3)
+
+
 def test_eval_of_folder_checkpoint_and_export_agree_at_the_training_size(run, images, capsys):
     folder = _eval(capsys, run / "model", images)
     best = _eval(capsys, run / "best.pth", images)
-    onnx = _eval(capsys, run / "model.onnx", images)
-    assert folder[0] == best[0] == onnx[0] == f"3x{SIZE}x{SIZE}"
-    assert folder[1] == best[1] == onnx[1]
-    assert folder[2] == pytest.approx(best[2], abs=1e-4) and onnx[2] == pytest.approx(best[2], abs=1e-3)
+    assert folder[0] == best[0] == f"3x{SIZE}x{SIZE}"
+    assert folder[1] == best[1] and folder[2] == pytest.approx(best[2], abs=1e-4)
+    _assert_agree(_eval(capsys, run / "model.onnx", images), best)
     assert _eval(capsys, run / "model", images, "--img-size", "96")[0] == "3x96x96"  # asked for: another size
+
+
+@pytest.mark.slow  # about 12 s (OpenVINO) and 100 s (ExecuTorch) on 2 shared cores
+@pytest.mark.parametrize("runtime, suffix", [("openvino", ".xml"), ("executorch", ".pte")])
+def test_eval_of_the_other_exports_agrees(runtime, suffix, run, images, capsys):
+    if importlib.util.find_spec(runtime) is None:
+        pytest.skip(f"{runtime} is not installed")
+    exported = run / f"model{suffix}"
+    assert main(["export", str(run / "model"), "-o", str(exported)]) == 0
+    _assert_agree(_eval(capsys, exported, images), _eval(capsys, run / "best.pth", images))
 
 
 def test_the_run_records_one_preprocessing_everywhere(run):
