@@ -116,23 +116,27 @@ class Preprocessing:
                     interpolation=self.interpolation, crop_pct=self.crop_pct)
 
     @classmethod
+    def of_timm_cfg(cls, cfg: Mapping, chans: int | None = None) -> Preprocessing:
+        """The preprocessing of a timm ``pretrained_cfg`` (a registered variant's, or the one
+        timm read from a hub folder's config.json), for ``chans`` input channels (default:
+        the cfg's)."""
+        chans = int(cfg["input_size"][0] if chans is None else chans)
+        return cls((chans, *cfg["input_size"][1:]), _per_channel(cfg["mean"], chans),
+                   _per_channel(cfg["std"], chans), cfg.get("interpolation", "bicubic"), cfg.get("crop_pct", 0.875))
+
+    @classmethod
     def of_model(cls, model, input_size: Sequence[int] | None = None) -> Preprocessing:
         """The preprocessing ``model`` declares: ``model.preprocessing`` (set by training,
         ``from_pretrained`` and the checkpoint loaders), else its timm ``pretrained_cfg``
         (the variant's, for ``model.in_chans`` channels); another ``input_size`` (C, H, W)
         when given."""
         saved = getattr(model, "preprocessing", None)
-        if isinstance(saved, Mapping):
-            saved = cls.from_dict(saved, "the model's preprocessing")
         if saved is None:
             cfg = getattr(model, "pretrained_cfg", None)
             if not cfg:
                 raise ValueError("the model declares no preprocessing (it was not built by "
                                  "efficientmod.create_model or timm.create_model)")
-            chans = int(getattr(model, "in_chans", cfg["input_size"][0]))
-            saved = cls((chans, *cfg["input_size"][1:]), _per_channel(cfg["mean"], chans),
-                        _per_channel(cfg["std"], chans), cfg.get("interpolation", "bicubic"),
-                        cfg.get("crop_pct", 0.875))
+            saved = cls.of_timm_cfg(cfg, getattr(model, "in_chans", None))
         return saved if input_size is None else saved.with_input_size(input_size)
 
     def with_input_size(self, input_size: Sequence[int]) -> Preprocessing:

@@ -19,9 +19,9 @@ from efficientmod.classify.data import (
     check_image_folders,
     collate_skipping_bad,
     digits_datasets,
-    eval_transform,
     train_transform,
 )
+from efficientmod.preprocessing import Preprocessing
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -50,7 +50,8 @@ def test_bad_files_are_skipped_and_odd_modes_converted(tmp_path):
     make_image_folder(tmp_path, classes=("ant", "bee"), train_per_class=2, val_per_class=1)
     files = make_bad_files(tmp_path / "train" / "bee")
     assert check_image_folders(tmp_path) == ["ant", "bee"]
-    dataset = ImageFolder(tmp_path / "train", ["ant", "bee"], eval_transform(32, MEAN, STD, 1.0, "bilinear"))
+    transform = Preprocessing((3, 32, 32), MEAN, STD, "bilinear", 1.0).transform
+    dataset = ImageFolder(tmp_path / "train", ["ant", "bee"], transform)
     assert len(dataset) == 4 + len(files["convert"]) + len(files["skip"])
     loader = DataLoader(dataset, batch_size=5, collate_fn=collate_skipping_bad)
     batches = list(loader)

@@ -17,11 +17,11 @@ from synthetic_images import make_image_folder
 from test_deploy import random_model
 
 import efficientmod
-from efficientmod.classify.predict import onnx_metadata
 from efficientmod.cli import main
 from efficientmod.export import ExportVerificationError, load_runtime, read_onnx_metadata
 from efficientmod.export.calibration import read_calibration_images
 from efficientmod.export.quantize import ORT_INT8_OPS, export_onnx_int8, quantize_onnx_int8
+from efficientmod.metadata import export_metadata
 from efficientmod.preprocessing import Preprocessing
 
 SIZE = (3, 32, 32)
@@ -47,7 +47,7 @@ def calibration(model, images):
 
 
 def metadata_of(model):
-    return onnx_metadata(model, Preprocessing.of_model(model, SIZE))
+    return export_metadata(model, Preprocessing.of_model(model, SIZE))
 
 
 # --------------------------------------------------------------------------- ONNX Runtime int8

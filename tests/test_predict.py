@@ -102,7 +102,8 @@ def test_training_checkpoint_sets_classes_channels_and_preprocessing(tmp_path):
                           task="classification")
     loaded = load_model("efficientmod_xxs", tmp_path / "last.pth")
     assert loaded.class_names == ["no", "yes"] and loaded.num_classes == 2 and loaded.in_chans == 1
-    assert loaded.preprocessing == preprocessing
+    assert loaded.preprocessing == Preprocessing.from_dict(preprocessing)
+    assert loaded.preprocessing.to_dict() == preprocessing
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 

@@ -19,6 +19,7 @@ from test_deploy import random_model
 from efficientmod.classify.config import QAT_PRESET, TrainConfig
 from efficientmod.cli import main
 from efficientmod.models import model_info
+from efficientmod.preprocessing import Preprocessing
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO / NNCF not installed: "
@@ -40,9 +41,8 @@ def float_dir(tmp_path_factory) -> Path:
     info = model_info("efficientmod_xxs")
     folder = tmp_path_factory.mktemp("float") / "model"
     model = random_model("efficientmod_xxs", num_classes=len(CLASSES))
-    model.save_pretrained(folder, class_names=list(CLASSES), preprocessing=dict(
-        input_size=[3, 32, 32], mean=list(info.mean), std=list(info.std), interpolation=info.interpolation,
-        crop_pct=info.crop_pct))
+    model.save_pretrained(folder, class_names=list(CLASSES), preprocessing=Preprocessing(
+        (3, 32, 32), info.mean, info.std, interpolation=info.interpolation, crop_pct=info.crop_pct))
     return folder
 
 
@@ -172,7 +172,6 @@ def test_qat_run_writes_a_verified_int8_ir(float_dir, data, tmp_path, capsys):
     from efficientmod.export import load_runtime
     from efficientmod.export.calibration import read_calibration_images
     from efficientmod.models.pretrained import from_pretrained
-    from efficientmod.preprocessing import Preprocessing
 
     out = tmp_path / "qat"
     cfg = TrainConfig(**dict(QAT_PRESET, qat=True, init_from=str(float_dir.parent), data=str(data), output=str(out),

@@ -107,7 +107,7 @@ def test_eval_of_the_ema_weights_and_of_the_model_folder_at_its_training_size(fu
     assert main(["eval", "--model", "efficientmod_xxs", "--checkpoint", str(full_run / "model"),
                  "--data", str(folder), "--workers", "0"]) == 0
     assert f"top-1 {best_top1:.2f}%" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="holds no EMA weights"):
+    with pytest.raises(ValueError, match="EMA weights are in a training checkpoint"):
         evaluate_checkpoint("efficientmod_xxs", str(full_run / "model"), str(folder), workers=0, use_ema=True)
 
 
@@ -554,8 +554,8 @@ def test_best_checkpoint_and_model_folder_hold_the_better_of_raw_and_ema(full_ru
     assert (best["best_top1"], best["best_source"]) == chosen
     model = from_pretrained(full_run / "model")
     assert_same_weights(model.state_dict(), best[best["best_source"]], atol=0)
-    assert model.preprocessing["input_size"] == [3, 32, 32] and model.preprocessing["crop_pct"] == 0.875
-    assert best["preprocessing"] == model.preprocessing
+    assert model.preprocessing.input_size == (3, 32, 32) and model.preprocessing.crop_pct == 0.875
+    assert best["preprocessing"] == model.preprocessing.to_dict()
 
 
 def test_workers_and_threads_default_to_the_machine(folder, tmp_path, monkeypatch):

@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from efficientmod.images import DECODE_ERRORS, load_rgb
+from efficientmod.images import DECODE_ERRORS, load_image
+from efficientmod.preprocessing import Preprocessing
 
 __all__ = [
     "BadSample", "ImageFolder", "DigitsDataset", "check_image_folders", "digits_datasets",
-    "TrainSampler", "ShardSampler", "collate_skipping_bad", "train_transform", "eval_transform", "Batch",
+    "TrainSampler", "ShardSampler", "collate_skipping_bad", "train_transform", "digits_preprocessing", "Batch",
     "posterize", "TransformError", "SyntheticBatches",
 ]
 
@@ -116,14 +117,16 @@ def _split_key(key) -> tuple[int, int]:
 
 class ImageFolder(Dataset):
     """``root/<class>/**/<file>`` with the given class order; every non-hidden file is a
-    sample (a non-image is reported as bad when loaded, not silently ignored)."""
+    sample (a non-image is reported as bad when loaded, not silently ignored), decoded as
+    Pillow ``mode`` ("RGB", or "L" for a one-channel model: :attr:`Preprocessing.image_mode`)."""
 
     def __init__(self, root: str | Path, class_names: list[str], transform: Callable | None = None,
-                 seed: int = 0):
+                 seed: int = 0, mode: str = "RGB"):
         self.root = Path(root)
         self.class_names = list(class_names)
         self.transform = transform
         self.seed = seed
+        self.mode = mode
         self.samples = [(str(path), label) for label, name in enumerate(self.class_names)
                         for path in _class_files(self.root / name)]
 
@@ -134,7 +137,7 @@ class ImageFolder(Dataset):
         index, epoch = _split_key(key)
         path, label = self.samples[index]
         try:
-            image = load_rgb(path)
+            image = load_image(path, self.mode)
         except DECODE_ERRORS as error:
             return BadSample(path, f"{type(error).__name__}: {error}")
         if self.transform is not None:
@@ -218,14 +221,6 @@ def train_transform(cfg, img_size: int, mean, std):
     ))
 
 
-def eval_transform(img_size: int, mean, std, crop_pct: float, interpolation: str):
-    """timm's evaluation transform: resize to ``img_size / crop_pct``, centre crop."""
-    from timm.data import create_transform
-
-    return create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct,
-                            mean=mean, std=std)
-
-
 # -- the bundled demo set ----------------------------------------------------------------
 class DigitsDataset(Dataset):
     """scikit-learn's 8x8 handwritten digits (values 0..16) upscaled to ``img_size``,
@@ -254,11 +249,11 @@ class DigitsDataset(Dataset):
         return image, int(self.labels[index])
 
 
-def digits_preprocessing(img_size: int) -> dict:
+def digits_preprocessing(img_size: int) -> Preprocessing:
     """The digits' preprocessing as an image file needs it (a dark-background digit, any
     size): resize to ``img_size`` (bilinear, as the 8x8 digits are upscaled here), one
-    channel, (x - 0.5) / 0.5 — what ``save_pretrained`` and ONNX metadata record."""
-    return dict(input_size=[1, img_size, img_size], mean=[0.5], std=[0.5], interpolation="bilinear", crop_pct=1.0)
+    channel, (x - 0.5) / 0.5 — what ``save_pretrained`` and export metadata record."""
+    return Preprocessing((1, img_size, img_size), (0.5,), (0.5,), interpolation="bilinear", crop_pct=1.0)
 
 
 def digits_datasets(img_size: int = 32, val_fraction: float = 0.2, max_shift: int = 2, seed: int = 0):

@@ -50,13 +50,13 @@ from efficientmod.classify.data import (
     collate_skipping_bad,
     digits_datasets,
     digits_preprocessing,
-    eval_transform,
     train_transform,
 )
 from efficientmod.classify.evaluate import evaluate
 from efficientmod.classify.losses import build_criterion
 from efficientmod.classify.run_folder import RunFolder, RunLog
 from efficientmod.models import create_model, model_info
+from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import (
     Runtime,
     TrainingDiverged,
@@ -83,7 +83,7 @@ class DataBundle:
     val: torch.utils.data.Dataset
     class_names: list[str]
     in_chans: int
-    preprocessing: dict  # what evaluation feeds the model: input_size, mean, std, interpolation, crop_pct
+    preprocessing: Preprocessing  # what evaluation feeds the model (its transform is val's)
 
 
 def build_datasets(cfg: TrainConfig, img_size: int) -> DataBundle:
@@ -96,11 +96,9 @@ def build_datasets(cfg: TrainConfig, img_size: int) -> DataBundle:
         raise ValueError("image folders are read as RGB; --in-chans must be 3 with --data")
     class_names = check_image_folders(cfg.data)
     root = Path(cfg.data)
+    preprocessing = Preprocessing.of_timm_cfg(info.pretrained_cfg(), 3).with_input_size((3, img_size, img_size))
     train = ImageFolder(root / "train", class_names, train_transform(cfg, img_size, info.mean, info.std), cfg.seed)
-    val = ImageFolder(root / "val", class_names,
-                      eval_transform(img_size, info.mean, info.std, info.crop_pct, info.interpolation))
-    preprocessing = dict(input_size=[3, img_size, img_size], mean=list(info.mean), std=list(info.std),
-                         interpolation=info.interpolation, crop_pct=info.crop_pct)
+    val = ImageFolder(root / "val", class_names, preprocessing.transform)
     return DataBundle(train, val, class_names, 3, preprocessing)
 
 
@@ -319,7 +317,7 @@ class Trainer:
             epoch=self.epoch, epoch_step=self.epoch_step, global_step=self.global_step,
             epoch_totals=totals, best_top1=self.best_top1, best_source=self.best_source, rng=rng,
             config=self.cfg.to_dict(), class_names=list(self.class_names), world_size=self.runtime.world,
-            preprocessing=self.preprocessing,
+            preprocessing=None if self.preprocessing is None else self.preprocessing.to_dict(),
         )
 
     def save(self, *names: str) -> None:

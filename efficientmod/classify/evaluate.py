@@ -2,6 +2,7 @@
 :class:`~efficientmod.classify.data.Batch`), synchronised over the processes of a distributed run."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -11,16 +12,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from efficientmod.classify.data import (
-    ImageFolder,
-    ShardSampler,
-    check_image_folders,
-    collate_skipping_bad,
-    eval_transform,
-)
-from efficientmod.runtime import amp_dtype, autocast, read_train_checkpoint, resolve_device
+from efficientmod.classify.data import ImageFolder, ShardSampler, check_image_folders, collate_skipping_bad
+from efficientmod.metadata import ExportMetadata
+from efficientmod.preprocessing import Preprocessing
+from efficientmod.runtime import amp_dtype, autocast, cpus_per_process, resolve_device
 
-__all__ = ["evaluate", "evaluate_checkpoint"]
+__all__ = ["evaluate", "evaluate_checkpoint", "default_workers", "ExportedClassifier"]
 
 
 @torch.no_grad()
@@ -63,55 +60,102 @@ def evaluate(
                 count=int(count), bad_files=int(bad))
 
 
+def default_workers() -> int:
+    """Evaluation's data-loader processes: up to 4, leaving one of the cores this process
+    may use to it (0 workers, loading in the process itself, on one core)."""
+    return max(0, min(4, cpus_per_process(1) - 1))
+
+
+class ExportedClassifier(nn.Module):
+    """An exported file run in its runtime (on CPU, float32), as a module :func:`evaluate`
+    can call; ``metadata`` is what the file declares (:class:`~efficientmod.metadata.ExportMetadata`)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from efficientmod.export import load_runtime
+
+        super().__init__()
+        self.runtime = load_runtime(path)
+        self.metadata = ExportMetadata.from_dict(self.runtime.metadata, str(path))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runtime.run(images.float().cpu().numpy()))
+
+
+def _is_exported(path: str | os.PathLike) -> bool:
+    from efficientmod.export import format_of
+
+    try:
+        format_of(path)
+    except ValueError:  # not a suffix of an export format
+        return False
+    return True
+
+
+def _load_exported(model_name: str, path: str, use_ema: bool) -> tuple[nn.Module, Preprocessing, list | None]:
+    from efficientmod.models import model_info
+
+    if use_ema:
+        raise ValueError(f"--ema reads a training checkpoint's EMA weights; {path} is an exported model")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    model = ExportedClassifier(path)
+    meta = model.metadata
+    if model_info(meta.architecture).name != model_info(model_name).name:
+        raise ValueError(f"{path} holds a {meta.architecture}, not a {model_name}")
+    return model, meta.preprocessing, None if meta.class_names is None else list(meta.class_names)
+
+
+def _run_device(device: str, exported: bool) -> torch.device:
+    """:func:`~efficientmod.runtime.resolve_device`; an exported file runs on the CPU."""
+    if exported:
+        if device not in ("auto", "cpu"):
+            raise ValueError(f"--device {device}: an exported model runs in its own runtime, on the CPU")
+        return torch.device("cpu")
+    return resolve_device(device)
+
+
 def evaluate_checkpoint(
     model_name: str,
     checkpoint: str,
     data: str,
     split: str = "val",
     batch_size: int = 128,
-    workers: int = 4,
+    workers: int | None = None,
     img_size: int | None = None,
     device: str = "auto",
     amp: str = "auto",
     use_ema: bool = False,
 ) -> dict:
-    """Evaluate ``checkpoint`` (a training checkpoint of this library, a ``save_pretrained``
-    folder, an official EfficientMod or a timm checkpoint, loaded by
-    :func:`~efficientmod.classify.predict.load_model`) on ``data/<split>``."""
+    """Evaluate ``checkpoint`` on ``data/<split>`` with the preprocessing it declares (a
+    training checkpoint's, a ``save_pretrained`` folder's, an exported file's metadata;
+    the registry's for official EfficientMod or timm weights), at ``img_size`` pixels when
+    given. ``checkpoint`` is any of those; an exported ``.onnx`` / ``.xml`` / ``.pte`` runs
+    in its runtime on CPU. ``workers`` defaults to :func:`default_workers`."""
     from efficientmod.classify.predict import load_model
-    from efficientmod.models import model_info
 
     class_names = check_image_folders(data, splits=(split,))
-    info = model_info(model_name)
-    model = load_model(model_name, checkpoint)
-    if use_ema:
-        _load_ema_weights(model, checkpoint)
-    saved = getattr(model, "class_names", None)
-    if saved and list(saved) != class_names:
+    exported = _is_exported(checkpoint)
+    run_device = _run_device(device, exported)
+    if exported:
+        model, preprocessing, saved = _load_exported(model_name, checkpoint, use_ema)
+        num_classes = model.metadata.num_classes
+    else:
+        model = load_model(model_name, checkpoint, num_classes=len(class_names), use_ema=use_ema)
+        preprocessing, saved, num_classes = Preprocessing.of_model(model), model.class_names, model.num_classes
+    if saved is not None and saved != class_names:
         raise ValueError(f"the checkpoint was trained on other classes than {data}/{split} holds "
                          f"(checkpoint: {saved[:10]}..., folder: {class_names[:10]}...)")
-    if model.num_classes != len(class_names):
-        raise ValueError(f"the checkpoint predicts {model.num_classes} classes, {data}/{split} holds "
-                         f"{len(class_names)}")
-    run_device = resolve_device(device)
+    if num_classes != len(class_names):
+        raise ValueError(f"the model predicts {num_classes} classes, {data}/{split} holds {len(class_names)}")
+    if img_size is not None:
+        preprocessing = preprocessing.with_input_size((preprocessing.channels, img_size, img_size))
     model.to(run_device)
     if run_device.type == "cuda":  # as in training: NHWC convolutions, cuDNN's autotuner for the fixed eval shape
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    saved_size = (getattr(model, "preprocessing", None) or {}).get("input_size")
-    size = img_size or (saved_size or info.input_size)[-1]
-    transform = eval_transform(size, info.mean, info.std, info.crop_pct, info.interpolation)
-    dataset = ImageFolder(Path(data) / split, class_names, transform)
+    dataset = ImageFolder(Path(data) / split, class_names, preprocessing.transform, mode=preprocessing.image_mode)
+    workers = default_workers() if workers is None else workers
     loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset)), num_workers=workers,
                         collate_fn=collate_skipping_bad, pin_memory=run_device.type == "cuda")
-    return evaluate(model, loader, run_device, amp_dtype(amp, run_device))
-
-
-def _load_ema_weights(model: nn.Module, checkpoint: str) -> None:
-    """The EMA weights of the training checkpoint ``checkpoint`` into ``model``."""
-    from efficientmod.checkpoint import load_checkpoint
-
-    own = read_train_checkpoint(checkpoint, task="classification")
-    if own is None or own.get("ema") is None:
-        raise ValueError(f"{checkpoint} holds no EMA weights")
-    load_checkpoint(model, own["ema"])
+    result = evaluate(model, loader, run_device, None if exported else amp_dtype(amp, run_device))
+    return dict(result, input_size=list(preprocessing.input_size))

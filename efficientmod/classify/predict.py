@@ -3,9 +3,10 @@
 The straight line: :func:`load_model` (a registered name + checkpoint, or a
 ``save_pretrained`` folder) → :func:`~efficientmod.fuse.deploy` → :class:`Predictor`
 (or :meth:`Predictor.from_file`, which reads what it needs from the file's metadata) →
-:meth:`Predictor.predict_files`. Each model brings its own preprocessing (input size,
-mean / std, interpolation, crop fraction from the registry) and its class names: those
-saved with the weights, else ImageNet's for 1000 classes, else the class indices.
+:meth:`Predictor.predict_files`. Each model brings the :class:`~efficientmod.preprocessing.
+Preprocessing` it declares (saved with its weights or in an export's metadata, else its
+variant's) and its class names: those saved with the weights, else ImageNet's for 1000
+classes, else the class indices.
 """
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ import torch
 import torch.nn as nn
 
 from efficientmod.images import DECODE_ERRORS
+from efficientmod.metadata import ExportMetadata, check_class_names, class_names_of
 from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import read_train_checkpoint
 
-__all__ = [
-    "Preprocessing", "Prediction", "Predictor", "load_model", "imagenet_class_names", "onnx_metadata",
-]
+__all__ = ["Prediction", "Predictor", "check_model_argument", "load_model", "imagenet_class_names"]
 
 
 def imagenet_class_names() -> list[str]:
@@ -36,61 +36,76 @@ def imagenet_class_names() -> list[str]:
 
 def _class_names_for(num_classes: int, saved: Sequence[str] | None) -> list[str]:
     if saved is not None:
-        if len(saved) != num_classes:
-            raise ValueError(f"{len(saved)} saved class names for a model with {num_classes} classes")
-        return list(saved)
+        return check_class_names(saved, num_classes)
     return imagenet_class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
 
 
-def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> nn.Module:
-    """A model with its weights and ``class_names`` (None when none were saved).
+def _from_folder(model: str, folder: str | os.PathLike) -> nn.Module:
+    from efficientmod.models.pretrained import from_pretrained, read_config
+
+    saved = read_config(folder)["architecture"]
+    if saved != model:
+        raise ValueError(f"the folder {folder} holds a {saved}, not a {model}")
+    return from_pretrained(folder)
+
+
+def check_model_argument(model: str | os.PathLike) -> None:
+    """``model`` must be a ``save_pretrained`` folder or a registered name: a path that is
+    no folder is a ``FileNotFoundError`` (or a ``ValueError`` for a file), another name a
+    ``ValueError`` listing the closest names."""
+    from efficientmod.models import model_info
+
+    path = Path(model)
+    if path.is_dir():
+        return
+    if path.is_file():
+        raise ValueError(f"{model} is a file, not a save_pretrained folder: pass it as --checkpoint "
+                         "of a registered model name (or an exported .onnx / .xml / .pte file)")
+    if any(separator in str(model) for separator in "/\\"):  # no registered name holds one
+        raise FileNotFoundError(f"model folder not found: {model}")
+    model_info(str(model))
+
+
+def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
+               num_classes: int | None = None, use_ema: bool = False) -> nn.Module:
+    """A model with its weights, declaring its preprocessing and class names (those saved
+    with the weights; see :meth:`~efficientmod.models.base.Backbone.declare`).
 
     ``model`` is a registered name or a ``save_pretrained`` folder. ``checkpoint`` (with a
-    name) is anything :func:`efficientmod.load_checkpoint` reads; a training checkpoint's
-    ``class_names`` set the classifier width. Without a checkpoint the weights are random.
+    name) is a ``save_pretrained`` folder or anything :func:`efficientmod.load_checkpoint`
+    reads; a training checkpoint sets the classes, the input channels and the preprocessing
+    (its EMA weights with ``use_ema``); other weights get a classifier of ``num_classes``
+    (default 1000). Without a checkpoint the weights are random.
     """
     from efficientmod.checkpoint import load_checkpoint
     from efficientmod.models import create_model, model_info
-    from efficientmod.models.pretrained import from_pretrained, read_config
+    from efficientmod.models.pretrained import from_pretrained
 
+    check_model_argument(model)  # an unknown name or a missing folder fails before any file is read
+    if use_ema and (checkpoint is None or Path(checkpoint).is_dir()):
+        raise ValueError("EMA weights are in a training checkpoint (last.pth, best.pth), not in a model folder")
     if Path(model).is_dir():
         if checkpoint is not None:
             raise ValueError(f"{model} is a save_pretrained folder: it holds the weights, drop --checkpoint")
         return from_pretrained(model)
-    model_info(str(model))  # an unknown name fails before any file is read
+    name = model_info(str(model)).name
     if checkpoint is not None and Path(checkpoint).is_dir():
-        saved = read_config(checkpoint)["architecture"]
-        if saved != str(model):
-            raise ValueError(f"the folder {checkpoint} holds a {saved}, not a {model}")
-        return from_pretrained(checkpoint)
+        return _from_folder(name, checkpoint)
     own = None if checkpoint is None else read_train_checkpoint(checkpoint, task="classification")
-    class_names, kwargs = None, {}
-    if own is not None:
-        class_names = own.get("class_names")
-        in_chans = (own.get("config") or {}).get("in_chans")
-        if isinstance(in_chans, int):
-            kwargs["in_chans"] = in_chans
-    if class_names is not None:
-        kwargs["num_classes"] = len(class_names)
-    net = create_model(str(model), **kwargs)
-    if checkpoint is not None:
-        load_checkpoint(net, own if own is not None else checkpoint, strict=True)
-    net.class_names = list(class_names) if class_names is not None else None
-    if own is not None and own.get("preprocessing"):
-        net.preprocessing = own["preprocessing"]
+    if use_ema and (own is None or own.get("ema") is None):
+        raise ValueError(f"{checkpoint} holds no EMA weights")
+    if own is None:
+        net = create_model(name, num_classes=1000 if num_classes is None else num_classes)
+        if checkpoint is not None:
+            load_checkpoint(net, checkpoint, strict=True)
+        return net
+    class_names, in_chans = own.get("class_names"), (own.get("config") or {}).get("in_chans")
+    kwargs = dict(in_chans=in_chans) if isinstance(in_chans, int) else {}
+    net = create_model(name, num_classes=len(class_names) if class_names is not None else 1000, **kwargs)
+    load_checkpoint(net, own["ema"] if use_ema else own["model"], strict=True)
+    saved = own.get("preprocessing")
+    net.declare(None if saved is None else Preprocessing.from_dict(saved, str(checkpoint)), class_names)
     return net
-
-
-def onnx_metadata(model: nn.Module, preprocessing: Preprocessing) -> dict[str, object]:
-    """What :meth:`Predictor.from_file` needs, stored in an exported file's metadata."""
-    return dict(
-        producer="efficientmod",
-        architecture=getattr(model, "registry_name", "") or type(model).__name__,
-        num_classes=model.num_classes,
-        class_names=getattr(model, "class_names", None),
-        deployed=bool(getattr(model, "deployed", False)),
-        **preprocessing.to_dict(),
-    )
 
 
 class Prediction(NamedTuple):
@@ -110,7 +125,8 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> Predictor:
-        """Deploy ``model`` (in place) and run it on its registry's preprocessing."""
+        """Deploy ``model`` (in place) and run it on the preprocessing it declares (another
+        ``input_size`` when given)."""
         from efficientmod.fuse import deploy
 
         deploy(model)
@@ -120,7 +136,7 @@ class Predictor:
         def run(batch: torch.Tensor) -> torch.Tensor:
             return model(batch.to(device)).float().cpu()
 
-        names = _class_names_for(model.num_classes, getattr(model, "class_names", None))
+        names = _class_names_for(model.num_classes, class_names_of(model))
         return cls(run, Preprocessing.of_model(model, input_size), names)
 
     @classmethod
@@ -131,16 +147,12 @@ class Predictor:
         from efficientmod.export import load_runtime
 
         runtime = load_runtime(path, threads)
-        meta = runtime.metadata
-        if meta.get("producer") != "efficientmod":
-            raise ValueError(f"{path} has no efficientmod metadata (its preprocessing is unknown): "
-                             "export it with `efficientmod export`")
-        preprocessing = Preprocessing.from_dict(meta, str(path))
+        meta = ExportMetadata.from_dict(runtime.metadata, str(path))
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(runtime.run(batch.numpy()))
 
-        return cls(run, preprocessing, _class_names_for(meta["num_classes"], meta.get("class_names")))
+        return cls(run, meta.preprocessing, _class_names_for(meta.num_classes, meta.class_names))
 
     def predict(self, images: torch.Tensor, topk: int = 5) -> list[list[tuple[str, float]]]:
         """Top-``topk`` (class name, probability) of each image of a preprocessed batch."""

@@ -50,6 +50,7 @@ from efficientmod.classify.config import TrainConfig
 from efficientmod.classify.engine import Trainer
 from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement
 from efficientmod.export.openvino import StaticBatchModel, save_openvino
+from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import Runtime
 
 __all__ = ["IR_NAME", "AGREEMENT_TOLERANCE", "FLOAT_TYPES", "QATTrainer", "load_float_model",
@@ -138,10 +139,10 @@ def load_float_model(init_from: str | Path) -> nn.Module:
 def qat_config(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
     """``cfg`` with --model, --img-size and --in-chans of the ``--init-from`` model (given
     ones must agree with it)."""
-    channels, height, width = model.preprocessing.get("input_size", (model.in_chans, None, None))
-    if height is None or height != width:
-        raise ValueError(f"--init-from: the model's saved input size {model.preprocessing.get('input_size')} is "
-                         "missing or not square")
+    channels, height, width = model.preprocessing.input_size
+    if height != width:
+        raise ValueError(f"--init-from: the model's saved input size {list(model.preprocessing.input_size)} is "
+                         "not square")
     derived = dict(model=model.registry_name, img_size=height, in_chans=channels)
     for name, value in derived.items():
         given = getattr(cfg, name)
@@ -258,9 +259,8 @@ class QATTrainer(Trainer):
         if saved is not None and list(saved) != list(self.class_names):
             raise ValueError(f"--init-from was trained on the classes {list(saved)[:5]}..., the data has "
                              f"{list(self.class_names)[:5]}... (same names, same order needed)")
-        float_preprocessing = self.float_model.preprocessing
-        differs = [key for key, value in self.preprocessing.items() if key in float_preprocessing
-                   and list(np.atleast_1d(float_preprocessing[key])) != list(np.atleast_1d(value))]
+        recorded = self.float_model.preprocessing.to_dict()
+        differs = [key for key, value in self.preprocessing.to_dict().items() if recorded[key] != value]
         if differs:
             raise ValueError(f"the data's preprocessing differs from the --init-from model's in {', '.join(differs)}")
 
@@ -318,13 +318,12 @@ class QATTrainer(Trainer):
     def write_ir(self) -> Path:
         """The fake-quantised model as ``model_int8.xml`` (:func:`export_int8`, with the metadata
         ``efficientmod export`` stores), its top-1 and agreement added to the scores."""
-        from efficientmod.classify.predict import onnx_metadata
-        from efficientmod.preprocessing import Preprocessing
+        from efficientmod.metadata import export_metadata
 
         path = self.run_dir / IR_NAME
         preprocessing = Preprocessing.of_model(self.float_model, (self.cfg.in_chans, self.cfg.img_size,
                                                                   self.cfg.img_size))
-        metadata = onnx_metadata(self.float_model, preprocessing)
+        metadata = export_metadata(self.float_model, preprocessing)
         batches = ((images, labels) for images, labels, _ in self.val_loader if len(labels))
         _, agreement, logits, labels = export_int8(self.model, path, batches, metadata)
         self.scores.update(ir_top1=100.0 * float((logits.argmax(axis=1) == labels).mean()),

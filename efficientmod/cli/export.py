@@ -109,9 +109,10 @@ def _input_size(model, pixels: list[int] | None) -> tuple[int, int, int]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from efficientmod.classify.predict import load_model, onnx_metadata
+    from efficientmod.classify.predict import load_model
     from efficientmod.export import ExportVerificationError, export_verified
     from efficientmod.fuse import deploy
+    from efficientmod.metadata import export_metadata
     from efficientmod.preprocessing import Preprocessing
 
     fmt = _export_format(args)
@@ -121,7 +122,7 @@ def run_export(args: argparse.Namespace) -> int:
     input_size = _input_size(model, args.input_size)
     model.eval() if args.no_deploy else deploy(model)
     preprocessing = Preprocessing.of_model(model, input_size)
-    metadata = onnx_metadata(model, preprocessing)
+    metadata = export_metadata(model, preprocessing)
     if fmt == "executorch":
         return _run_executorch_export(args, model, input_size, preprocessing, metadata)
     if fmt != "onnx" or args.precision != "fp32":
@@ -230,7 +231,7 @@ def _is_exported(path: str) -> bool:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from efficientmod.classify.predict import Predictor, load_model
+    from efficientmod.classify.predict import Predictor, check_model_argument, load_model
     from efficientmod.runtime import resolve_device
 
     if args.topk < 1 or args.batch_size < 1:
@@ -240,6 +241,7 @@ def run_predict(args: argparse.Namespace) -> int:
             raise ValueError(f"an exported file ({args.model}) holds its weights: drop --checkpoint")
         predictor = Predictor.from_file(args.model, args.threads)
     else:
+        check_model_argument(args.model)  # a missing folder is not found, before weights are asked for
         if args.checkpoint is None and not Path(args.model).is_dir():
             raise ValueError(f"predicting with random weights makes no sense: pass --checkpoint for {args.model}")
         device = resolve_device(args.device)

@@ -58,14 +58,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser("eval", help="top-1, top-5 and loss of a checkpoint on an image folder")
     evaluate.add_argument("--model", required=True, help="model name")
     evaluate.add_argument("--checkpoint", required=True,
-                          help="a training checkpoint (last.pth/best.pth), a save_pretrained folder, or "
-                          "official EfficientMod / timm weights")
+                          help="a training checkpoint (last.pth/best.pth), a save_pretrained folder, an exported "
+                          ".onnx / .xml / .pte file (run in its runtime, on CPU), or official EfficientMod / timm "
+                          "weights; evaluated with the preprocessing it records")
     evaluate.add_argument("--data", required=True, help="folder holding <split>/<class>/<image>")
     evaluate.add_argument("--split", default="val", help="sub-folder to evaluate (default: val)")
     evaluate.add_argument("--batch-size", type=int, default=128, help="images per batch (default: 128)")
-    evaluate.add_argument("--workers", type=int, default=4, help="data-loader processes (default: 4)")
+    evaluate.add_argument("--workers", type=int, default=None,
+                          help="data-loader processes (default: up to 4, one CPU core fewer than this process may "
+                          "use)")
     evaluate.add_argument("--img-size", type=int, default=None,
-                          help="input side (default: the training size stored in a training checkpoint, "
+                          help="input side (default: the size the checkpoint, folder or export records, "
                           "else the model's)")
     evaluate.add_argument("--device", default="auto", help="cuda, cpu or auto (default: auto)")
     evaluate.add_argument("--amp", default="auto", choices=AMP_CHOICES,
@@ -99,7 +102,8 @@ def run_eval(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, workers=args.workers, img_size=args.img_size,
                                  device=args.device, amp=args.amp, use_ema=args.ema)
     bad = f", {result['bad_files']} unreadable file(s) skipped" if result["bad_files"] else ""
-    print(f"{args.model} on {args.data}/{args.split} ({result['count']} images{bad}): "
+    size = "x".join(map(str, result["input_size"]))
+    print(f"{args.model} on {args.data}/{args.split} ({result['count']} images{bad}) at {size}: "
           f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     return 0
 

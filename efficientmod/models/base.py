@@ -10,8 +10,10 @@ import torch
 import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
 
+from efficientmod.metadata import check_class_names
 from efficientmod.models.layers import check_image_input
 from efficientmod.models.pretrained import save_pretrained
+from efficientmod.preprocessing import Preprocessing
 
 GLOBAL_POOLS = ("avg", "max", "avgmax", "")  # timm's pool types that keep the feature width
 
@@ -51,9 +53,18 @@ class Backbone(nn.Module):
     and set ``in_chans``, ``num_classes``, ``num_features`` and ``input_multiple`` (what the
     input sides must divide into). A family that keeps its maps in another layout than NCHW
     (EfficientMod runs channels-last) overrides :meth:`stage_map` and :meth:`final_map`.
+
+    Every model also declares what its weights were trained for (:meth:`declare` sets both,
+    ``from_pretrained`` and the checkpoint loaders call it): ``preprocessing``, the input it
+    expects (None: the variant's, from timm's ``pretrained_cfg``, see
+    :meth:`Preprocessing.of_model`), and ``class_names``, one per class (None: unnamed;
+    also timm's ``pretrained_cfg["label_names"]``).
     """
 
     input_multiple: int = 32
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+    __jit_ignored_attributes__ = ["preprocessing", "class_names"]  # not TorchScript types; never in forward
 
     def __init__(self, cfg, num_classes: int, in_chans: int, num_features: int, global_pool: str = "avg"):
         """Record what every family's network is built from: its variant ``cfg``, the
@@ -168,8 +179,11 @@ class Backbone(nn.Module):
         pool = global_pool_layer(pool_type, num_classes)
         reference = next(self.parameters())
         head = self._make_head(num_classes).to(device=reference.device, dtype=reference.dtype)
+        names_go = self.class_names is not None and num_classes != self.num_classes
         self.global_pool, self.global_pool_type, self.num_classes = pool.train(self.training), pool_type, num_classes
         self.head = head.train(self.training)
+        if names_go:  # a new classifier has no class names
+            self.declare(self.preprocessing, None)
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -186,10 +200,31 @@ class Backbone(nn.Module):
             self.reset_classifier(0)
         return take
 
+    # -- what the weights were trained for -------------------------------------------
+    @torch.jit.ignore
+    def declare(self, preprocessing: Preprocessing | None = None, class_names: list[str] | None = None) -> None:
+        """Record the input the weights expect and the names of their classes (checked:
+        ``preprocessing`` for ``in_chans`` channels, one string per class), also in timm's
+        ``pretrained_cfg`` (its preprocessing keys and ``label_names``), so timm's
+        ``resolve_data_config`` and the hub format see the same."""
+        if preprocessing is not None and preprocessing.channels != self.in_chans:
+            raise ValueError(f"preprocessing for {preprocessing.channels} channel(s) declared on a model with "
+                             f"{self.in_chans} input channel(s)")
+        self.preprocessing = preprocessing
+        self.class_names = check_class_names(class_names, self.num_classes)
+        cfg = dict(getattr(self, "pretrained_cfg", None) or {})
+        if preprocessing is not None:
+            cfg.update(preprocessing.to_dict())
+        if self.class_names is None:
+            cfg.pop("label_names", None)
+        else:
+            cfg["label_names"] = list(self.class_names)
+        self.pretrained_cfg = self.default_cfg = cfg  # timm's alias
+
     def save_pretrained(self, directory, class_names: list[str] | None = None,
-                        preprocessing: dict | None = None) -> None:
-        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically);
-        :func:`efficientmod.from_pretrained` restores the model exactly. ``preprocessing``
-        (input_size, mean, std, interpolation, crop_pct) records what the model was trained
-        on when it differs from the registry's."""
+                        preprocessing: Preprocessing | None = None) -> None:
+        """Write ``model.safetensors``, ``config.json`` and the model card ``README.md`` to
+        ``directory`` (atomically); :func:`efficientmod.from_pretrained` restores the model
+        exactly. ``class_names`` and ``preprocessing`` (what the model was trained on)
+        default to what the model declares."""
         save_pretrained(self, directory, class_names=class_names, preprocessing=preprocessing)

@@ -26,6 +26,7 @@ from timm.models import resolve_pretrained_cfg
 
 if TYPE_CHECKING:
     from efficientmod.models.registry import ModelInfo
+    from efficientmod.preprocessing import Preprocessing
 
 __all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card"]
 
@@ -146,9 +147,12 @@ def source_overlay(info: ModelInfo, source: str | os.PathLike, cache_dir=None) -
     return overlay, dict(config.get("model_args", {}))
 
 
-def model_card(info: ModelInfo, model: nn.Module, class_names: list[str] | None) -> str:
+def model_card(info: ModelInfo, model: nn.Module, class_names: list[str] | None,
+               preprocessing: Preprocessing) -> str:
     """``README.md`` of a ``save_pretrained`` folder: hub metadata, what the model is, the
-    paper's figures for the variant and how to load it with timm and with this library."""
+    input it expects (``preprocessing``, as config.json records it), the paper's figures for
+    the variant and how to load it with timm and with this library."""
+    channels, height, width = preprocessing.input_size
     params = sum(p.numel() for p in model.parameters()) / 1e6
     license_ = info.license if info.license in ("mit", "apache-2.0") else "other"
     top1 = f"{info.top1:.1f}" if info.top1 is not None else "n/a"
@@ -169,8 +173,8 @@ def model_card(info: ModelInfo, model: nn.Module, class_names: list[str] | None)
         f"| architecture | `{info.timm_name}` |",
         f"| classes | {model.num_classes} |",
         f"| parameters (this model) | {params:.2f} M |",
-        f"| input | {model.in_chans} × {info.input_size[1]} × {info.input_size[2]}, "
-        f"crop {info.crop_pct}, mean {tuple(info.mean)}, std {tuple(info.std)}, {info.interpolation} |",
+        f"| input | {channels} × {height} × {width}, crop {preprocessing.crop_pct}, mean {list(preprocessing.mean)}, "
+        f"std {list(preprocessing.std)}, {preprocessing.interpolation} |",
         f"| paper's ImageNet-1K top-1 of the variant | {top1} % ({info.top1_source}) |",
         f"| weights license | {info.license} |",
         "",

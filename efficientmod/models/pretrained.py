@@ -19,33 +19,40 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from efficientmod.checkpoint import atomic_write, load_checkpoint
+from efficientmod.metadata import check_class_names, class_names_of
 from efficientmod.models.hub import model_card
 from efficientmod.models.registry import create_model, model_info
+from efficientmod.preprocessing import Preprocessing
 
-__all__ = ["PREPROCESSING_KEYS", "save_pretrained", "from_pretrained", "read_config"]
+__all__ = ["save_pretrained", "from_pretrained", "read_config"]
 
-PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 # pretrained_cfg entries that describe the released weights, not a saved model
 _RELEASE_KEYS = ("tag", "hf_hub_id", "origin_url", "notes", "architecture")
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names: list[str] | None = None,
-                    preprocessing: dict | None = None) -> None:
-    """Write ``model`` to ``directory`` (see the module's docstring). ``preprocessing``
-    overrides the registry's input_size / mean / std / interpolation / crop_pct with what
-    the model was actually trained on."""
+                    preprocessing: Preprocessing | None = None) -> None:
+    """Write ``model`` to ``directory`` (see the module's docstring). ``class_names`` and
+    ``preprocessing`` (what the model was trained on) default to what the model declares
+    (:meth:`~efficientmod.models.base.Backbone.declare`; the registry's preprocessing for
+    ``model.in_chans`` channels when it declares none)."""
     if not model.registry_name:
         raise ValueError("save_pretrained needs a model built by efficientmod.create_model")
     if getattr(model, "deployed", False):  # its fused layers cannot be rebuilt by create_model
         raise ValueError("save_pretrained needs the model as built, not its deployed (fused) form: "
                          "save it before efficientmod.deploy")
     info = model_info(model.registry_name)
-    directory = Path(directory)
-    pretrained_cfg = dict(info.pretrained_cfg(), num_classes=model.num_classes,
-                          input_size=[model.in_chans, *info.input_size[1:]])
+    preprocessing = preprocessing or Preprocessing.of_model(model)
+    if preprocessing.channels != model.in_chans:
+        raise ValueError(f"save_pretrained: preprocessing for {preprocessing.channels} channel(s), the model takes "
+                         f"{model.in_chans}")
+    class_names = check_class_names(class_names if class_names is not None else class_names_of(model),
+                                    model.num_classes, "save_pretrained")
+    pretrained_cfg = dict(info.pretrained_cfg(), num_classes=model.num_classes, **preprocessing.to_dict())
     for key in _RELEASE_KEYS:
         pretrained_cfg.pop(key, None)
-    pretrained_cfg.update({key: value for key, value in (preprocessing or {}).items() if key in PREPROCESSING_KEYS})
+    if tuple(preprocessing.input_size[1:]) != tuple(info.input_size[1:]):  # as timm: the variant's no longer holds
+        pretrained_cfg.pop("pool_size", None)
     config = dict(
         architecture=info.timm_name,
         num_classes=model.num_classes,
@@ -53,13 +60,15 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
         model_args=dict(model.build_kwargs, in_chans=model.in_chans,
                         **({} if model.global_pool_type == "avg" else {"global_pool": model.global_pool_type})),
         pretrained_cfg=pretrained_cfg,
-        label_names=class_names,
     )
+    if class_names is not None:  # where timm reads them, into the model's pretrained_cfg["label_names"]
+        config["label_names"] = pretrained_cfg["label_names"] = class_names
+    directory = Path(directory)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
     atomic_write(directory / "config.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
-    card = model_card(info, model, class_names)
+    card = model_card(info, model, class_names, preprocessing)
     atomic_write(directory / "README.md", lambda tmp: Path(tmp).write_text(card))
 
 
@@ -76,20 +85,16 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
     """Rebuild a model written by ``save_pretrained``: same architecture arguments (e.g.
-    EfficientViT's ``img_size``), same weights, its preprocessing as ``model.preprocessing``;
-    extra ``kwargs`` go to the model. Another ``num_classes`` (fine-tuning) keeps the
-    trunk's weights and a fresh classifier, with no saved class names."""
+    EfficientViT's ``img_size``), same weights, its preprocessing and class names declared
+    (``model.preprocessing``, ``model.class_names``); extra ``kwargs`` go to the model.
+    Another ``num_classes`` (fine-tuning) keeps the trunk's weights and a fresh classifier,
+    with no saved class names."""
     config = read_config(directory)
-    if "model_args" in config:
-        build = dict(config["model_args"], num_classes=config["num_classes"])
-        class_names, preprocessing = config.get("label_names"), config.get("pretrained_cfg", {})
-    else:  # a folder written before config.json took timm's format
-        build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], **config.get("model_kwargs", {}))
-        class_names, preprocessing = config.get("class_names"), config
+    build = dict(config["model_args"], num_classes=config["num_classes"])
     build.update(kwargs)
     new_head = build["num_classes"] != config["num_classes"]
     model = create_model(config["architecture"], **build)
     load_checkpoint(model, directory, strict=True, ignore_head=new_head)
-    model.class_names = None if new_head else class_names
-    model.preprocessing = {key: preprocessing[key] for key in PREPROCESSING_KEYS if key in preprocessing}
+    preprocessing = Preprocessing.from_dict(config.get("pretrained_cfg", {}), str(Path(directory) / "config.json"))
+    model.declare(preprocessing, None if new_head else config.get("label_names"))
     return model
