@@ -17,11 +17,12 @@ from synthetic_images import make_image_folder
 from test_deploy import random_model
 
 import efficientmod
-from efficientmod.classify.predict import onnx_metadata
 from efficientmod.cli import main
 from efficientmod.export import ExportVerificationError, load_runtime, read_onnx_metadata
 from efficientmod.export.calibration import read_calibration_images
-from efficientmod.export.quantize import ORT_INT8_OPS, export_onnx_int8, quantize_onnx_int8
+from efficientmod.export.onnx import export_onnx_int8
+from efficientmod.export.quantize import ORT_INT8_OPS, quantize_onnx_int8
+from efficientmod.metadata import export_metadata
 from efficientmod.preprocessing import Preprocessing
 
 SIZE = (3, 32, 32)
@@ -47,7 +48,7 @@ def calibration(model, images):
 
 
 def metadata_of(model):
-    return onnx_metadata(model, Preprocessing.of_model(model, SIZE))
+    return export_metadata(model, Preprocessing.of_model(model, SIZE))
 
 
 # --------------------------------------------------------------------------- ONNX Runtime int8
@@ -67,17 +68,17 @@ def test_ort_int8_places_int8_on_convs_and_matmuls_only(model, calibration, tmp_
     assert all(producers.get(n.input[1]) == "DequantizeLinear" for n in heavy)  # every weight int8
     kept_float = {n.op_type for n in graph.node} & {"LayerNormalization", "Softmax", "Erf"}
     assert kept_float  # the norms, softmax and GELU are still there, in float
-    assert result.precision == "int8" and result.fp32_max_abs_diff <= 1e-4 and result.agreement.samples == 16
+    assert result.precision == "int8" and result.max_abs_diff <= 1e-4 and result.agreement.samples == 16
     assert read_onnx_metadata(result.path)["precision"] == "int8"
     assert read_onnx_metadata(result.path)["architecture"] == "efficientmod_xxs"
 
 
 def test_ort_int8_failed_agreement_keeps_the_previous_file(model, calibration, tmp_path, monkeypatch):
-    import efficientmod.export.quantize as quantize
+    import efficientmod.export.onnx as onnx_format
 
     path = tmp_path / "m.onnx"
     path.write_bytes(b"previous")
-    monkeypatch.setattr(quantize, "check_agreement", _always_fail)
+    monkeypatch.setattr(onnx_format, "check_agreement", _always_fail)
     with pytest.raises(ExportVerificationError, match="too far"):
         export_onnx_int8(model, path, calibration, SIZE)
     assert path.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
@@ -110,7 +111,9 @@ def test_cli_int8_onnx_export_and_predict(images, tmp_path, capsys):
     (["-o", "m.onnx", "--precision", "int8"], "needs calibration images"),
     (["-o", "m.onnx", "--format", "openvino"], "ends in .xml"),
     (["-o", "m.txt"], "not an exported model"),
-    (["-o", "m.xml", "--static-batch"], "fp32 ONNX exports only"),
+    (["-o", "m.xml", "--save-optimized", "o.onnx"], "fp32 ONNX exports only"),
+    (["-o", "m.onnx", "--precision", "int8", "--calib", ".", "--save-optimized", "o.onnx"], "fp32 ONNX exports only"),
+    (["-o", "m.xml", "--opset", "16"], "too old"),
     (["-o", "m.onnx", "--precision", "int8", "--calib", "missing-folder"], "calibration folder not found"),
     (["-o", "m.onnx", "--precision", "int8", "--calib", ".", "--calib-samples", "0"], "must be positive"),
 ])
@@ -129,7 +132,7 @@ def test_openvino_fp32_matches_pytorch_and_carries_metadata(model, tmp_path):
 
     path = tmp_path / "m.xml"
     result = export_openvino(model, path, SIZE, "fp32", metadata_of(model))
-    assert result.fp32_max_abs_diff <= 1e-4 and result.agreement is None
+    assert result.max_abs_diff <= 1e-4 and result.agreement is None
     runtime = load_runtime(path, threads=1)
     assert runtime.metadata["precision"] == "fp32" and runtime.metadata["num_classes"] == 4
     assert runtime.metadata["input_size"] == list(SIZE) and runtime.metadata["producer"] == "efficientmod"

@@ -17,8 +17,8 @@ from efficientmod.bench import BenchSettings, Candidate, benchmark, count_macs, 
 from efficientmod.classify.config import TrainConfig
 from efficientmod.classify.data import collate_skipping_bad, digits_datasets
 from efficientmod.classify.evaluate import evaluate
-from efficientmod.classify.predict import onnx_metadata
 from efficientmod.export import export_onnx
+from efficientmod.metadata import export_metadata
 from efficientmod.models.pretrained import from_pretrained
 from efficientmod.preprocessing import Preprocessing
 
@@ -51,7 +51,7 @@ def demo_report(cfg: TrainConfig, result: dict, train_seconds: float, target: fl
     metrics = evaluate(model, loader, torch.device("cpu"), progress=False)
 
     # the file carries its preprocessing and classes: `efficientmod predict model.onnx digit.png` reads them
-    metadata = onnx_metadata(model, Preprocessing.of_model(model))
+    metadata = export_metadata(model, Preprocessing.of_model(model))
     onnx_path = export_onnx(model, run_dir / "model.onnx", input_size=input_size, metadata=metadata)
     ort_top1 = onnx_top1(onnx_path, loader)
 

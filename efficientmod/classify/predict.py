@@ -2,7 +2,8 @@
 
 The straight line: :func:`load_model` (a registered name + checkpoint, or a
 ``save_pretrained`` folder) → :func:`~efficientmod.fuse.deploy` → :class:`Predictor`
-(or :meth:`Predictor.from_file`, which reads what it needs from the file's metadata) →
+(or :meth:`Predictor.from_file`, which reads what it needs from the file's metadata,
+:func:`efficientmod.metadata.export_metadata`) →
 :meth:`Predictor.predict_files`. Each model brings its own preprocessing (input size,
 mean / std, interpolation, crop fraction from the registry) and its class names: those
 saved with the weights, else ImageNet's for 1000 classes, else the class indices.
@@ -22,7 +23,7 @@ from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import read_train_checkpoint
 
 __all__ = [
-    "Preprocessing", "Prediction", "Predictor", "load_model", "imagenet_class_names", "onnx_metadata",
+    "Preprocessing", "Prediction", "Predictor", "load_model", "imagenet_class_names",
 ]
 
 
@@ -79,18 +80,6 @@ def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     if own is not None and own.get("preprocessing"):
         net.preprocessing = own["preprocessing"]
     return net
-
-
-def onnx_metadata(model: nn.Module, preprocessing: Preprocessing) -> dict[str, object]:
-    """What :meth:`Predictor.from_file` needs, stored in an exported file's metadata."""
-    return dict(
-        producer="efficientmod",
-        architecture=getattr(model, "registry_name", "") or type(model).__name__,
-        num_classes=model.num_classes,
-        class_names=getattr(model, "class_names", None),
-        deployed=bool(getattr(model, "deployed", False)),
-        **preprocessing.to_dict(),
-    )
 
 
 class Prediction(NamedTuple):
