@@ -170,7 +170,12 @@ def test_format_write_verify_and_load_a_static_onnx_file(tmp_path):
     assert result.checked_on == "batch sizes [1]" and result.details == ("opset 18",) and result.max_abs_diff <= 1e-4
     assert not onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim[0].dim_param  # batch fixed
     assert fmt.verify(model, result.path, SMALL) <= 1e-4
-    assert load_runtime(result.path).metadata == {"producer": "efficientmod"}
+    runtime = load_runtime(result.path)
+    assert runtime.metadata == {"producer": "efficientmod"} and runtime.batch == 1
+    x = torch.randn(3, *SMALL, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    torch.testing.assert_close(runtime.run(x.numpy()), expected, atol=1e-4, rtol=0)  # three images, one at a time
     with pytest.raises(ExportVerificationError, match="ONNX Runtime differs from PyTorch"):
         fmt.verify(ExportsSomethingElse(), export_onnx(ExportsSomethingElse(), tmp_path / "x.onnx", SMALL), SMALL)
 

@@ -84,6 +84,14 @@ def test_ort_int8_failed_agreement_keeps_the_previous_file(model, calibration, t
     assert path.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_ort_int8_with_a_static_batch_runs_images_one_at_a_time(model, calibration, tmp_path):
+    result = export_onnx_int8(model, tmp_path / "m.onnx", calibration[:4], SIZE, agreement_tolerance=100,
+                              dynamic_batch=False)
+    assert result.batch == 1 and result.checked_on == "batch sizes [1]" and result.agreement.samples == 4
+    runtime = load_runtime(result.path, threads=1)
+    assert runtime.batch == 1 and runtime.run(calibration[:3]).shape == (3, 4)
+
+
 def _always_fail(*_):
     raise ExportVerificationError("too far")
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExportVerificationError", "Agreement", "ExportOptions", "VerifiedExport", "InferenceRuntime", "ExportFormat",
-    "BATCH_MODES", "compare_with_pytorch",
+    "BATCH_MODES", "compare_with_pytorch", "run_in_file_batches",
 ]
 
 BATCH_MODES = ("dynamic", "static")  # a file's batch axis: any size, or fixed to 1
@@ -131,6 +131,21 @@ def compare_with_pytorch(model: nn.Module, run: Callable[[np.ndarray], np.ndarra
         raise ExportVerificationError(
             f"{label}: {runtime} differs from PyTorch by {worst:.3g} (max abs) > tolerance {tolerance:g}")
     return worst
+
+
+def run_in_file_batches(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                        file_batch: int | None) -> np.ndarray:
+    """``infer`` on ``images`` as a file with a static batch of ``file_batch`` takes them: that
+    many at a time, the last group padded with zeros (whose outputs are dropped); all at once
+    when the file's batch axis is dynamic (``file_batch`` None)."""
+    if file_batch is None:
+        return infer(images)
+    outputs = []
+    for start in range(0, len(images), file_batch):
+        group = images[start:start + file_batch]
+        padding = np.zeros((file_batch - len(group), *images.shape[1:]), images.dtype)
+        outputs.append(infer(np.concatenate([group, padding]))[:len(group)])
+    return np.concatenate(outputs)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from efficientmod.export.format import (
     ExportOptions,
     VerifiedExport,
     compare_with_pytorch,
+    run_in_file_batches,
 )
 from efficientmod.export.quantize import check_calibration, quantize_onnx_int8
 
@@ -229,9 +230,9 @@ def export_onnx_int8(
         fp32_path = Path(folder) / "fp32.onnx"
         worst = export_verified(model, fp32_path, input_size, opset, dynamic_batch,
                                 {**(metadata or {}), "precision": "int8"}, batch_sizes, tolerance)
-        reference = run_batched(OnnxRuntime(fp32_path).run, check_images, 32 if dynamic_batch else 1)
+        reference = run_batched(OnnxRuntime(fp32_path).run, check_images)
         int8_path = quantize_onnx_int8(fp32_path, Path(folder) / "int8.onnx", calibration)
-        int8 = run_batched(OnnxRuntime(int8_path).run, check_images, 32 if dynamic_batch else 1)
+        int8 = run_batched(OnnxRuntime(int8_path).run, check_images)
         agreement = check_agreement(prediction_agreement(reference, int8), agreement_tolerance, f"{path} (int8)")
         atomic_write(path, lambda tmp: os.replace(int8_path, tmp))
     return VerifiedExport(path, FORMAT.name, "int8", tuple(input_size), None if dynamic_batch else 1, worst,
@@ -240,15 +241,21 @@ def export_onnx_int8(
 
 
 class OnnxRuntime:
-    """An ONNX file in an ONNX Runtime CPU session (see :func:`efficientmod.load_runtime`)."""
+    """An ONNX file in an ONNX Runtime CPU session (see :func:`efficientmod.load_runtime`); a
+    file with a static batch runs a batch of images that many at a time."""
 
     def __init__(self, path: Path, threads: int | None = None):
         self.path = path
         self.metadata = read_onnx_metadata(path)
         self.session = ort_session(path, threads)
+        batch = self.session.get_inputs()[0].shape[0]
+        self.batch = batch if isinstance(batch, int) else None  # None: a dynamic (named) batch axis
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": batch})[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return run_in_file_batches(self._infer, np.ascontiguousarray(batch, dtype=np.float32), self.batch)
 
 
 def open_runtime(path: str | os.PathLike, threads: int | None = None) -> OnnxRuntime:

@@ -46,6 +46,7 @@ from efficientmod.export.format import (
     ExportVerificationError,
     VerifiedExport,
     compare_with_pytorch,
+    run_in_file_batches,
 )
 from efficientmod.export.onnx import check_opset, export_onnx
 
@@ -199,14 +200,7 @@ class OpenVinoRuntime:
         if batch.ndim != 4 or batch.shape[1:] != self.image_shape:
             raise ValueError(f"{self.path} takes (B, {', '.join(map(str, self.image_shape))}) images, "
                              f"got {tuple(batch.shape)}")
-        if self.batch is None:
-            return self._infer(batch)
-        outputs = []
-        for start in range(0, len(batch), self.batch):
-            group = batch[start:start + self.batch]
-            padding = np.zeros((self.batch - len(group), *self.image_shape), np.float32)
-            outputs.append(self._infer(np.concatenate([group, padding]))[:len(group)])
-        return np.concatenate(outputs)
+        return run_in_file_batches(self._infer, batch, self.batch)
 
 
 def open_runtime(path: str | os.PathLike, threads: int | None = None) -> OpenVinoRuntime:
