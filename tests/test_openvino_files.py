@@ -21,7 +21,7 @@ from test_deploy import random_model
 
 import efficientmod
 from efficientmod.cli import main
-from efficientmod.export import ExportVerificationError, load_runtime
+from efficientmod.export import FORMATS, ExportVerificationError, load_runtime
 from efficientmod.metadata import export_metadata
 from efficientmod.preprocessing import Preprocessing
 
@@ -133,17 +133,20 @@ def test_a_static_file_runs_a_batch_image_by_image(model, tmp_path):
     np.testing.assert_allclose(runtime.run(x.numpy()), expected, atol=1e-4)
     with pytest.raises(ValueError, match=r"takes \(B, 3, 32, 32\) images"):
         runtime.run(np.zeros((1, 3, 16, 16), np.float32))
+    assert FORMATS["openvino"].verify(model, path, SIZE, batch_sizes=(1, 2)) <= 1e-4  # the registry's check
 
 
 def test_an_ir_that_does_not_compile_as_written_is_not_written(model, tmp_path, monkeypatch):
     import efficientmod.export.openvino as openvino_format
 
     def refuse(*_args, **_kwargs):
-        raise RuntimeError("Exception from src/core/src/shape_inference.cpp: Reshape: cannot infer\nmore")
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\n"
+                           "[ReshapeTransformation] END: node: opset1::Reshape\nmore")
 
     (tmp_path / "m.xml").write_text("previous")
     monkeypatch.setattr(openvino_format, "compile_openvino", refuse)
-    with pytest.raises(ExportVerificationError, match=r"cannot compile m\.xml as written .*Reshape.*static batch"):
+    reason = r"\(\[ReshapeTransformation\] END: node: opset1::Reshape\)"  # the line that says something
+    with pytest.raises(ExportVerificationError, match=rf"cannot compile m\.xml as written {reason}: .*static batch"):
         openvino_format.export_openvino(model, tmp_path / "m.xml", SIZE, dynamic_batch=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xml"] and (tmp_path / "m.xml").read_text() == "previous"
 

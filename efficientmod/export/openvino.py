@@ -127,7 +127,14 @@ def _read_model(path: Path):
     try:
         return _openvino().Core().read_model(str(path))
     except RuntimeError as error:
-        raise ValueError(f"cannot read {path} as an OpenVINO IR: {str(error).splitlines()[0]}") from error
+        raise ValueError(f"cannot read {path} as an OpenVINO IR: {_reason(error)}") from error
+
+
+def _reason(error: RuntimeError) -> str:
+    """The first line of an OpenVINO error that says something (not "Exception from FILE:LINE:"), shortened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("Exception from")]
+    return (said or lines or [type(error).__name__])[0][:300]
 
 
 def compile_openvino(ov_model, precision: str = "fp32", threads: int | None = None):
@@ -188,7 +195,7 @@ class OpenVinoRuntime:
             hint = (": with a dynamic batch axis its shapes do not infer; write it with a static batch"
                     if self.batch is None else "")
             raise ExportVerificationError(f"OpenVINO cannot compile {self.path.name} as written "
-                                          f"({str(error).strip().splitlines()[0]}){hint}") from error
+                                          f"({_reason(error)}){hint}") from error
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: batch})
