@@ -137,7 +137,7 @@ def run_export(args: argparse.Namespace) -> int:
     except ExportVerificationError as error:
         print(f"efficientmod export: verification FAILED, {args.output} not written: {error}", file=sys.stderr)
         return 1
-    _report(result, options, _agreement_source(args, options),
+    _report(result, options, _agreement_source(options),
             f"{'undeployed' if args.no_deploy else 'deployed'} {model.registry_name}")
     return 0
 
@@ -169,7 +169,8 @@ def _with_images(options, args: argparse.Namespace, preprocessing):
     return replace(options, calibration=calibration, check_images=check)
 
 
-def _agreement_source(args: argparse.Namespace, options) -> str:
+def _agreement_source(options) -> str:
+    """Which images the bf16 / int8 agreement was measured on."""
     if options.check_images is not None:
         return "--check-images"
     return "calibration images" if options.calibration is not None else "random inputs (no --calib)"
