@@ -38,10 +38,10 @@ from int8_accuracy import PATCH, digits_data, folder_data, make_photo_patches, t
 from efficientmod.bench import environment
 from efficientmod.checkpoint import atomic_write
 from efficientmod.classify.config import DEMO_PRESET, TrainConfig
-from efficientmod.classify.predict import onnx_metadata
 from efficientmod.export.calibration import run_batched
 from efficientmod.export.executorch import ExecutorchRuntime, export_executorch
 from efficientmod.fuse import deploy
+from efficientmod.metadata import export_metadata
 from efficientmod.preprocessing import Preprocessing
 
 VARIANTS = (("fp32", "gemm"), ("int8", "gemm"), ("int8", "all"))
@@ -64,7 +64,7 @@ def interleaved_latency(runtimes: dict[str, ExecutorchRuntime], image: np.ndarra
 def evaluate(name: str, model: torch.nn.Module, calibration, images, labels, work: Path, rounds: int) -> dict:
     deploy(model)
     input_size = tuple(images.shape[1:])
-    metadata = onnx_metadata(model, Preprocessing.of_model(model, input_size))
+    metadata = export_metadata(model, Preprocessing.of_model(model, input_size))
     with torch.no_grad():
         reference = run_batched(lambda b: model(torch.from_numpy(b)).numpy(), images)
     rows, runtimes = [dict(runtime="pytorch fp32", top1=_top1(reference, labels), agreement=100.0)], {}

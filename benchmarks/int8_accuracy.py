@@ -33,12 +33,12 @@ from efficientmod.bench import environment
 from efficientmod.checkpoint import atomic_write
 from efficientmod.classify.config import DEMO_PRESET, TrainConfig
 from efficientmod.classify.engine import train
-from efficientmod.classify.predict import onnx_metadata
 from efficientmod.export import export_verified, load_runtime
 from efficientmod.export.calibration import calibration_files, read_calibration_images, run_batched
+from efficientmod.export.onnx import export_onnx_int8
 from efficientmod.export.openvino import export_openvino
-from efficientmod.export.quantize import export_onnx_int8
 from efficientmod.fuse import deploy
+from efficientmod.metadata import export_metadata
 from efficientmod.models.pretrained import from_pretrained
 from efficientmod.preprocessing import Preprocessing
 
@@ -96,7 +96,7 @@ def evaluate_formats(name: str, model: torch.nn.Module, calibration, images, lab
     """Top-1 on (images, labels) of PyTorch and of every exported file."""
     deploy(model)
     input_size = tuple(images.shape[1:])
-    metadata = onnx_metadata(model, Preprocessing.of_model(model, input_size))
+    metadata = export_metadata(model, Preprocessing.of_model(model, input_size))
     out = work / "exports"
     files = {}
     for precision in ("fp32", "bf16", "int8"):

@@ -27,13 +27,13 @@ from efficientmod.bench import environment
 from efficientmod.checkpoint import atomic_write
 from efficientmod.classify.config import QAT_PRESET, resolve_config
 from efficientmod.classify.engine import train
-from efficientmod.classify.predict import onnx_metadata
 from efficientmod.classify.qat import IR_NAME, load_float_model
 from efficientmod.cli import build_parser
 from efficientmod.export import load_runtime
 from efficientmod.export.calibration import calibration_files, read_calibration_images, run_batched
 from efficientmod.export.openvino import export_openvino
 from efficientmod.fuse import deploy
+from efficientmod.metadata import export_metadata
 from efficientmod.preprocessing import Preprocessing
 
 
@@ -41,7 +41,7 @@ def post_training_int8(model, data: Path, path: Path) -> Path:
     """``efficientmod export MODEL -o PATH --precision int8 --calib DATA/train`` (300 images)."""
     preprocessing = Preprocessing.of_model(model)
     calibration = read_calibration_images(data / "train", preprocessing, 300)
-    return export_openvino(model, path, preprocessing.input_size, "int8", onnx_metadata(model, preprocessing),
+    return export_openvino(model, path, preprocessing.input_size, "int8", export_metadata(model, preprocessing),
                            calibration, agreement_tolerance=100).path
 
 

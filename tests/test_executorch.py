@@ -218,8 +218,9 @@ def test_cli_export_int8_then_predict_the_pte(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["-o", "m.onnx", "--format", "executorch"], "ends in .pte"),
     (["-o", "m.pte", "--precision", "int8"], "--calib"),
-    (["-o", "m.pte", "--precision", "bf16"], "OpenVINO inference precision"),
-    (["-o", "m.pte", "--static-batch"], "ONNX exports only"),
+    (["-o", "m.pte", "--precision", "bf16"], "use --format openvino"),
+    (["-o", "m.pte", "--static-batch"], "ONNX and OpenVINO exports only"),
+    (["-o", "m.pte", "--dynamic-batch"], "always takes one image"),
 ])
 def test_cli_export_rejects_bad_executorch_arguments(tmp_path, capsys, monkeypatch, argv, message):
     from efficientmod.cli import main

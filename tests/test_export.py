@@ -1,6 +1,8 @@
 """ONNX export of deployed models, verified in ONNX Runtime; ``efficientmod export``."""
 from __future__ import annotations
 
+import re
+
 import onnx
 import pytest
 import torch
@@ -113,3 +115,84 @@ def test_export_verified_rejects_empty_batches(tmp_path):
     with pytest.raises(ValueError, match="batch sizes must be positive"):
         export_verified(ExportsSomethingElse(), tmp_path / "m.onnx", SMALL, batch_sizes=(0, 2))
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the format registry
+
+def test_every_format_declares_itself_once_in_its_own_module():
+    import importlib
+
+    from efficientmod.export import FORMATS, find_format, format_of
+
+    assert list(FORMATS) == ["onnx", "openvino", "executorch"]
+    for name, fmt in FORMATS.items():
+        assert importlib.import_module(f"efficientmod.export.{name}").FORMAT is fmt
+        assert fmt.precisions[0] == "fp32" and fmt.batch_modes and fmt.extra and fmt.runtime
+        for suffix in fmt.suffixes:
+            assert format_of(f"model{suffix.upper()}") is fmt and find_format(f"a/b{suffix}") is fmt
+    assert find_format("model.pth") is None
+    with pytest.raises(ValueError, match=r"not an exported model \(known suffixes: .onnx, .xml, .pte\)"):
+        format_of("model.pth")
+
+
+@pytest.mark.parametrize("output, name, options, message", [
+    ("m.onnx", "openvino", {}, "ends in .xml"),
+    ("m.onnx", None, {"precision": "bf16"}, "not written by onnx exports (fp32, int8): use --format openvino"),
+    ("m.onnx", None, {"opset": 16}, "too old"),
+    ("m.pte", None, {"dynamic_batch": False}, "always takes one image"),
+])
+def test_resolve_format_refuses_what_a_format_does_not_write(output, name, options, message):
+    from efficientmod.export import ExportOptions, resolve_format
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_format(output, ExportOptions(**options), name)
+
+
+def test_resolve_format_picks_the_batch_axis_of_each_format():
+    from efficientmod.export import FORMATS, ExportOptions, resolve_format
+
+    assert resolve_format("m.onnx", ExportOptions()) is FORMATS["onnx"]
+    assert FORMATS["onnx"].dynamic_batch(ExportOptions()) and not FORMATS["openvino"].dynamic_batch(ExportOptions())
+    assert FORMATS["openvino"].dynamic_batch(ExportOptions(dynamic_batch=True))
+    assert not FORMATS["onnx"].dynamic_batch(ExportOptions(dynamic_batch=False))
+    with pytest.raises(ValueError, match="static batch axis, not a dynamic one"):
+        FORMATS["executorch"].dynamic_batch(ExportOptions(dynamic_batch=True))
+
+
+def test_format_write_verify_and_load_a_static_onnx_file(tmp_path):
+    from efficientmod.export import FORMATS, ExportOptions, load_runtime
+
+    model = efficientmod.deploy(random_model("efficientmod_xxs", num_classes=3))
+    fmt = FORMATS["onnx"]
+    result = fmt.write(model, tmp_path / "m.onnx", SMALL, {"producer": "efficientmod"},
+                       ExportOptions(dynamic_batch=False))
+    assert (result.format, result.precision, result.batch, result.compared) == ("onnx", "fp32", 1, "ONNX Runtime")
+    assert result.checked_on == "batch sizes [1]" and result.details == ("opset 18",) and result.max_abs_diff <= 1e-4
+    assert not onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim[0].dim_param  # batch fixed
+    assert fmt.verify(model, result.path, SMALL) <= 1e-4
+    runtime = load_runtime(result.path)
+    assert runtime.metadata == {"producer": "efficientmod"} and runtime.batch == 1
+    x = torch.randn(3, *SMALL, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    torch.testing.assert_close(runtime.run(x.numpy()), expected, atol=1e-4, rtol=0)  # three images, one at a time
+    with pytest.raises(ExportVerificationError, match="ONNX Runtime differs from PyTorch"):
+        fmt.verify(ExportsSomethingElse(), export_onnx(ExportsSomethingElse(), tmp_path / "x.onnx", SMALL), SMALL)
+
+
+def test_export_and_predict_do_not_import_each_other():
+    from test_layout import import_graph
+
+    graph = import_graph()
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for target in graph[todo.pop()] - seen:
+                seen.add(target)
+                todo.append(target)
+        return seen
+
+    exporters = [m for m in graph if m == "efficientmod.export" or m.startswith("efficientmod.export.")]
+    assert exporters and not any(m.startswith("efficientmod.classify") for e in exporters for m in reach(e))
+    assert "efficientmod.metadata" in graph["efficientmod.cli.export"]  # the metadata comes from the core module

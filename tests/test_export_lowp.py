@@ -20,7 +20,8 @@ import efficientmod
 from efficientmod.cli import main
 from efficientmod.export import ExportVerificationError, load_runtime, read_onnx_metadata
 from efficientmod.export.calibration import read_calibration_images
-from efficientmod.export.quantize import ORT_INT8_OPS, export_onnx_int8, quantize_onnx_int8
+from efficientmod.export.onnx import export_onnx_int8
+from efficientmod.export.quantize import ORT_INT8_OPS, quantize_onnx_int8
 from efficientmod.metadata import export_metadata
 from efficientmod.preprocessing import Preprocessing
 
@@ -67,20 +68,28 @@ def test_ort_int8_places_int8_on_convs_and_matmuls_only(model, calibration, tmp_
     assert all(producers.get(n.input[1]) == "DequantizeLinear" for n in heavy)  # every weight int8
     kept_float = {n.op_type for n in graph.node} & {"LayerNormalization", "Softmax", "Erf"}
     assert kept_float  # the norms, softmax and GELU are still there, in float
-    assert result.precision == "int8" and result.fp32_max_abs_diff <= 1e-4 and result.agreement.samples == 16
+    assert result.precision == "int8" and result.max_abs_diff <= 1e-4 and result.agreement.samples == 16
     assert read_onnx_metadata(result.path)["precision"] == "int8"
     assert read_onnx_metadata(result.path)["architecture"] == "efficientmod_xxs"
 
 
 def test_ort_int8_failed_agreement_keeps_the_previous_file(model, calibration, tmp_path, monkeypatch):
-    import efficientmod.export.quantize as quantize
+    import efficientmod.export.onnx as onnx_format
 
     path = tmp_path / "m.onnx"
     path.write_bytes(b"previous")
-    monkeypatch.setattr(quantize, "check_agreement", _always_fail)
+    monkeypatch.setattr(onnx_format, "check_agreement", _always_fail)
     with pytest.raises(ExportVerificationError, match="too far"):
         export_onnx_int8(model, path, calibration, SIZE)
     assert path.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_ort_int8_with_a_static_batch_runs_images_one_at_a_time(model, calibration, tmp_path):
+    result = export_onnx_int8(model, tmp_path / "m.onnx", calibration[:4], SIZE, agreement_tolerance=100,
+                              dynamic_batch=False)
+    assert result.batch == 1 and result.checked_on == "batch sizes [1]" and result.agreement.samples == 4
+    runtime = load_runtime(result.path, threads=1)
+    assert runtime.batch == 1 and runtime.run(calibration[:3]).shape == (3, 4)
 
 
 def _always_fail(*_):
@@ -90,21 +99,6 @@ def _always_fail(*_):
 def test_quantize_rejects_bad_calibration(tmp_path):
     with pytest.raises(ValueError, match="non-empty"):
         quantize_onnx_int8(tmp_path / "a.onnx", tmp_path / "b.onnx", np.zeros((0, 3, 8, 8), np.float32))
-
-
-def test_quantize_calibrates_a_static_batch_graph_in_batches_of_its_size(model, tmp_path):
-    """A static batch-2 export (the bench's ort-cpu-int8 at batch 2) is calibrated two images at
-    a time; fewer images than its batch are refused with the reason."""
-    from efficientmod.export import export_onnx, ort_session
-
-    source = export_onnx(model, tmp_path / "b2.onnx", SIZE, dynamic_batch=False, batch=2)
-    images = np.random.default_rng(0).standard_normal((5, *SIZE), dtype=np.float32)
-    target = quantize_onnx_int8(source, tmp_path / "b2_int8.onnx", images)
-    (output,) = ort_session(target).run(None, {"input": images[:2]})
-    assert output.shape == (2, 4)
-    assert [d.dim_value for d in onnx.load(str(target)).graph.input[0].type.tensor_type.shape.dim] == [2, *SIZE]
-    with pytest.raises(ValueError, match="static batch 2 needs at least 2 calibration images"):
-        quantize_onnx_int8(source, tmp_path / "none.onnx", images[:1])
 
 
 def test_cli_int8_onnx_export_and_predict(images, tmp_path, capsys):
@@ -125,7 +119,9 @@ def test_cli_int8_onnx_export_and_predict(images, tmp_path, capsys):
     (["-o", "m.onnx", "--precision", "int8"], "needs calibration images"),
     (["-o", "m.onnx", "--format", "openvino"], "ends in .xml"),
     (["-o", "m.txt"], "not an exported model"),
-    (["-o", "m.xml", "--static-batch"], "fp32 ONNX exports only"),
+    (["-o", "m.xml", "--save-optimized", "o.onnx"], "fp32 ONNX exports only"),
+    (["-o", "m.onnx", "--precision", "int8", "--calib", ".", "--save-optimized", "o.onnx"], "fp32 ONNX exports only"),
+    (["-o", "m.xml", "--opset", "16"], "too old"),
     (["-o", "m.onnx", "--precision", "int8", "--calib", "missing-folder"], "calibration folder not found"),
     (["-o", "m.onnx", "--precision", "int8", "--calib", ".", "--calib-samples", "0"], "must be positive"),
 ])
@@ -144,7 +140,7 @@ def test_openvino_fp32_matches_pytorch_and_carries_metadata(model, tmp_path):
 
     path = tmp_path / "m.xml"
     result = export_openvino(model, path, SIZE, "fp32", metadata_of(model))
-    assert result.fp32_max_abs_diff <= 1e-4 and result.agreement is None
+    assert result.max_abs_diff <= 1e-4 and result.agreement is None
     runtime = load_runtime(path, threads=1)
     assert runtime.metadata["precision"] == "fp32" and runtime.metadata["num_classes"] == 4
     assert runtime.metadata["input_size"] == list(SIZE) and runtime.metadata["producer"] == "efficientmod"
@@ -234,3 +230,18 @@ def test_openvino_runtime_errors(tmp_path, model):
     (tmp_path / "bad.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="cannot read"):
         load_runtime(tmp_path / "bad.xml")
+
+
+def test_quantize_calibrates_a_static_batch_graph_in_batches_of_its_size(model, tmp_path):
+    """A static batch-2 export (the bench's ort-cpu-int8 at batch 2) is calibrated two images at
+    a time; fewer images than its batch are refused with the reason."""
+    from efficientmod.export import export_onnx, ort_session
+
+    source = export_onnx(model, tmp_path / "b2.onnx", SIZE, dynamic_batch=False, batch=2)
+    images = np.random.default_rng(0).standard_normal((5, *SIZE), dtype=np.float32)
+    target = quantize_onnx_int8(source, tmp_path / "b2_int8.onnx", images)
+    (output,) = ort_session(target).run(None, {"input": images[:2]})
+    assert output.shape == (2, 4)
+    assert [d.dim_value for d in onnx.load(str(target)).graph.input[0].type.tensor_type.shape.dim] == [2, *SIZE]
+    with pytest.raises(ValueError, match="static batch 2 needs at least 2 calibration images"):
+        quantize_onnx_int8(source, tmp_path / "none.onnx", images[:1])

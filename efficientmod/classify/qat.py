@@ -196,9 +196,9 @@ def export_int8(qmodel: nn.Module, path: str | Path, batches: Iterable, metadata
     """Convert the fake-quantised ``qmodel`` to an OpenVINO int8 IR, run it and ``qmodel`` on
     ``batches`` (``(images, labels)`` pairs, images preprocessed; read once, batch by batch),
     require their top-1 / top-5 agreement within ``tolerance`` points of 100, then write
-    ``path`` (.xml + .bin, atomically, a dynamic batch axis, ``metadata`` with precision
+    ``path`` (.xml + .bin, atomically, a batch of 1, ``metadata`` with precision
     int8). Returns the path, the agreement, the IR's logits and the labels. Nothing is
-    written when the check fails (:class:`~efficientmod.export.onnx.ExportVerificationError`)."""
+    written when the check fails (:class:`~efficientmod.export.format.ExportVerificationError`)."""
     cpu = copy.deepcopy(qmodel).cpu().eval()
     ov_model = int8 = None
     reference, logits, labels = [], [], []
@@ -214,7 +214,6 @@ def export_int8(qmodel: nn.Module, path: str | Path, batches: Iterable, metadata
     logits = np.concatenate(logits)
     agreement = check_agreement(prediction_agreement(np.concatenate(reference), logits), tolerance,
                                 f"{path} (OpenVINO int8 vs the fake-quantised PyTorch model)")
-    ov_model.reshape([-1, *int8.image_shape])  # the file keeps a dynamic batch axis whatever was compiled
     save_openvino(ov_model, path, {**metadata, "precision": "int8"})
     return Path(path), agreement, logits, np.concatenate(labels)
 

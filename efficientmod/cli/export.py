@@ -1,4 +1,5 @@
-"""``efficientmod export`` (deployed model → verified ONNX, OpenVINO or ExecuTorch file), ``efficientmod predict``."""
+"""``efficientmod export`` (deployed model → a verified file of any :data:`efficientmod.export.FORMATS`) and
+``efficientmod predict``."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--tolerance no file is written (an existing one is kept) and the exit status is 1. "
         "Preprocessing and class names are stored in the file's metadata (what "
         "`efficientmod predict FILE.onnx` reads). --format openvino (or -o OUT.xml) writes an OpenVINO IR "
-        "through the same ONNX graph, verified the same way in OpenVINO; --format executorch (or -o OUT.pte) "
+        "through the same ONNX graph with a batch of 1 (--dynamic-batch: any), compiled as written and verified "
+        "the same way in OpenVINO; --format executorch (or -o OUT.pte) "
         "writes an ExecuTorch program for phones (XNNPACK, batch 1), verified in ExecuTorch's runtime. "
         "--precision bf16 / int8 files are checked by top-1 / top-5 agreement with fp32 on real images "
         "(--calib, --check-images).",
@@ -29,7 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--input-size", type=int, nargs="+", metavar="PIXELS", default=None,
                         help="H [W] of the exported input (default: the model's, e.g. 224)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
-    export.add_argument("--static-batch", action="store_true", help="fix the batch size to 1")
+    batch = export.add_mutually_exclusive_group()
+    batch.add_argument("--static-batch", action="store_true",
+                       help="fix the batch size to 1 (the default of OpenVINO files, which OpenVINO's tools such as "
+                       "benchmark_app load as written)")
+    batch.add_argument("--dynamic-batch", action="store_true",
+                       help="a dynamic batch axis (the default of ONNX files; OpenVINO on request)")
     export.add_argument("--no-deploy", action="store_true",
                         help="export the model as built, without the inference rewrites (for comparisons)")
     export.add_argument("--tolerance", type=float, default=1e-4,
@@ -109,134 +116,89 @@ def _input_size(model, pixels: list[int] | None) -> tuple[int, int, int]:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """parse -> resolve the format -> ``format.write`` -> one report of the verified export."""
     from efficientmod.classify.predict import load_model
-    from efficientmod.export import ExportVerificationError, export_verified
+    from efficientmod.export import ExportVerificationError, resolve_format
     from efficientmod.fuse import deploy
     from efficientmod.metadata import export_metadata
     from efficientmod.preprocessing import Preprocessing
 
-    fmt = _export_format(args)
+    options = _export_options(args)
+    fmt = resolve_format(args.output, options, args.format)
     model = load_model(args.model, args.checkpoint)
     if args.checkpoint is None and not Path(args.model).is_dir():
         print(f"note: no --checkpoint, exporting {args.model} with random weights", file=sys.stderr)
     input_size = _input_size(model, args.input_size)
     model.eval() if args.no_deploy else deploy(model)
     preprocessing = Preprocessing.of_model(model, input_size)
-    metadata = export_metadata(model, preprocessing)
-    if fmt == "executorch":
-        return _run_executorch_export(args, model, input_size, preprocessing, metadata)
-    if fmt != "onnx" or args.precision != "fp32":
-        return _run_reduced_export(args, fmt, model, input_size, preprocessing, metadata)
+    options = _with_images(options, args, preprocessing)
     try:
-        worst = export_verified(model, args.output, input_size, args.opset, not args.static_batch, metadata,
-                                args.verify_batch_sizes, args.tolerance, args.save_optimized)
+        result = fmt.write(model, args.output, input_size, export_metadata(model, preprocessing), options)
     except ExportVerificationError as error:
         print(f"efficientmod export: verification FAILED, {args.output} not written: {error}", file=sys.stderr)
         return 1
-    batches = [1] if args.static_batch else args.verify_batch_sizes
-    print(f"verified: ONNX Runtime vs PyTorch max abs diff {worst:.2e} (<= {args.tolerance:g}) "
-          f"on batch sizes {batches}")
-    print(f"wrote {args.output} ({'undeployed' if args.no_deploy else 'deployed'} {model.registry_name}, "
-          f"input {'N' if not args.static_batch else 1}x{'x'.join(map(str, input_size))}, opset {args.opset})")
+    _report(result, options, _agreement_source(options),
+            f"{'undeployed' if args.no_deploy else 'deployed'} {model.registry_name}")
     return 0
 
 
-def _export_format(args: argparse.Namespace) -> str:
-    """The --format, checked against the --output suffix (which picks it when not given)."""
-    from efficientmod.export import FORMATS, format_of
+def _export_options(args: argparse.Namespace):
+    """The export's :class:`~efficientmod.export.ExportOptions` from the flags (images not read yet)."""
+    from efficientmod.export import ExportOptions
 
-    fmt = args.format or format_of(args.output).name
-    if args.output.suffix.lower() not in FORMATS[fmt].suffixes:
-        raise ValueError(f"--output of a {fmt} export ends in {' or '.join(FORMATS[fmt].suffixes)}, got {args.output}")
-    if args.precision == "bf16" and fmt != "openvino":
-        raise ValueError("--precision bf16 is an OpenVINO inference precision: use --format openvino (-o OUT.xml)")
     if args.precision == "int8" and args.calib is None:
         raise ValueError("--precision int8 needs calibration images: --calib DIR")
     if args.calib_samples < 1:
         raise ValueError("--calib-samples must be positive")
-    if fmt == "executorch" and (args.static_batch or args.save_optimized or args.opset != 18):
-        raise ValueError("--static-batch, --save-optimized and --opset apply to ONNX exports only "
-                         "(an ExecuTorch program always takes one image)")
-    if (fmt != "onnx" or args.precision != "fp32") and (args.static_batch or args.save_optimized):
-        raise ValueError("--static-batch and --save-optimized apply to fp32 ONNX exports only")
-    return fmt
+    return ExportOptions(
+        precision=args.precision, tolerance=args.tolerance, agreement_tolerance=args.agreement_tolerance,
+        batch_sizes=tuple(args.verify_batch_sizes), opset=args.opset, optimized_path=args.save_optimized,
+        dynamic_batch=True if args.dynamic_batch else (False if args.static_batch else None),
+        progress=lambda line: print(f"efficientmod export: {line}", file=sys.stderr, flush=True),
+    )
 
 
-def _run_reduced_export(args, fmt: str, model, input_size, preprocessing, metadata) -> int:
-    """OpenVINO (any precision) or int8 ONNX: verified, and for bf16 / int8 checked by agreement."""
-    from efficientmod.export import ExportVerificationError
+def _with_images(options, args: argparse.Namespace, preprocessing):
+    """``options`` with the --calib and --check-images folders read through ``preprocessing``."""
+    from dataclasses import replace
+
     from efficientmod.export.calibration import read_calibration_images
 
     calibration = None if args.calib is None else read_calibration_images(args.calib, preprocessing, args.calib_samples)
     check = None if args.check_images is None else read_calibration_images(args.check_images, preprocessing, None)
-    common = dict(input_size=input_size, metadata=metadata, check_images=check, tolerance=args.tolerance,
-                  agreement_tolerance=args.agreement_tolerance, batch_sizes=args.verify_batch_sizes, opset=args.opset)
-    try:
-        if fmt == "openvino":
-            from efficientmod.export.openvino import export_openvino
+    return replace(options, calibration=calibration, check_images=check)
 
-            result = export_openvino(model, args.output, precision=args.precision, calibration=calibration, **common)
-        else:
-            from efficientmod.export.quantize import export_onnx_int8
 
-            result = export_onnx_int8(model, args.output, calibration, **common)
-    except ExportVerificationError as error:
-        print(f"efficientmod export: verification FAILED, {args.output} not written: {error}", file=sys.stderr)
-        return 1
-    print(f"verified: fp32 graph vs PyTorch max abs diff {result.fp32_max_abs_diff:.2e} (<= {args.tolerance:g}) "
-          f"on batch sizes {args.verify_batch_sizes}")
+def _agreement_source(options) -> str:
+    """Which images the bf16 / int8 agreement was measured on."""
+    if options.check_images is not None:
+        return "--check-images"
+    return "calibration images" if options.calibration is not None else "random inputs (no --calib)"
+
+
+def _report(result, options, source: str, model: str) -> None:
+    """What a verified export checked and wrote (any format)."""
+    if result.max_abs_diff is not None:
+        print(f"verified: {result.compared} vs PyTorch max abs diff {result.max_abs_diff:.2e} "
+              f"(<= {options.tolerance:g}) on {result.checked_on}")
     if result.agreement is not None:
-        source = "--check-images" if check is not None else ("calibration images" if calibration is not None
-                                                             else "random inputs (no --calib)")
-        print(f"verified: {args.precision} vs fp32: {result.agreement} [{source}; tolerance "
-              f"{args.agreement_tolerance:g} points]")
-    print(f"wrote {args.output} ({fmt} {args.precision}, {'undeployed' if args.no_deploy else 'deployed'} "
-          f"{model.registry_name}, "
-          f"input Nx{'x'.join(map(str, input_size))})")
-    return 0
-
-
-def _run_executorch_export(args: argparse.Namespace, model, input_size, preprocessing, metadata) -> int:
-    """ExecuTorch .pte (fp32 or int8), verified in ExecuTorch's runtime before it is written."""
-    from efficientmod.export import ExportVerificationError
-    from efficientmod.export.calibration import read_calibration_images
-    from efficientmod.export.executorch import export_executorch, stderr_progress
-
-    calibration = None if args.calib is None else read_calibration_images(args.calib, preprocessing, args.calib_samples)
-    check = None if args.check_images is None else read_calibration_images(args.check_images, preprocessing, None)
-    try:
-        result = export_executorch(model, args.output, input_size, metadata, args.precision, calibration, check,
-                                   args.tolerance, args.agreement_tolerance, progress=stderr_progress)
-    except ExportVerificationError as error:
-        print(f"efficientmod export: verification FAILED, {args.output} not written: {error}", file=sys.stderr)
-        return 1
-    if result.agreement is None:
-        print(f"verified: ExecuTorch vs PyTorch max abs diff {result.max_abs_diff:.2e} (<= {args.tolerance:g}) "
-              "on 3 random images")
-    else:
-        source = "--check-images" if check is not None else "calibration images"
-        print(f"verified: int8 vs PyTorch fp32: {result.agreement} [{source}; tolerance "
-              f"{args.agreement_tolerance:g} points]")
-    print(f"delegation: {result.delegation}")
-    print(f"wrote {args.output} (executorch {args.precision}, {'undeployed' if args.no_deploy else 'deployed'} "
-          f"{model.registry_name}, input 1x{'x'.join(map(str, input_size))}, {result.size_bytes / 1e6:.1f} MB, "
-          f"{result.seconds:.0f} s)")
-    return 0
-
-
-def _is_exported(path: str) -> bool:
-    from efficientmod.export import FORMATS
-
-    return any(path.lower().endswith(suffix) for fmt in FORMATS.values() for suffix in fmt.suffixes)
+        print(f"verified: {result.precision} vs {result.agreement_reference}: {result.agreement} [{source}; "
+              f"tolerance {options.agreement_tolerance:g} points]")
+    for note in result.notes:
+        print(note)
+    batch = "N" if result.batch is None else str(result.batch)
+    print(f"wrote {result.path} ({result.format} {result.precision}, {model}, "
+          f"input {batch}x{'x'.join(map(str, result.input_size))}{''.join(', ' + d for d in result.details)})")
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from efficientmod.classify.predict import Predictor, check_model_argument, load_model
+    from efficientmod.export import find_format
     from efficientmod.runtime import resolve_device
 
     if args.topk < 1 or args.batch_size < 1:
         raise ValueError("--topk and --batch-size must be positive")
-    if _is_exported(args.model):
+    if find_format(args.model) is not None:
         if args.checkpoint is not None:
             raise ValueError(f"an exported file ({args.model}) holds its weights: drop --checkpoint")
         predictor = Predictor.from_file(args.model, args.threads)

@@ -1,28 +1,27 @@
 """Exported models: writing them, verifying them, and running them again.
 
-Each deployment format lives in its own module of this package and is listed once in
-:data:`FORMATS` (its ``--format`` name, file suffixes, the module and the pip extra that
-installs its runtime). A format module provides
-
-* ``open_runtime(path, threads=None) -> InferenceRuntime``: the file loaded in its runtime,
-  with the metadata (preprocessing, class names) that the export stored beside the graph.
-
-:func:`load_runtime` picks the format from the file's suffix, so ``efficientmod predict``
-and the Python API run any exported file the same way.
+Each deployment format lives in its own module of this package, which declares it as an
+:class:`~efficientmod.export.format.ExportFormat` (name, suffixes, precisions, batch axes,
+pip extra, and how to write, verify and load a file); :data:`FORMATS` lists them once.
+:func:`format_of` picks the format from a file's suffix, so ``efficientmod export``,
+``efficientmod predict`` and :func:`load_runtime` handle every format the same way. Adding a
+format is one module and one line in :data:`FORMATS`.
 """
 from __future__ import annotations
 
-import importlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
+from efficientmod.export import executorch, onnx, openvino
+from efficientmod.export.format import (
+    ExportFormat,
+    ExportOptions,
+    ExportVerificationError,
+    InferenceRuntime,
+    VerifiedExport,
+)
 from efficientmod.export.onnx import (
     MIN_OPSET,
-    ExportVerificationError,
     export_onnx,
     export_verified,
     ort_session,
@@ -31,46 +30,43 @@ from efficientmod.export.onnx import (
 )
 
 __all__ = [
-    "FORMATS", "ExportFormat", "InferenceRuntime", "format_of", "load_runtime",
-    "MIN_OPSET", "ExportVerificationError", "export_onnx", "export_verified", "ort_session",
-    "read_onnx_metadata", "verify_onnx",
+    "FORMATS", "ExportFormat", "ExportOptions", "VerifiedExport", "InferenceRuntime", "find_format", "format_of",
+    "resolve_format", "load_runtime", "MIN_OPSET", "ExportVerificationError", "export_onnx", "export_verified",
+    "ort_session", "read_onnx_metadata", "verify_onnx",
 ]
 
-
-class InferenceRuntime(Protocol):
-    """An exported model loaded in its runtime."""
-
-    path: Path
-    metadata: dict[str, object]  # what `efficientmod export` stored: producer, input_size, mean, ...
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) float32 images -> (B, classes) float32 logits."""
-        ...
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in [onnx.FORMAT, openvino.FORMAT, executorch.FORMAT]}
 
 
-@dataclass(frozen=True)
-class ExportFormat:
-    name: str  # the --format value
-    suffixes: tuple[str, ...]  # file suffixes that select it
-    module: str  # provides open_runtime(path, threads)
-    extra: str  # `pip install 'efficientmod[EXTRA]'` installs its runtime
-
-
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in [
-    ExportFormat("onnx", (".onnx",), "efficientmod.export.onnx", "deploy"),
-    ExportFormat("openvino", (".xml",), "efficientmod.export.openvino", "openvino"),
-    ExportFormat("executorch", (".pte",), "efficientmod.export.executorch", "executorch"),
-]}
+def find_format(path: str | os.PathLike) -> ExportFormat | None:
+    """The format a file's suffix names, None for another suffix."""
+    suffix = Path(path).suffix.lower()
+    return next((fmt for fmt in FORMATS.values() if suffix in fmt.suffixes), None)
 
 
 def format_of(path: str | os.PathLike) -> ExportFormat:
     """The format a file's suffix names; another suffix is a ``ValueError`` listing them."""
-    suffix = Path(path).suffix.lower()
-    for fmt in FORMATS.values():
-        if suffix in fmt.suffixes:
-            return fmt
-    known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
-    raise ValueError(f"{path}: not an exported model (known suffixes: {known})")
+    fmt = find_format(path)
+    if fmt is None:
+        known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
+        raise ValueError(f"{path}: not an exported model (known suffixes: {known})")
+    return fmt
+
+
+def resolve_format(path: str | os.PathLike, options: ExportOptions, name: str | None = None) -> ExportFormat:
+    """The format that writes ``path`` with ``options``: ``name``, else the one of the suffix.
+    A ``ValueError`` when the suffix is not that format's, the precision is not one it writes
+    (naming the formats that write it) or the format refuses an option."""
+    fmt = FORMATS[name] if name is not None else format_of(path)
+    if Path(path).suffix.lower() not in fmt.suffixes:
+        raise ValueError(f"--output of a {fmt.name} export ends in {' or '.join(fmt.suffixes)}, got {path}")
+    if options.precision not in fmt.precisions:
+        others = [f.name for f in FORMATS.values() if options.precision in f.precisions]
+        raise ValueError(f"--precision {options.precision} is not written by {fmt.name} exports "
+                         f"({', '.join(fmt.precisions)}): use --format {' or '.join(others)}")
+    fmt.check(options)
+    fmt.dynamic_batch(options)  # a batch axis the format cannot write is refused now
+    return fmt
 
 
 def load_runtime(path: str | os.PathLike, threads: int | None = None) -> InferenceRuntime:
@@ -83,4 +79,4 @@ def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Inferen
     fmt = format_of(path)
     if not path.exists():
         raise FileNotFoundError(f"{fmt.name} file not found: {path}")
-    return importlib.import_module(fmt.module).open_runtime(path, threads)
+    return fmt.open_runtime(path, threads)

@@ -12,7 +12,7 @@ them) but by how often it predicts what the float32 model predicts:
 * :func:`prediction_agreement` compares two logit arrays: top-1 agreement (the same class
   first) and top-5 agreement (the reference's class among the candidate's five best), the
   figures ``efficientmod export`` prints for bf16 / int8.
-* :func:`check_agreement` raises :class:`~efficientmod.export.onnx.ExportVerificationError`
+* :func:`check_agreement` raises :class:`~efficientmod.export.format.ExportVerificationError`
   when either falls more than a tolerance below 100%.
 """
 from __future__ import annotations
@@ -20,16 +20,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from efficientmod.export.onnx import ExportVerificationError
+from efficientmod.export.format import Agreement, ExportVerificationError
 
 __all__ = [
-    "IMAGE_SUFFIXES", "Agreement", "calibration_files", "read_calibration_images",
-    "prediction_agreement", "check_agreement", "run_batched", "VerifiedExport",
+    "IMAGE_SUFFIXES", "calibration_files", "read_calibration_images", "prediction_agreement", "check_agreement",
+    "run_batched",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -79,20 +78,6 @@ def run_batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, bat
     return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
-@dataclass(frozen=True)
-class Agreement:
-    """How often a reduced-precision model predicts what the reference predicts."""
-
-    top1: float  # % of images whose best class is the reference's best class
-    top5: float  # % of images whose five best classes include the reference's best class
-    samples: int
-    max_abs_diff: float  # largest logit difference, for the record
-
-    def __str__(self) -> str:
-        return (f"top-1 agreement {self.top1:.2f}%, top-5 agreement {self.top5:.2f}% on {self.samples} "
-                f"image(s) (max abs logit diff {self.max_abs_diff:.3g})")
-
-
 def prediction_agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
     """Top-1 / top-5 agreement of ``candidate`` logits with ``reference`` logits (both N×K)."""
     reference, candidate = np.asarray(reference, dtype=np.float32), np.asarray(candidate, dtype=np.float32)
@@ -119,13 +104,3 @@ def check_agreement(agreement: Agreement, tolerance: float, label: str) -> Agree
         raise ExportVerificationError(f"{label}: {agreement}, below {floor:g}% (tolerance {tolerance:g} points)")
     return agreement
 
-
-@dataclass(frozen=True)
-class VerifiedExport:
-    """What a verified export found: the float32 graph's max abs difference to PyTorch and,
-    for a reduced precision (bf16, int8), the written file's agreement with that graph."""
-
-    path: Path
-    precision: str
-    fp32_max_abs_diff: float
-    agreement: Agreement | None = None

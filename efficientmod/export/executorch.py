@@ -30,7 +30,6 @@ import logging
 import math
 import operator
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,13 +41,19 @@ import torch
 import torch.nn as nn
 
 from efficientmod.checkpoint import atomic_write
-from efficientmod.export.calibration import Agreement, check_agreement, prediction_agreement, run_batched
-from efficientmod.export.onnx import ExportVerificationError
+from efficientmod.export.calibration import check_agreement, prediction_agreement, run_batched
+from efficientmod.export.format import (
+    ExportFormat,
+    ExportOptions,
+    ExportVerificationError,
+    VerifiedExport,
+    compare_with_pytorch,
+)
 
 __all__ = [
-    "METADATA_METHOD", "PRECISIONS", "INT8_SCOPES", "XNNPACK_REWRITES", "DelegationReport", "ExecutorchExport",
-    "quantize_int8", "lower_to_executorch", "export_executorch", "ExecutorchRuntime", "open_runtime", "set_threads",
-    "stderr_progress",
+    "FORMAT", "METADATA_METHOD", "PRECISIONS", "INT8_SCOPES", "XNNPACK_REWRITES", "DelegationReport",
+    "ExecutorchExport", "quantize_int8", "lower_to_executorch", "export_executorch", "ExecutorchRuntime",
+    "open_runtime", "set_threads",
 ]
 
 METADATA_METHOD = "efficientmod_metadata"  # constant method of the program: the export's metadata as JSON
@@ -412,27 +417,13 @@ def open_runtime(path: str | os.PathLike, threads: int | None = None) -> Executo
 # --------------------------------------------------------------------------- verified export
 
 @dataclass(frozen=True)
-class ExecutorchExport:
-    """What :func:`export_executorch` wrote and found."""
+class ExecutorchExport(VerifiedExport):
+    """What :func:`export_executorch` wrote and found: a :class:`VerifiedExport` (``max_abs_diff``
+    for fp32, ``agreement`` with PyTorch's fp32 predictions for int8) and where the ops run."""
 
-    path: Path
-    precision: str
-    delegation: DelegationReport
-    max_abs_diff: float | None  # fp32: the program against PyTorch on random inputs
-    agreement: Agreement | None  # int8: the program's predictions against PyTorch's fp32 ones
-    seconds: float  # export + verification
-    size_bytes: int
-
-
-def _max_abs_diff(model: nn.Module, runtime: ExecutorchRuntime, input_size, checks: int, seed: int) -> float:
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(checks, *input_size, generator=generator)
-    with torch.no_grad():
-        expected = model(images).numpy()
-    actual = runtime.run(images.numpy())
-    if actual.shape != expected.shape:
-        raise ExportVerificationError(f"{runtime.path}: output shape {actual.shape} != PyTorch {expected.shape}")
-    return float(np.abs(actual - expected).max())
+    delegation: DelegationReport = field(default_factory=DelegationReport)
+    seconds: float = 0.0  # export + verification
+    size_bytes: int = 0
 
 
 def export_executorch(
@@ -472,11 +463,8 @@ def export_executorch(
         Path(tmp).write_bytes(program)
         runtime = ExecutorchRuntime(tmp)
         if precision == "fp32":
-            worst = _max_abs_diff(model.eval(), runtime, input_size, checks, seed=0)
-            if not worst <= tolerance:  # also catches NaN
-                raise ExportVerificationError(f"{path}: ExecuTorch differs from PyTorch by {worst:.3g} (max abs) "
-                                              f"> tolerance {tolerance:g}")
-            result["max_abs_diff"] = worst
+            result["max_abs_diff"] = compare_with_pytorch(model, runtime.run, input_size, (checks,), tolerance,
+                                                          str(path), FORMAT.runtime)
         else:
             images = calibration if check_images is None else check_images
             with torch.no_grad():
@@ -486,9 +474,29 @@ def export_executorch(
 
     say("verifying in ExecuTorch's runtime")
     atomic_write(path, write_and_verify)
-    return ExecutorchExport(path, precision, delegation, result.get("max_abs_diff"), result.get("agreement"),
-                            time.perf_counter() - start, len(program))
+    seconds = time.perf_counter() - start
+    return ExecutorchExport(
+        path, FORMAT.name, precision, tuple(input_size), 1, result.get("max_abs_diff"), FORMAT.runtime,
+        f"{checks} random images", result.get("agreement"), "PyTorch fp32", notes=(f"delegation: {delegation}",),
+        details=(f"{len(program) / 1e6:.1f} MB", f"{seconds:.0f} s"), delegation=delegation, seconds=seconds,
+        size_bytes=len(program))
 
 
-def stderr_progress(line: str) -> None:
-    print(f"efficientmod export: {line}", file=sys.stderr, flush=True)
+def _write(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int, int],
+           metadata: dict[str, object] | None, options: ExportOptions) -> ExecutorchExport:
+    """``FORMAT.write``: :func:`export_executorch` with ``options``."""
+    return export_executorch(model, path, input_size, metadata, options.precision, options.calibration,
+                             options.check_images, options.tolerance, options.agreement_tolerance,
+                             progress=options.progress)
+
+
+def _check(options: ExportOptions) -> None:
+    if options.dynamic_batch is not None or options.optimized_path is not None or options.opset != 18:
+        raise ValueError("--static-batch, --dynamic-batch, --save-optimized and --opset apply to ONNX and OpenVINO "
+                         "exports only (an ExecuTorch program always takes one image)")
+
+
+FORMAT = ExportFormat(
+    name="executorch", suffixes=(".pte",), precisions=PRECISIONS, batch_modes=("static",), extra="executorch",
+    runtime="ExecuTorch", write=_write, open_runtime=open_runtime, check=_check,
+)

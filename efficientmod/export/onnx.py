@@ -1,14 +1,17 @@
-"""ONNX export and its verification in ONNX Runtime.
+"""ONNX export and its verification in ONNX Runtime: the ``onnx`` :data:`FORMAT`.
 
 :func:`export_onnx` writes the file (atomically), :func:`verify_onnx` runs it in ONNX
 Runtime against PyTorch on random inputs of several batch sizes, and
 :func:`export_verified` does both, writing the file only when the outputs agree — what
-``efficientmod export`` runs.
+``efficientmod export`` runs. :func:`export_onnx_int8` quantises that verified graph
+(:func:`efficientmod.export.quantize.quantize_onnx_int8`) and checks the int8 file by its
+agreement with it. The graph's batch axis is dynamic unless asked otherwise.
 """
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,17 +21,22 @@ import torch
 import torch.nn as nn
 
 from efficientmod.checkpoint import atomic_write
+from efficientmod.export.calibration import check_agreement, prediction_agreement, run_batched
+from efficientmod.export.format import (
+    ExportFormat,
+    ExportOptions,
+    VerifiedExport,
+    compare_with_pytorch,
+    run_in_file_batches,
+)
+from efficientmod.export.quantize import check_calibration, quantize_onnx_int8
 
 __all__ = [
-    "MIN_OPSET", "ExportVerificationError", "export_onnx", "verify_onnx", "export_verified",
+    "FORMAT", "MIN_OPSET", "check_opset", "export_onnx", "verify_onnx", "export_verified", "export_onnx_int8",
     "ort_session", "read_onnx_metadata", "OnnxRuntime", "open_runtime",
 ]
 
 MIN_OPSET = 17  # the first opset with LayerNormalization, which ONNX Runtime runs as one kernel
-
-
-class ExportVerificationError(ValueError):
-    """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
 
 
 def export_onnx(
@@ -48,7 +56,7 @@ def export_onnx(
     model's ``metadata_props`` (strings kept, anything else JSON-encoded); see
     :func:`read_onnx_metadata`.
     """
-    _check_opset(opset)
+    check_opset(opset)
     path = Path(path)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
@@ -56,7 +64,8 @@ def export_onnx(
     return path
 
 
-def _check_opset(opset: int) -> None:
+def check_opset(opset: int) -> None:
+    """A ``ValueError`` for an opset older than :data:`MIN_OPSET`."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
 
@@ -142,7 +151,6 @@ def verify_onnx(
     batch_sizes: Sequence[int] = (1, 2, 3),
     tolerance: float = 1e-4,
     seed: int = 0,
-    session=None,
 ) -> float:
     """Run ``path`` in ONNX Runtime and ``model`` in PyTorch (float32, CPU) on standard
     normal inputs of each batch size; return the largest absolute output difference.
@@ -150,34 +158,14 @@ def verify_onnx(
     Raises :class:`ExportVerificationError` when it exceeds ``tolerance`` (or the output
     shapes differ).
     """
-    return _compare(model, session or ort_session(path), str(path), input_size, batch_sizes, tolerance, seed)
+    return _compare(model, ort_session(path), str(path), input_size, batch_sizes, tolerance, seed)
 
 
-@torch.no_grad()
 def _compare(model: nn.Module, session, label: str, input_size: tuple[int, int, int],
              batch_sizes: Sequence[int], tolerance: float, seed: int = 0) -> float:
     """:func:`verify_onnx` on an open ``session``; ``label`` names the file in errors."""
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    worst = 0.0
-    try:
-        for batch in batch_sizes:
-            x = torch.randn(batch, *input_size, generator=generator)
-            expected = model(x).numpy()
-            (actual,) = session.run(None, {"input": x.numpy()})
-            if actual.shape != expected.shape:
-                raise ExportVerificationError(
-                    f"{label}: ONNX Runtime output shape {actual.shape} != PyTorch {expected.shape} at batch {batch}"
-                )
-            worst = max(worst, float(np.abs(actual - expected).max()))
-    finally:
-        model.train(was_training)
-    if not worst <= tolerance:  # also catches NaN
-        raise ExportVerificationError(
-            f"{label}: ONNX Runtime differs from PyTorch by {worst:.3g} (max abs) > tolerance {tolerance:g}"
-        )
-    return worst
+    return compare_with_pytorch(model, lambda x: session.run(None, {"input": x})[0], input_size, batch_sizes,
+                                tolerance, label, "ONNX Runtime", seed)
 
 
 def export_verified(
@@ -198,11 +186,9 @@ def export_verified(
 
     Without ``dynamic_batch`` only batch size 1 is checked.
     """
-    _check_opset(opset)
+    check_opset(opset)
     path = Path(path)
-    checked_batches = batch_sizes if dynamic_batch else (1,)
-    if not checked_batches or min(checked_batches) < 1:
-        raise ValueError(f"verification batch sizes must be positive, got {list(checked_batches)}")
+    checked_batches = _checked_batches(batch_sizes, dynamic_batch)
     worst = []
 
     def export_and_verify(tmp: str) -> None:
@@ -215,17 +201,94 @@ def export_verified(
     return worst[0]
 
 
+def _checked_batches(batch_sizes: Sequence[int], dynamic_batch: bool) -> tuple[int, ...]:
+    """The verification batch sizes of a file with a dynamic batch axis, else (1,)."""
+    checked = tuple(batch_sizes) if dynamic_batch else (1,)
+    if not checked or min(checked) < 1:
+        raise ValueError(f"verification batch sizes must be positive, got {list(checked)}")
+    return checked
+
+
+def export_onnx_int8(
+    model: nn.Module,
+    path: str | os.PathLike,
+    calibration: np.ndarray,
+    input_size: tuple[int, int, int] = (3, 224, 224),
+    metadata: dict[str, object] | None = None,
+    check_images: np.ndarray | None = None,
+    tolerance: float = 1e-4,
+    agreement_tolerance: float = 1.0,
+    batch_sizes: Sequence[int] = (1, 2, 3),
+    opset: int = 18,
+    dynamic_batch: bool = True,
+) -> VerifiedExport:
+    """The verified float32 ONNX export of ``model`` (:func:`export_verified`), quantised by
+    :func:`~efficientmod.export.quantize.quantize_onnx_int8` into ``path``, whose top-1 / top-5
+    agreement with the float32 file on ``check_images`` (default: ``calibration``) must be
+    within ``agreement_tolerance`` points of 100; nothing is written otherwise."""
+    path = Path(path)
+    calibration = check_calibration(calibration)
+    check_images = calibration if check_images is None else check_images
+    with tempfile.TemporaryDirectory(prefix="efficientmod-int8-") as folder:
+        fp32_path = Path(folder) / "fp32.onnx"
+        worst = export_verified(model, fp32_path, input_size, opset, dynamic_batch,
+                                {**(metadata or {}), "precision": "int8"}, batch_sizes, tolerance)
+        reference = run_batched(OnnxRuntime(fp32_path).run, check_images)
+        int8_path = quantize_onnx_int8(fp32_path, Path(folder) / "int8.onnx", calibration)
+        int8 = run_batched(OnnxRuntime(int8_path).run, check_images)
+        agreement = check_agreement(prediction_agreement(reference, int8), agreement_tolerance, f"{path} (int8)")
+        atomic_write(path, lambda tmp: os.replace(int8_path, tmp))
+    return VerifiedExport(path, FORMAT.name, "int8", tuple(input_size), None if dynamic_batch else 1, worst,
+                          "fp32 graph", f"batch sizes {list(_checked_batches(batch_sizes, dynamic_batch))}",
+                          agreement, details=(f"opset {opset}",))
+
+
 class OnnxRuntime:
-    """An ONNX file in an ONNX Runtime CPU session (see :func:`efficientmod.load_runtime`)."""
+    """An ONNX file in an ONNX Runtime CPU session (see :func:`efficientmod.load_runtime`); a
+    file with a static batch runs a batch of images that many at a time."""
 
     def __init__(self, path: Path, threads: int | None = None):
         self.path = path
         self.metadata = read_onnx_metadata(path)
         self.session = ort_session(path, threads)
+        batch = self.session.get_inputs()[0].shape[0]
+        self.batch = batch if isinstance(batch, int) else None  # None: a dynamic (named) batch axis
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": batch})[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return run_in_file_batches(self._infer, np.ascontiguousarray(batch, dtype=np.float32), self.batch)
 
 
 def open_runtime(path: str | os.PathLike, threads: int | None = None) -> OnnxRuntime:
     return OnnxRuntime(Path(path), threads)
+
+
+def _write(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int, int],
+           metadata: dict[str, object] | None, options: ExportOptions) -> VerifiedExport:
+    """``FORMAT.write``: fp32 (:func:`export_verified`) or int8 (:func:`export_onnx_int8`)."""
+    dynamic = FORMAT.dynamic_batch(options)
+    if options.precision == "int8":
+        if options.calibration is None:
+            raise ValueError("int8 needs calibration images (efficientmod export --calib DIR)")
+        return export_onnx_int8(model, path, options.calibration, input_size, metadata, options.check_images,
+                                options.tolerance, options.agreement_tolerance, options.batch_sizes, options.opset,
+                                dynamic)
+    worst = export_verified(model, path, input_size, options.opset, dynamic, metadata, options.batch_sizes,
+                            options.tolerance, options.optimized_path)
+    return VerifiedExport(Path(path), FORMAT.name, "fp32", tuple(input_size), None if dynamic else 1, worst,
+                          "ONNX Runtime", f"batch sizes {list(_checked_batches(options.batch_sizes, dynamic))}",
+                          details=(f"opset {options.opset}",))
+
+
+def _check(options: ExportOptions) -> None:
+    check_opset(options.opset)
+    if options.optimized_path is not None and options.precision != "fp32":
+        raise ValueError("--save-optimized applies to fp32 ONNX exports only")
+
+
+FORMAT = ExportFormat(
+    name="onnx", suffixes=(".onnx",), precisions=("fp32", "int8"), batch_modes=("dynamic", "static"),
+    extra="deploy", runtime="ONNX Runtime", write=_write, open_runtime=open_runtime, check=_check,
+)

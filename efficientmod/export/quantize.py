@@ -35,24 +35,21 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch.nn as nn
 
 from efficientmod.checkpoint import atomic_write
-from efficientmod.export.calibration import VerifiedExport, check_agreement, prediction_agreement, run_batched
-from efficientmod.export.onnx import export_verified, ort_session
 
-__all__ = ["ORT_INT8_OPS", "OPENVINO_FLOAT_OPS", "quantize_onnx_int8", "quantize_openvino_int8", "export_onnx_int8"]
+__all__ = ["ORT_INT8_OPS", "OPENVINO_FLOAT_OPS", "check_calibration", "quantize_onnx_int8", "quantize_openvino_int8"]
 
 ORT_INT8_OPS = ("Conv", "MatMul", "Gemm")
 OPENVINO_FLOAT_OPS = ("Multiply", "Add")  # OpenVINO op types whose inputs NNCF leaves in float
 OPENVINO_RANGES = "MINMAX"  # nncf RangeEstimatorParametersSet of the activations: global min / max
 
 
-def _check_calibration(calibration: np.ndarray) -> np.ndarray:
+def check_calibration(calibration: np.ndarray) -> np.ndarray:
+    """``calibration`` as a float32 (N, C, H, W) array; a ``ValueError`` when it is not one or empty."""
     calibration = np.asarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or len(calibration) == 0:
         raise ValueError(f"calibration images must be a non-empty (N, C, H, W) array, got shape {calibration.shape}")
@@ -90,7 +87,7 @@ def quantize_onnx_int8(source: str | os.PathLike, target: str | os.PathLike, cal
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    calibration = _check_calibration(calibration)
+    calibration = check_calibration(calibration)
     target = Path(target)
     source_model = onnx.load(str(source), load_external_data=False)
     metadata = {p.key: p.value for p in source_model.metadata_props}
@@ -128,7 +125,7 @@ def quantize_openvino_int8(ov_model, calibration: np.ndarray):
         import nncf
     except ImportError:
         raise ImportError("NNCF is not installed: pip install 'efficientmod[openvino]'") from None
-    calibration = _check_calibration(calibration)
+    calibration = check_calibration(calibration)
     dataset = nncf.Dataset([image[None] for image in calibration])
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -144,37 +141,3 @@ def quantize_openvino_int8(ov_model, calibration: np.ndarray):
             advanced_parameters=AdvancedQuantizationParameters(activations_range_estimator_params=ranges))
     finally:
         nncf.set_log_level(level)
-
-
-def export_onnx_int8(
-    model: nn.Module,
-    path: str | os.PathLike,
-    calibration: np.ndarray,
-    input_size: tuple[int, int, int] = (3, 224, 224),
-    metadata: dict[str, object] | None = None,
-    check_images: np.ndarray | None = None,
-    tolerance: float = 1e-4,
-    agreement_tolerance: float = 1.0,
-    batch_sizes: Sequence[int] = (1, 2, 3),
-    opset: int = 18,
-) -> VerifiedExport:
-    """The verified float32 ONNX export of ``model`` (:func:`~efficientmod.export.onnx.export_verified`),
-    quantised by :func:`quantize_onnx_int8` into ``path``, whose top-1 / top-5 agreement with
-    the float32 file on ``check_images`` (default: ``calibration``) must be within
-    ``agreement_tolerance`` points of 100; nothing is written otherwise."""
-    path = Path(path)
-    calibration = _check_calibration(calibration)
-    check_images = calibration if check_images is None else check_images
-    with tempfile.TemporaryDirectory(prefix="efficientmod-int8-") as folder:
-        fp32_path = Path(folder) / "fp32.onnx"
-        worst = export_verified(model, fp32_path, input_size, opset, True, {**(metadata or {}), "precision": "int8"},
-                                batch_sizes, tolerance)
-        fp32 = ort_session(fp32_path)
-        reference = run_batched(lambda b: fp32.run(None, {"input": b})[0], check_images)
-        int8_path = quantize_onnx_int8(fp32_path, Path(folder) / "int8.onnx", calibration)
-        int8 = ort_session(int8_path)
-        agreement = check_agreement(
-            prediction_agreement(reference, run_batched(lambda b: int8.run(None, {"input": b})[0], check_images)),
-            agreement_tolerance, f"{path} (int8)")
-        atomic_write(path, lambda tmp: os.replace(int8_path, tmp))
-    return VerifiedExport(path, "int8", worst, agreement)
