@@ -26,8 +26,8 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 __all__ = [
-    "CheckpointError", "register_layout", "rename_keys", "load_weights_only", "read_state_dict", "load_checkpoint",
-    "atomic_write",
+    "CheckpointError", "register_layout", "rename_keys", "load_weights_only", "read_state_dict", "to_own_layout",
+    "check_fits", "load_checkpoint", "atomic_write",
 ]
 
 WRAPPER_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema", "ema")
@@ -120,15 +120,22 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
     return tensors
 
 
+def _pointwise_as_conv(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict:
+    """``state`` with each 2-D (out, in) matrix reshaped to (out, in, 1, 1) where the model
+    has a 1×1 convolution there, as the official EfficientViT / MobileViTv2 loaders do."""
+    return {k: v.reshape(own[k].shape) if v.ndim == 2 and k in own and own[k].shape == (*v.shape, 1, 1) else v
+            for k, v in state.items()}
+
+
 def to_own_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, str]:
     """Convert ``state`` to ``model``'s own key names; returns it and the layout's name."""
-    own_keys = set(model.state_dict())
-    if set(state) & own_keys and len(set(state) & own_keys) >= len(own_keys) // 2:
-        return state, "efficientmod"
+    own = model.state_dict()
+    if set(state) & set(own) and len(set(state) & set(own)) >= len(own) // 2:
+        return _pointwise_as_conv(state, own), "efficientmod"
     layouts = [layout for layout in _LAYOUTS if isinstance(model, layout.model_cls)]
     for layout in layouts:
         if layout.detect(state):
-            return layout.convert(state), layout.name
+            return _pointwise_as_conv(layout.convert(state), own), layout.name
     sample = ", ".join(sorted(state)[:6])
     raise CheckpointError(
         f"unrecognised checkpoint layout for {getattr(model, 'registry_name', '') or type(model).__name__}: "
@@ -147,6 +154,28 @@ def _unfitting_head_keys(model: nn.Module, state: Mapping[str, torch.Tensor], ow
         return []
     prefix = name + "."
     return [k for k, v in state.items() if k.startswith(prefix) and (k not in own or v.shape != own[k].shape)]
+
+
+def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], layout: str, strict: bool = True,
+               ignored=(), hint: str = "") -> None:
+    """Raise one :class:`CheckpointError` naming the keys when ``state`` (in the model's own
+    layout) does not fit the model's state dict ``own``: shape mismatches always, missing or
+    unexpected keys when ``strict``; keys in ``ignored`` are left out of the comparison."""
+    ignored = set(ignored)
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and k not in ignored and v.shape != own[k].shape]
+    missing = sorted(set(own) - set(state) - ignored)
+    unexpected = sorted(set(state) - set(own) - ignored)
+    if not mismatched and not (strict and (missing or unexpected)):
+        return
+    parts = []
+    if mismatched:
+        parts.append("shape mismatch: " + "; ".join(mismatched[:10]))
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:10]))
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10]))
+    raise CheckpointError(f"checkpoint ({layout} layout) does not fit the model: " + "; ".join(parts) + hint)
 
 
 def load_checkpoint(
@@ -172,20 +201,8 @@ def load_checkpoint(
         if dropped:
             warnings.warn(f"checkpoint classifier ignored (shape differs from the model's): {dropped}", stacklevel=2)
             state = {k: v for k, v in state.items() if k not in dropped}
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and v.shape != own[k].shape]
-    missing = sorted(set(own) - set(state) - set(dropped))
-    unexpected = sorted(set(state) - set(own))
-    if mismatched or (strict and (missing or unexpected)):
-        parts = []
-        if mismatched:
-            parts.append("shape mismatch: " + "; ".join(mismatched[:10]))
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:10]))
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10]))
-        hint = "" if ignore_head else " (ignore_head=True drops a classifier of another class count)"
-        raise CheckpointError(f"checkpoint ({layout} layout) does not fit the model: " + "; ".join(parts) + hint)
+    check_fits(own, state, layout, strict=strict, ignored=dropped,
+               hint="" if ignore_head else " (ignore_head=True drops a classifier of another class count)")
     target.load_state_dict(state, strict=False)
     return model
 

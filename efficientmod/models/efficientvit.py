@@ -21,10 +21,12 @@ strides 16, 32, 64, joined by subsampling blocks (DW conv + FFN, an inverted-res
 "patch merging" with squeeze-excitation, DW conv + FFN), and a BatchNorm + linear head.
 Every conv is a fusable :class:`ConvNorm`, the head a fusable :class:`LinearNorm`.
 
-The module layout holds timm's ``efficientvit_m*`` weights; :func:`convert_timm` renames them.
+The module layout holds timm's ``efficientvit_m*`` weights; :func:`convert_timm` renames them,
+:func:`convert_official` the official release's (microsoft/Cream).
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -42,7 +44,7 @@ from efficientmod.viz import Emit, Query, attention_map, register_attention_read
 
 __all__ = [
     "EfficientViTCfg", "EfficientViT", "CascadedGroupAttention", "SandwichBlock", "FusedCascadedGroupAttention",
-    "FusedInteractionFFN", "convert_timm",
+    "FusedInteractionFFN", "convert_timm", "convert_official",
 ]
 
 PAPER = ("Liu et al., EfficientViT: Memory Efficient Vision Transformer with Cascaded Group "
@@ -440,9 +442,13 @@ _TIMM_KEY_RULES = [
 ]
 
 
+_TIMM_MARKER = re.compile(r"^stages\.\d+\.blocks\.\d+\.mixer\.m\.attn\.")
+
+
 def is_timm_layout(state_dict: dict) -> bool:
-    """Whether ``state_dict`` uses timm's names (its ``mixer.m.attn`` keys)."""
-    return any(".mixer.m.attn." in k for k in state_dict)
+    """Whether ``state_dict`` uses timm's names (``stages.i.blocks.j.mixer.m.attn`` keys;
+    the official release's ``blocks1.j.mixer.m.attn`` keys do not match)."""
+    return any(_TIMM_MARKER.match(k) for k in state_dict)
 
 
 def convert_timm(state_dict: dict) -> dict:
@@ -454,6 +460,68 @@ def convert_timm(state_dict: dict) -> dict:
 
 
 register_layout(EfficientViT, "timm", is_timm_layout, convert_timm)
+
+
+# -- the official release's checkpoint layout (microsoft/Cream) ---------------------------
+# Stage i + 1 of the release is ``blocks{i+1}``: for i > 0 its entries 0-2 are the
+# subsampling block (DW conv + FFN, patch merging, DW conv + FFN), the sandwich blocks follow.
+_SUBSAMPLE_PARTS = {"0.0": "pre.dw", "0.1": "pre.ffn", "1": "merge", "2.0": "post.dw", "2.1": "post.ffn"}
+_OFFICIAL_KEY_RULES = [
+    (r"^patch_embed\.(\d)\.", lambda m: f"stem.conv{int(m[1]) // 2 + 1}."),
+    (r"\.c\.weight$", ".conv.weight"),
+    (r"^head\.l\.", "head.linear."),
+    (r"\.merge\.conv1\.", ".merge.expand."),
+    (r"\.merge\.conv2\.", ".merge.dw."),
+    (r"\.merge\.conv3\.", ".merge.project."),
+    (r"\.downsample\.(pre|post)\.(dw|ffn)\.m\.", r".downsample.\1.\2."),
+    (r"\.dw0\.m\.", ".pre.dw."),
+    (r"\.ffn0\.m\.", ".pre.ffn."),
+    (r"\.dw1\.m\.", ".post.dw."),
+    (r"\.ffn1\.m\.", ".post.ffn."),
+    (r"\.mixer\.m\.attn\.qkvs\.", ".attn.qkv."),
+    (r"\.mixer\.m\.attn\.dws\.", ".attn.query_dw."),
+    (r"\.mixer\.m\.attn\.proj\.1\.", ".attn.proj."),
+    (r"\.mixer\.m\.attn\.attention_biases$", ".attn.attention_biases"),
+    (r"\.pw1\.", ".expand."),
+    (r"\.pw2\.", ".project."),
+]
+_OFFICIAL_STAGE_ENTRY = re.compile(r"^blocks(\d+)\.(\d+)\.(?:(\d+)\.)?")
+_OFFICIAL_MARKER = re.compile(r"^(blocks\d+\.\d+\.|patch_embed\.\d+\.c\.)")
+
+
+def is_official_layout(state_dict: dict) -> bool:
+    """Whether ``state_dict`` uses the official release's names (``blocks1`` ... ``blocks3``,
+    ``patch_embed.0.c``)."""
+    return any(_OFFICIAL_MARKER.match(k) for k in state_dict)
+
+
+def _official_stage_key(key: str) -> str:
+    """``blocks{s}.{j}[.{p}].rest`` → ``stages.{s-1}.(blocks.{j'}|downsample.{part}).rest``."""
+    match = _OFFICIAL_STAGE_ENTRY.match(key)
+    if match is None:
+        return key
+    stage, entry, part = int(match[1]) - 1, int(match[2]), match[3]
+    rest = key[match.end():]
+    if stage == 0 or entry >= 3:
+        block = entry - (3 if stage else 0)
+        inner = f"{part}.{rest}" if part is not None else rest
+        return f"stages.{stage}.blocks.{block}.{inner}"
+    if entry == 1:  # patch merging: conv1/conv2/se/conv3 (no sub-index)
+        inner = f"{part}.{rest}" if part is not None else rest
+        return f"stages.{stage}.downsample.merge.{inner}"
+    return f"stages.{stage}.downsample.{_SUBSAMPLE_PARTS[f'{entry}.{part}']}.{rest}"
+
+
+def convert_official(state_dict: dict) -> dict:
+    """Rename an official EfficientViT state dict (microsoft/Cream: ``patch_embed.k``,
+    ``blocks1``-``blocks3``, ``head.l``; released as ``{'model': state_dict}``) to this
+    module's layout; tensors untouched, ``attention_bias_idxs`` dropped (recomputed)."""
+    kept = {_official_stage_key(k): v for k, v in state_dict.items() if not k.endswith("attention_bias_idxs")}
+    return rename_keys(kept, _OFFICIAL_KEY_RULES)
+
+
+register_layout(EfficientViT, "official EfficientViT release (microsoft/Cream)", is_official_layout,
+                convert_official)
 
 
 # -- variants -----------------------------------------------------------------------------

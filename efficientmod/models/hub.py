@@ -37,10 +37,23 @@ class WeightsNotAvailableError(FileNotFoundError):
 
 def convert_pretrained(state_dict: dict, model: nn.Module) -> dict:
     """timm's ``pretrained_filter_fn``: unwrap (``model`` / ``state_dict`` dicts,
-    ``module.`` prefixes) and convert ``state_dict`` to ``model``'s own layout."""
-    from efficientmod.checkpoint import read_state_dict, to_own_layout
+    ``module.`` prefixes), convert ``state_dict`` to ``model``'s own layout and check that it
+    fits (a :class:`~efficientmod.checkpoint.CheckpointError` naming the keys, not timm's
+    ``load_state_dict`` traceback) - except what timm itself adapts next: the classifier
+    when the class count differs, the first conv when the model has another ``in_chans``."""
+    from efficientmod.checkpoint import check_fits, read_state_dict, to_own_layout
 
-    return to_own_layout(model, read_state_dict(state_dict))[0]
+    state, layout = to_own_layout(model, read_state_dict(state_dict))
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    adapted = []
+    if model.num_classes != cfg.get("num_classes", model.num_classes):
+        adapted.append(cfg.get("classifier"))
+    if getattr(model, "in_chans", 3) != 3:
+        adapted.append(cfg.get("first_conv"))
+    own = model.state_dict()
+    ignored = {k for k in set(own) | set(state) for prefix in adapted if prefix and k.startswith(prefix + ".")}
+    check_fits(own, state, layout, ignored=ignored)
+    return state
 
 
 def _hub_cache(cache_dir) -> str:
