@@ -351,8 +351,12 @@ class FusedAttentionBlock(nn.Module):
     def attention(self, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """Multi-head attention of (B·N, C) tokens, N per image."""
         heads, head_dim = self.heads, self.head_dim
-        q, k, v = [t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2)
-                   for t in stacked_outputs(self.qkv.weight, self.qkv.bias, tokens, [heads * head_dim] * 3)]
+        sizes = [heads * head_dim] * 3
+        if isinstance(self.qkv, nn.Linear):
+            parts = stacked_outputs(self.qkv.weight, self.qkv.bias, tokens, sizes)
+        else:  # a linear swapped in by quantisation (torch.ao's dynamic one packs its weight)
+            parts = list(self.qkv(tokens).split(sizes, dim=-1))
+        q, k, v = [t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2) for t in parts]
         if not torch.jit.is_scripting():  # (TorchScript compiles only the fused kernel)
             if torch.onnx.is_in_onnx_export():
                 x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
