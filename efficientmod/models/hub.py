@@ -87,7 +87,7 @@ def check_source(info: ModelInfo, kwargs: dict) -> None:
     cfg = resolve_pretrained_cfg(info.timm_name, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                  pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict()
     file = cfg.get("file")
-    if file and cfg.get("source") != "hf-hub" and not cfg.get("state_dict") and not Path(file).is_file():
+    if file and cfg.get("source") in (None, "", "timm") and not cfg.get("state_dict") and not Path(file).is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {file}")  # (timm's own message is empty)
     if any(cfg.get(k) for k in ("hf_hub_id", "url", "file", "state_dict")):
         return
