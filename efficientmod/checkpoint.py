@@ -13,6 +13,7 @@ is :mod:`efficientmod.models.pretrained`.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import tempfile
@@ -32,6 +33,9 @@ __all__ = [
 
 WRAPPER_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema", "ema")
 PREFIXES = ("module.", "_orig_mod.")
+# The one class beyond tensors and plain containers that timm's CheckpointSaver writes (train.py's
+# ``model_best.pth.tar``): the ``args`` argparse.Namespace, a plain attribute holder that runs no code.
+TIMM_CHECKPOINT_GLOBALS = (argparse.Namespace,)
 
 
 class CheckpointError(ValueError):
@@ -73,13 +77,15 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, s
 
 # -- reading -------------------------------------------------------------------------
 def load_weights_only(path: str | os.PathLike):
-    """``torch.load(path, weights_only=True)`` on CPU: tensors and plain containers only,
-    never arbitrary pickled objects; a refused or corrupt file is a :class:`CheckpointError`."""
+    """``torch.load(path, weights_only=True)`` on CPU: tensors and plain containers only (and
+    the ``argparse.Namespace`` of a timm training checkpoint), never arbitrary pickled
+    objects; a refused or corrupt file is a :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(TIMM_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused, or a corrupt / truncated file
         raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
 
