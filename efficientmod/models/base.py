@@ -47,10 +47,12 @@ class Backbone(nn.Module):
     """Base class of the three families: a ``stem`` then ``stages`` (an ``nn.Sequential``),
     each stage's output being a feature map described by ``feature_info[i]``, then a head.
 
-    Subclasses build ``stem``, ``stages``, ``feature_info``, ``head`` (and ``head_drop``)
-    and set ``in_chans``, ``num_classes``, ``num_features`` and ``input_multiple`` (what the
-    input sides must divide into). A family that keeps its maps in another layout than NCHW
-    (EfficientMod runs channels-last) overrides :meth:`stage_map` and :meth:`final_map`.
+    Subclasses build ``stem`` and ``stages`` (each stage's output an NCHW map), then
+    ``feature_info`` and the head (:meth:`_attach_head`), and set ``input_multiple`` (what
+    the input sides must divide into). Modules are registered in forward order - stem,
+    stages, final norm, pooling, head - which timm's ``FeatureListNet`` / ``FeatureDictNet``
+    and torchvision's ``IntermediateLayerGetter`` (``BackboneWithFPN``) rely on. A family
+    with a final norm on another layout overrides :meth:`final_map`.
     """
 
     input_multiple: int = 32
@@ -64,10 +66,16 @@ class Backbone(nn.Module):
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = num_features
         self.global_pool_type = global_pool
-        self.global_pool = global_pool_layer(global_pool, num_classes)
         self.grad_checkpointing = False
         self.registry_name = ""  # set by the registry when built through it
         self.build_kwargs: dict = {}  # architecture arguments it was built with (set by the registry)
+
+    def _attach_head(self, head_drop: nn.Module, head: nn.Module) -> None:
+        """Register the global pooling, the head's dropout and the classifier, after the
+        stages (forward order)."""
+        self.global_pool = global_pool_layer(self.global_pool_type, self.num_classes)
+        self.head_drop = head_drop
+        self.head = head
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

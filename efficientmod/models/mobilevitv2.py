@@ -232,8 +232,8 @@ class MobileViTv2(Backbone):
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=width, reduction=2 ** (i + 1), module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._attach_head(nn.Dropout(drop_rate),
+                          nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity())
         self.apply(self._init_weights)
         for module in self.modules():  # residual blocks start as identities
             if isinstance(module, InvertedResidual) and module.has_residual:

@@ -76,3 +76,40 @@ def test_a_missing_overlay_file_is_named(tmp_path):
     missing = tmp_path / "no_such_weights.pth"
     with pytest.raises(FileNotFoundError, match="no_such_weights.pth"):
         timm.create_model("em_efficientvit_m0", pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))
+
+
+@pytest.mark.parametrize("name", ["efficientvit_m0", "mobilevitv2_050", "efficientmod_xxs"])
+def test_every_feature_cls_gives_the_nchw_stage_maps(name):
+    """timm's feature_cls options, through both registries, give the network's
+    forward_intermediates maps (NCHW), as for timm's own models; the default is a
+    FeatureListNet whose stage children are named ``stages_i``."""
+    info = efficientmod.model_info(name)
+    torch.manual_seed(0)
+    network = efficientmod.create_model(name).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = network.forward_intermediates(x, intermediates_only=True)
+    assert type(timm.create_model(info.timm_name, features_only=True)).__name__ == "FeatureListNet"
+    for feature_cls in ("list", "dict", "hook", "fx", "getter"):
+        for model in (timm.create_model(info.timm_name, features_only=True, feature_cls=feature_cls),
+                      efficientmod.create_model(name, features_only=True, feature_cls=feature_cls)):
+            model.load_state_dict(feature_state(network, model))
+            with torch.no_grad():
+                maps = model.eval()(x)
+            maps = list(maps.values()) if isinstance(maps, dict) else maps
+            assert len(maps) == len(expected), feature_cls
+            for got, want in zip(maps, expected, strict=True):
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def feature_state(network, features) -> dict:
+    """``network``'s weights under the key names of its ``features`` wrapper (timm's wrappers
+    rename ``stages.0`` to ``stages_0`` or nest the network under ``model.`` / ``body.``)."""
+    source = network.state_dict()
+    state = {}
+    for key in features.state_dict():
+        for candidate in (key, key.replace("_", ".", 1), key.split(".", 1)[-1]):
+            if candidate in source:
+                state[key] = source[candidate]
+                break
+    return state
