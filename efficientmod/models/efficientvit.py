@@ -161,9 +161,10 @@ class CascadedGroupAttention(nn.Module):
         for j, (qkv, query_dw) in enumerate(zip(self.qkv, self.query_dw)):  # noqa: B905 (TorchScript: no strict=)
             feature = splits[j] if j == 0 else splits[j] + outputs[j - 1]
             q, k, v = qkv(feature).split([self.key_dim, self.key_dim, self.head_dim], dim=1)
-            q = query_dw(q).flatten(2).transpose(1, 2)  # (B', tokens, channels)
-            k, v = k.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=biases[j].to(q.dtype))
+            # (B', 1 head, tokens, channels): the 4-D form every exporter takes (dynamo's ONNX needs it)
+            q = query_dw(q).flatten(2).transpose(1, 2).unsqueeze(1)
+            k, v = k.flatten(2).transpose(1, 2).unsqueeze(1), v.flatten(2).transpose(1, 2).unsqueeze(1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=biases[j].to(q.dtype)).squeeze(1)
             outputs.append(out.transpose(1, 2).reshape(batch, self.head_dim, height, width))
         return self.proj(self.act(torch.cat(outputs, dim=1)))
 
@@ -261,8 +262,7 @@ class EfficientViT(Backbone):
             stages.append(Stage(downsample, blocks))
             self.feature_info.append(dict(num_chs=dim, reduction=PATCH_SIZE * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head_drop = nn.Identity()  # the head's dropout sits inside it, after its BatchNorm
-        self.head = self._make_head(num_classes)
+        self._attach_head(nn.Identity(), self._make_head(num_classes))  # its dropout sits inside, after the BN
 
     def _make_head(self, num_classes: int) -> nn.Module:
         """BatchNorm1d → dropout → linear on the pooled features (truncated-normal init)."""
