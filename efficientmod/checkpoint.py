@@ -162,11 +162,25 @@ def _unfitting_head_keys(model: nn.Module, state: Mapping[str, torch.Tensor], ow
     return [k for k, v in state.items() if k.startswith(prefix) and (k not in own or v.shape != own[k].shape)]
 
 
+def _input_channels_hint(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """What to do when the checkpoint's first convolution (the first 4-D weight, modules
+    being registered in forward order) takes another number of input channels than the model's."""
+    first = next((k for k, v in own.items() if v.ndim == 4), None)
+    if first is None or first not in state or state[first].ndim != 4:
+        theirs, ours = None, None
+    else:
+        theirs, ours = state[first].shape[1], own[first].shape[1]
+    if theirs is None or theirs == ours or state[first].shape[0] != own[first].shape[0]:
+        return ""
+    return f"; the checkpoint is for {theirs}-channel input, the model takes {ours}: build it with in_chans={theirs}"
+
+
 def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], layout: str, strict: bool = True,
                ignored=(), hint: str = "") -> None:
     """Raise one :class:`CheckpointError` naming the keys when ``state`` (in the model's own
     layout) does not fit the model's state dict ``own``: shape mismatches always, missing or
-    unexpected keys when ``strict``; keys in ``ignored`` are left out of the comparison."""
+    unexpected keys when ``strict``; keys in ``ignored`` are left out of the comparison. A
+    checkpoint for another number of input channels says so (refused at load, as timm does)."""
     ignored = set(ignored)
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and k not in ignored and v.shape != own[k].shape]
@@ -181,7 +195,8 @@ def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor
         parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:10]))
     if unexpected:
         parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10]))
-    raise CheckpointError(f"checkpoint ({layout} layout) does not fit the model: " + "; ".join(parts) + hint)
+    raise CheckpointError(f"checkpoint ({layout} layout) does not fit the model: " + "; ".join(parts)
+                          + _input_channels_hint(own, state) + hint)
 
 
 def load_checkpoint(

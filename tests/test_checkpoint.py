@@ -294,3 +294,19 @@ def test_a_file_that_fits_no_layout_is_a_checkpoint_error_from_every_loader(name
             with pytest.raises(CheckpointError) as error:
                 build(source)
             assert len(str(error.value)) < 2000
+
+
+def test_a_1_channel_checkpoint_is_refused_by_a_3_channel_model_at_load(tmp_path):
+    """As timm refuses it: at load, naming in_chans, from every loader (not at the first forward)."""
+    gray = efficientmod.create_model("efficientvit_m0", in_chans=1, num_classes=4)
+    path = tmp_path / "gray.pth"
+    torch.save({"model": gray.state_dict()}, path)
+    gray.save_pretrained(tmp_path / "folder")
+    for build in (lambda: efficientmod.load_checkpoint(efficientmod.create_model("efficientvit_m0", num_classes=4),
+                                                       path),
+                  lambda: efficientmod.create_model("efficientvit_m0", num_classes=4, checkpoint_path=str(path)),
+                  lambda: efficientmod.create_model("efficientvit_m0", num_classes=4, pretrained=str(path)),
+                  lambda: efficientmod.create_model("efficientvit_m0", in_chans=3, pretrained=str(tmp_path / "folder")),
+                  lambda: timm.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True, in_chans=3)):
+        with pytest.raises(CheckpointError, match="1-channel input, the model takes 3: build it with in_chans=1"):
+            build()

@@ -152,6 +152,12 @@ class CascadedGroupAttention(nn.Module):
         self.attention_biases = nn.Parameter(torch.zeros(heads, window * window))
         self.register_buffer("bias_index", relative_offset_index(window), persistent=False)
 
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute ``bias_index`` in place: what timm's and transformers' loaders call after
+        building a model on the meta device (a non-persistent buffer is in no checkpoint)."""
+        self.bias_index.copy_(relative_offset_index(self.window))
+
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The cascade on windows (B', C, w, w)."""
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
