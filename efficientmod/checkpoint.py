@@ -166,13 +166,14 @@ def _input_channels_hint(own: Mapping[str, torch.Tensor], state: Mapping[str, to
     """What to do when the checkpoint's first convolution (the first 4-D weight, modules
     being registered in forward order) takes another number of input channels than the model's."""
     first = next((k for k, v in own.items() if v.ndim == 4), None)
-    if first is None or first not in state or state[first].ndim != 4:
-        theirs, ours = None, None
-    else:
-        theirs, ours = state[first].shape[1], own[first].shape[1]
-    if theirs is None or theirs == ours or state[first].shape[0] != own[first].shape[0]:
+    theirs = state.get(first) if first is not None else None
+    if theirs is None or theirs.ndim != 4 or theirs.shape[0] != own[first].shape[0]:
         return ""
-    return f"; the checkpoint is for {theirs}-channel input, the model takes {ours}: build it with in_chans={theirs}"
+    channels, ours = theirs.shape[1], own[first].shape[1]
+    if channels == ours:
+        return ""
+    return (f"; the checkpoint is for {channels}-channel input, the model takes {ours}: "
+            f"build it with in_chans={channels}")
 
 
 def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], layout: str, strict: bool = True,

@@ -95,14 +95,10 @@ class Backbone(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         check_image_input(x, self.in_chans, self.input_multiple)
 
-    def stage_map(self, x: torch.Tensor) -> torch.Tensor:
-        """A stage's output as an NCHW feature map."""
-        return x
-
     def final_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's output as the NCHW map ``forward_features`` returns (after the
+        """The last stage's (NCHW) output as the map ``forward_features`` returns (after the
         final norm where the network has one)."""
-        return self.stage_map(x)
+        return x
 
     # -- forward --------------------------------------------------------------------
     @torch.jit.unused
@@ -154,7 +150,7 @@ class Backbone(nn.Module):
         for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)
             if i in take:
-                intermediates.append(self.final_map(x) if norm and i == last else self.stage_map(x))
+                intermediates.append(self.final_map(x) if norm and i == last else x)
         return intermediates if intermediates_only else (self.final_map(x), intermediates)
 
     # -- timm interface -------------------------------------------------------------
