@@ -214,7 +214,11 @@ def load_checkpoint(
             count, or none at all for ``num_classes=0``) is dropped with a warning and the
             model keeps its fresh head.
     """
-    target = getattr(model, "model", model)  # a features_only wrapper
+    target = getattr(model, "model", model)  # timm's feature getter holds the network whole
+    if target is model and type(model).__module__.startswith("timm.models._features"):
+        raise ValueError(f"{type(model).__name__} (a features_only model) holds the network's modules under other "
+                         "names: load the checkpoint as it is built, create_model(name, features_only=True, "
+                         "checkpoint_path=PATH) or pretrained=PATH")
     state, layout = to_own_layout(target, read_state_dict(path_or_state_dict))
     own = target.state_dict()
     dropped = []

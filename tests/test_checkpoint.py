@@ -310,3 +310,13 @@ def test_a_1_channel_checkpoint_is_refused_by_a_3_channel_model_at_load(tmp_path
                   lambda: timm.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True, in_chans=3)):
         with pytest.raises(CheckpointError, match="1-channel input, the model takes 3: build it with in_chans=1"):
             build()
+
+
+def test_a_features_only_model_takes_its_checkpoint_as_it_is_built(tmp_path):
+    network = efficientmod.create_model("mobilevitv2_050")
+    path = tmp_path / "weights.pth"
+    torch.save(network.state_dict(), path)
+    features = efficientmod.create_model("mobilevitv2_050", features_only=True, checkpoint_path=str(path))
+    assert torch.equal(features.state_dict()["stem_conv.weight"], network.state_dict()["stem.conv.weight"])
+    with pytest.raises(ValueError, match="checkpoint_path=PATH"):
+        efficientmod.load_checkpoint(features, path)
