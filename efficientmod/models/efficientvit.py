@@ -471,7 +471,7 @@ register_layout(EfficientViT, "timm", is_timm_layout, convert_timm)
 # -- the official release's checkpoint layout (microsoft/Cream) ---------------------------
 # Stage i + 1 of the release is ``blocks{i+1}``: for i > 0 its entries 0-2 are the
 # subsampling block (DW conv + FFN, patch merging, DW conv + FFN), the sandwich blocks follow.
-_SUBSAMPLE_PARTS = {"0.0": "pre.dw", "0.1": "pre.ffn", "1": "merge", "2.0": "post.dw", "2.1": "post.ffn"}
+_SUBSAMPLE_PARTS = {"0.0": "pre.dw", "0.1": "pre.ffn", "2.0": "post.dw", "2.1": "post.ffn"}  # entry 1: merge
 _OFFICIAL_KEY_RULES = [
     (r"^patch_embed\.(\d)\.", lambda m: f"stem.conv{int(m[1]) // 2 + 1}."),
     (r"\.c\.weight$", ".conv.weight"),
@@ -508,13 +508,11 @@ def _official_stage_key(key: str) -> str:
         return key
     stage, entry, part = int(match[1]) - 1, int(match[2]), match[3]
     rest = key[match.end():]
+    whole = f"{part}.{rest}" if part is not None else rest  # no sub-index: the entry's own names
     if stage == 0 or entry >= 3:
-        block = entry - (3 if stage else 0)
-        inner = f"{part}.{rest}" if part is not None else rest
-        return f"stages.{stage}.blocks.{block}.{inner}"
-    if entry == 1:  # patch merging: conv1/conv2/se/conv3 (no sub-index)
-        inner = f"{part}.{rest}" if part is not None else rest
-        return f"stages.{stage}.downsample.merge.{inner}"
+        return f"stages.{stage}.blocks.{entry - (3 if stage else 0)}.{whole}"
+    if entry == 1:  # patch merging: conv1 / conv2 / se / conv3
+        return f"stages.{stage}.downsample.merge.{whole}"
     return f"stages.{stage}.downsample.{_SUBSAMPLE_PARTS[f'{entry}.{part}']}.{rest}"
 
 
