@@ -209,7 +209,8 @@ def create_model(
         checkpoint_path: a checkpoint file or ``save_pretrained`` folder loaded after
             building (see :func:`efficientmod.load_checkpoint`), with ``ignore_head``.
         **kwargs: passed to the model (``in_chans``, ``drop_path_rate``, ``global_pool``,
-            ...) or to timm's feature wrapper (``features_only=True, out_indices=(...)``).
+            ...) or to timm's feature wrapper (``features_only=True, out_indices=(...)``,
+            ``feature_cls=`` ``"list"`` (default), ``"dict"``, ``"hook"``, ``"fx"``, ``"getter"``).
     """
     info = model_info(name)
     if isinstance(pretrained, str):
