@@ -13,6 +13,7 @@ is :mod:`efficientmod.models.pretrained`.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import tempfile
@@ -26,12 +27,15 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 __all__ = [
-    "CheckpointError", "register_layout", "rename_keys", "load_weights_only", "read_state_dict", "load_checkpoint",
-    "atomic_write",
+    "CheckpointError", "register_layout", "rename_keys", "load_weights_only", "read_state_dict", "to_own_layout",
+    "check_fits", "load_checkpoint", "atomic_write",
 ]
 
 WRAPPER_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema", "ema")
 PREFIXES = ("module.", "_orig_mod.")
+# The one class beyond tensors and plain containers that timm's CheckpointSaver writes (train.py's
+# ``model_best.pth.tar``): the ``args`` argparse.Namespace, a plain attribute holder that runs no code.
+TIMM_CHECKPOINT_GLOBALS = (argparse.Namespace,)
 
 
 class CheckpointError(ValueError):
@@ -73,13 +77,15 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, s
 
 # -- reading -------------------------------------------------------------------------
 def load_weights_only(path: str | os.PathLike):
-    """``torch.load(path, weights_only=True)`` on CPU: tensors and plain containers only,
-    never arbitrary pickled objects; a refused or corrupt file is a :class:`CheckpointError`."""
+    """``torch.load(path, weights_only=True)`` on CPU: tensors and plain containers only (and
+    the ``argparse.Namespace`` of a timm training checkpoint), never arbitrary pickled
+    objects; a refused or corrupt file is a :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(TIMM_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused, or a corrupt / truncated file
         raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
 
@@ -120,15 +126,22 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
     return tensors
 
 
+def _pointwise_as_conv(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict:
+    """``state`` with each 2-D (out, in) matrix reshaped to (out, in, 1, 1) where the model
+    has a 1×1 convolution there, as the official EfficientViT / MobileViTv2 loaders do."""
+    return {k: v.reshape(own[k].shape) if v.ndim == 2 and k in own and own[k].shape == (*v.shape, 1, 1) else v
+            for k, v in state.items()}
+
+
 def to_own_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, str]:
     """Convert ``state`` to ``model``'s own key names; returns it and the layout's name."""
-    own_keys = set(model.state_dict())
-    if set(state) & own_keys and len(set(state) & own_keys) >= len(own_keys) // 2:
-        return state, "efficientmod"
+    own = model.state_dict()
+    if set(state) & set(own) and len(set(state) & set(own)) >= len(own) // 2:
+        return _pointwise_as_conv(state, own), "efficientmod"
     layouts = [layout for layout in _LAYOUTS if isinstance(model, layout.model_cls)]
     for layout in layouts:
         if layout.detect(state):
-            return layout.convert(state), layout.name
+            return _pointwise_as_conv(layout.convert(state), own), layout.name
     sample = ", ".join(sorted(state)[:6])
     raise CheckpointError(
         f"unrecognised checkpoint layout for {getattr(model, 'registry_name', '') or type(model).__name__}: "
@@ -149,6 +162,44 @@ def _unfitting_head_keys(model: nn.Module, state: Mapping[str, torch.Tensor], ow
     return [k for k, v in state.items() if k.startswith(prefix) and (k not in own or v.shape != own[k].shape)]
 
 
+def _input_channels_hint(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """What to do when the checkpoint's first convolution (the first 4-D weight, modules
+    being registered in forward order) takes another number of input channels than the model's."""
+    first = next((k for k, v in own.items() if v.ndim == 4), None)
+    theirs = state.get(first) if first is not None else None
+    if theirs is None or theirs.ndim != 4 or theirs.shape[0] != own[first].shape[0]:
+        return ""
+    channels, ours = theirs.shape[1], own[first].shape[1]
+    if channels == ours:
+        return ""
+    return (f"; the checkpoint is for {channels}-channel input, the model takes {ours}: "
+            f"build it with in_chans={channels}")
+
+
+def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], layout: str, strict: bool = True,
+               ignored=(), hint: str = "") -> None:
+    """Raise one :class:`CheckpointError` naming the keys when ``state`` (in the model's own
+    layout) does not fit the model's state dict ``own``: shape mismatches always, missing or
+    unexpected keys when ``strict``; keys in ``ignored`` are left out of the comparison. A
+    checkpoint for another number of input channels says so (refused at load, as timm does)."""
+    ignored = set(ignored)
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and k not in ignored and v.shape != own[k].shape]
+    missing = sorted(set(own) - set(state) - ignored)
+    unexpected = sorted(set(state) - set(own) - ignored)
+    if not mismatched and not (strict and (missing or unexpected)):
+        return
+    parts = []
+    if mismatched:
+        parts.append("shape mismatch: " + "; ".join(mismatched[:10]))
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:10]))
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10]))
+    raise CheckpointError(f"checkpoint ({layout} layout) does not fit the model: " + "; ".join(parts)
+                          + _input_channels_hint(own, state) + hint)
+
+
 def load_checkpoint(
     model: nn.Module,
     path_or_state_dict: str | os.PathLike | Mapping,
@@ -163,7 +214,11 @@ def load_checkpoint(
             count, or none at all for ``num_classes=0``) is dropped with a warning and the
             model keeps its fresh head.
     """
-    target = getattr(model, "model", model)  # a features_only wrapper
+    target = getattr(model, "model", model)  # timm's feature getter holds the network whole
+    if target is model and type(model).__module__.startswith("timm.models._features"):
+        raise ValueError(f"{type(model).__name__} (a features_only model) holds the network's modules under other "
+                         "names: load the checkpoint as it is built, create_model(name, features_only=True, "
+                         "checkpoint_path=PATH) or pretrained=PATH")
     state, layout = to_own_layout(target, read_state_dict(path_or_state_dict))
     own = target.state_dict()
     dropped = []
@@ -172,20 +227,8 @@ def load_checkpoint(
         if dropped:
             warnings.warn(f"checkpoint classifier ignored (shape differs from the model's): {dropped}", stacklevel=2)
             state = {k: v for k, v in state.items() if k not in dropped}
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and v.shape != own[k].shape]
-    missing = sorted(set(own) - set(state) - set(dropped))
-    unexpected = sorted(set(state) - set(own))
-    if mismatched or (strict and (missing or unexpected)):
-        parts = []
-        if mismatched:
-            parts.append("shape mismatch: " + "; ".join(mismatched[:10]))
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:10]))
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10]))
-        hint = "" if ignore_head else " (ignore_head=True drops a classifier of another class count)"
-        raise CheckpointError(f"checkpoint ({layout} layout) does not fit the model: " + "; ".join(parts) + hint)
+    check_fits(own, state, layout, strict=strict, ignored=dropped,
+               hint="" if ignore_head else " (ignore_head=True drops a classifier of another class count)")
     target.load_state_dict(state, strict=False)
     return model
 

@@ -1,16 +1,20 @@
 """load_checkpoint / save_pretrained / from_pretrained / atomic_write."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
+import timm
 import torch
-from conftest import draw_reference_weights, reference_input
+from conftest import draw_reference_weights, reference_input, smallest_fast
 from safetensors.torch import save_file
 
 import efficientmod
+from efficientmod import model_info
 from efficientmod.checkpoint import CheckpointError, atomic_write, read_state_dict
 
 
@@ -216,3 +220,103 @@ def test_save_pretrained_restores_an_ablation_configuration(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), restored(x))
+
+
+# -- the official EfficientViT (microsoft/Cream) and MobileViTv2 (apple/ml-cvnets) files ---------
+REFERENCE = Path(__file__).parent / "reference"
+OFFICIAL_FILES = {"efficientvit_m0": "efficientvit_m0_official_layout.pth",
+                  "mobilevitv2_050": "mobilevitv2_050_official_layout.pt"}
+
+
+def official_logits_error(model, name: str) -> float:
+    """Largest difference of ``model``'s float64 logits from the official code's (README there)."""
+    figures = torch.load(REFERENCE / f"{name}_official_logits.pt", weights_only=True)
+    with torch.no_grad():
+        return (model.double().eval()(figures["input"]) - figures["logits"]).abs().max().item()
+
+
+def official_keys(name: str) -> list:
+    """``[key, shape]`` of the official state dict of variant ``name``, in its order."""
+    with gzip.open(REFERENCE / "official_keys.json.gz", "rt") as handle:
+        return json.load(handle)[name]
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_FILES))
+@pytest.mark.parametrize("loader", ["load_checkpoint", "checkpoint_path", "pretrained_file", "timm_overlay"])
+def test_official_files_reproduce_the_official_logits_through_every_loader(name, loader):
+    path = str(REFERENCE / OFFICIAL_FILES[name])
+    if loader == "load_checkpoint":
+        model = efficientmod.load_checkpoint(efficientmod.create_model(name), path)
+    elif loader == "checkpoint_path":
+        model = efficientmod.create_model(name, checkpoint_path=path)
+    elif loader == "pretrained_file":
+        model = efficientmod.create_model(name, pretrained=path)
+    else:
+        model = timm.create_model(model_info(name).timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=path))
+    assert official_logits_error(model, name) < 1e-12
+
+
+@pytest.mark.parametrize("name", smallest_fast(["efficientvit_m0", "efficientvit_m1", "efficientvit_m2",
+                                                "efficientvit_m3", "efficientvit_m4", "efficientvit_m5",
+                                                "mobilevitv2_050", "mobilevitv2_075", "mobilevitv2_100",
+                                                "mobilevitv2_125", "mobilevitv2_150", "mobilevitv2_175",
+                                                "mobilevitv2_200"]))
+def test_every_official_layout_loads_strictly(name):
+    """The official state dict of every variant (keys and shapes of the official code),
+    converted, fits the model exactly: no missing, unexpected or misshaped tensor."""
+    state = {key: torch.zeros(shape) for key, shape in official_keys(name)}
+    efficientmod.load_checkpoint(efficientmod.create_model(name), {"model": state}, strict=True)
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_FILES))
+def test_official_2d_pointwise_weights_are_reshaped_to_1x1_convs(name):
+    """Released files may hold the 1×1 conv weights as (out, in) matrices; the official
+    loaders reshape them, so does load_checkpoint."""
+    state = read_state_dict(REFERENCE / OFFICIAL_FILES[name])
+    flattened = {k: v.flatten(1) if v.ndim == 4 and v.shape[2:] == (1, 1) else v for k, v in state.items()}
+    assert sum(v.ndim == 2 for v in flattened.values()) > 20
+    model = efficientmod.load_checkpoint(efficientmod.create_model(name), flattened)
+    assert official_logits_error(model, name) < 1e-12
+
+
+@pytest.mark.parametrize("name,other", [("efficientvit_m0", "mobilevitv2_050"), ("mobilevitv2_050", "efficientvit_m0")])
+def test_a_file_that_fits_no_layout_is_a_checkpoint_error_from_every_loader(name, other, tmp_path):
+    foreign = str(REFERENCE / OFFICIAL_FILES[other])
+    wrong_variant = tmp_path / "wrong_variant.pth"  # the family's layout, another variant's shapes
+    larger = {"efficientvit_m0": "efficientvit_m1", "mobilevitv2_050": "mobilevitv2_100"}[name]
+    torch.save({key: torch.zeros(shape) for key, shape in official_keys(larger)}, wrong_variant)
+    for source in (foreign, str(wrong_variant)):
+        for build in (lambda s: efficientmod.load_checkpoint(efficientmod.create_model(name), s),
+                      lambda s: efficientmod.create_model(name, checkpoint_path=s),
+                      lambda s: efficientmod.create_model(name, pretrained=s),
+                      lambda s: timm.create_model(model_info(name).timm_name, pretrained=True,
+                                                  pretrained_cfg_overlay=dict(file=s))):
+            with pytest.raises(CheckpointError) as error:
+                build(source)
+            assert len(str(error.value)) < 2000
+
+
+def test_a_1_channel_checkpoint_is_refused_by_a_3_channel_model_at_load(tmp_path):
+    """As timm refuses it: at load, naming in_chans, from every loader (not at the first forward)."""
+    gray = efficientmod.create_model("efficientvit_m0", in_chans=1, num_classes=4)
+    path = tmp_path / "gray.pth"
+    torch.save({"model": gray.state_dict()}, path)
+    gray.save_pretrained(tmp_path / "folder")
+    for build in (lambda: efficientmod.load_checkpoint(efficientmod.create_model("efficientvit_m0", num_classes=4),
+                                                       path),
+                  lambda: efficientmod.create_model("efficientvit_m0", num_classes=4, checkpoint_path=str(path)),
+                  lambda: efficientmod.create_model("efficientvit_m0", num_classes=4, pretrained=str(path)),
+                  lambda: efficientmod.create_model("efficientvit_m0", in_chans=3, pretrained=str(tmp_path / "folder")),
+                  lambda: timm.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True, in_chans=3)):
+        with pytest.raises(CheckpointError, match="1-channel input, the model takes 3: build it with in_chans=1"):
+            build()
+
+
+def test_a_features_only_model_takes_its_checkpoint_as_it_is_built(tmp_path):
+    network = efficientmod.create_model("mobilevitv2_050")
+    path = tmp_path / "weights.pth"
+    torch.save(network.state_dict(), path)
+    features = efficientmod.create_model("mobilevitv2_050", features_only=True, checkpoint_path=str(path))
+    assert torch.equal(features.state_dict()["stem_conv.weight"], network.state_dict()["stem.conv.weight"])
+    with pytest.raises(ValueError, match="checkpoint_path=PATH"):
+        efficientmod.load_checkpoint(features, path)

@@ -4,13 +4,22 @@ older checkpoint keys.
 features, bad input, save/load and the rest of the shared interface: ``test_family_contract.py``.)"""
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 from test_family_parity import timm_and_ours
 
 import efficientmod
-from efficientmod.checkpoint import load_checkpoint
-from efficientmod.models.efficientvit import CascadedGroupAttention, convert_timm, relative_offset_index
+from efficientmod.checkpoint import load_checkpoint, read_state_dict
+from efficientmod.models.efficientvit import (
+    CascadedGroupAttention,
+    convert_official,
+    convert_timm,
+    is_official_layout,
+    is_timm_layout,
+    relative_offset_index,
+)
 
 
 def attention_windows(model) -> list[int]:
@@ -81,3 +90,14 @@ def test_cascade_feeds_each_head_the_previous_output():
     torch.testing.assert_close(after_last[3] - base[3], torch.ones_like(base[3]))
     after_first = inputs_of_heads(first_changed)
     assert all(not torch.equal(after_first[j], base[j]) for j in range(4))  # it reaches every head
+
+
+def test_official_cream_layout_is_not_taken_for_timms():
+    """Both name their attention ``mixer.m.attn``; only timm's sit under ``stages.i.blocks.j``."""
+    official = read_state_dict(Path(__file__).parent / "reference" / "efficientvit_m0_official_layout.pth")
+    timm_state = timm.create_model("efficientvit_m0").state_dict()
+    assert is_official_layout(official) and not is_timm_layout(official)
+    assert is_timm_layout(timm_state) and not is_official_layout(timm_state)
+    converted = convert_official(official)
+    assert set(converted) == set(efficientmod.create_model("efficientvit_m0").state_dict())
+    assert not any(k.endswith("attention_bias_idxs") for k in converted)  # recomputed, not loaded

@@ -132,7 +132,7 @@ def build_backbone_fpn(
     if out_indices is None:
         out_indices = [i for i in model_info(name).feature_out_indices
                        if network.feature_info[i]["reduction"] >= min_stride]
-    body = feature_wrapper(network, tuple(out_indices))
+    body = feature_wrapper(network, tuple(out_indices), "getter")  # the network whole, as body.model
     if frozen_bn:
         body = freeze_batch_norm_2d(body)
     freeze_stages(body, frozen_stages)

@@ -49,10 +49,12 @@ class Backbone(nn.Module):
     """Base class of the three families: a ``stem`` then ``stages`` (an ``nn.Sequential``),
     each stage's output being a feature map described by ``feature_info[i]``, then a head.
 
-    Subclasses build ``stem``, ``stages``, ``feature_info``, ``head`` (and ``head_drop``)
-    and set ``in_chans``, ``num_classes``, ``num_features`` and ``input_multiple`` (what the
-    input sides must divide into). A family that keeps its maps in another layout than NCHW
-    (EfficientMod runs channels-last) overrides :meth:`stage_map` and :meth:`final_map`.
+    Subclasses build ``stem`` and ``stages`` (each stage's output an NCHW map), then
+    ``feature_info`` and the head (:meth:`_attach_head`), and set ``input_multiple`` (what
+    the input sides must divide into). Modules are registered in forward order - stem,
+    stages, final norm, pooling, head - which timm's ``FeatureListNet`` / ``FeatureDictNet``
+    and torchvision's ``IntermediateLayerGetter`` (``BackboneWithFPN``) rely on. A family
+    with a final norm on another layout overrides :meth:`final_map`.
 
     Every model also declares what its weights were trained for (:meth:`declare` sets both,
     ``from_pretrained`` and the checkpoint loaders call it): ``preprocessing``, the input it
@@ -75,10 +77,16 @@ class Backbone(nn.Module):
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = num_features
         self.global_pool_type = global_pool
-        self.global_pool = global_pool_layer(global_pool, num_classes)
         self.grad_checkpointing = False
         self.registry_name = ""  # set by the registry when built through it
         self.build_kwargs: dict = {}  # architecture arguments it was built with (set by the registry)
+
+    def _attach_head(self, head_drop: nn.Module, head: nn.Module) -> None:
+        """Register the global pooling, the head's dropout and the classifier, after the
+        stages (forward order)."""
+        self.global_pool = global_pool_layer(self.global_pool_type, self.num_classes)
+        self.head_drop = head_drop
+        self.head = head
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -98,14 +106,10 @@ class Backbone(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         check_image_input(x, self.in_chans, self.input_multiple)
 
-    def stage_map(self, x: torch.Tensor) -> torch.Tensor:
-        """A stage's output as an NCHW feature map."""
-        return x
-
     def final_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's output as the NCHW map ``forward_features`` returns (after the
+        """The last stage's (NCHW) output as the map ``forward_features`` returns (after the
         final norm where the network has one)."""
-        return self.stage_map(x)
+        return x
 
     # -- forward --------------------------------------------------------------------
     @torch.jit.unused
@@ -157,7 +161,7 @@ class Backbone(nn.Module):
         for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)
             if i in take:
-                intermediates.append(self.final_map(x) if norm and i == last else self.stage_map(x))
+                intermediates.append(self.final_map(x) if norm and i == last else x)
         return intermediates if intermediates_only else (self.final_map(x), intermediates)
 
     # -- timm interface -------------------------------------------------------------

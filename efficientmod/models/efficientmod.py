@@ -205,18 +205,24 @@ class AttentionBlock(nn.Module):
 
 
 class ConvEmbed(nn.Module):
-    """k×k strided conv then LayerNorm: NCHW or NHWC in (``channels_last_in``), NHWC out."""
+    """k×k strided conv then LayerNorm: NCHW in, NHWC out."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, channels_last_in: bool):
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int):
         super().__init__()
-        self.channels_last_in = channels_last_in
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2)
         self.norm = nn.LayerNorm(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last_in:
-            x = x.permute(0, 3, 1, 2)
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class ChannelsLastStage(Stage):
+    """A stage whose blocks run on channels-last (B, H, W, C) tokens and which hands on an
+    NCHW map: what feature extractors read (timm's, torchvision's) and what the next
+    stage's strided conv takes. Stage 0 gets the stem's tokens, the others an NCHW map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x)).permute(0, 3, 1, 2)
 
 
 class EfficientMod(Backbone):
@@ -236,7 +242,7 @@ class EfficientMod(Backbone):
         cfg = override_cfg(cfg, cfg_overrides)
         super().__init__(cfg, num_classes, in_chans, num_features=cfg.dims[-1], global_pool=global_pool)
 
-        self.stem = ConvEmbed(in_chans, cfg.dims[0], cfg.stem_kernel, stride=4, channels_last_in=False)
+        self.stem = ConvEmbed(in_chans, cfg.dims[0], cfg.stem_kernel, stride=4)
         total_blocks = sum(cfg.depths) + sum(cfg.attention_depths)
         drop_paths = iter(torch.linspace(0, drop_path_rate, total_blocks, device="cpu").tolist())
         stages, self.feature_info = [], []
@@ -249,15 +255,13 @@ class EfficientMod(Backbone):
                                cfg.attention_min_head_dim, next(drop_paths))
                 for _ in range(cfg.attention_depths[i])
             ]
-            downsample = (
-                ConvEmbed(cfg.dims[i - 1], dim, 3, stride=2, channels_last_in=True) if i else nn.Identity()
-            )
-            stages.append(Stage(downsample, blocks))
+            downsample = ConvEmbed(cfg.dims[i - 1], dim, 3, stride=2) if i else nn.Identity()
+            stages.append(ChannelsLastStage(downsample, blocks))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._attach_head(nn.Dropout(drop_rate),
+                          nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity())
         self.apply(self._init_weights)
 
     @staticmethod
@@ -279,13 +283,10 @@ class EfficientMod(Backbone):
                                                       (r"^norm", (99999,))],
         )
 
-    def stage_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Stages run channels-last: (B, H, W, C) → (B, C, H, W)."""
-        return x.permute(0, 3, 1, 2)
-
     def final_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Final LayerNorm, then NCHW: the map whose average is the paper's pooled feature."""
-        return self.norm(x).permute(0, 3, 1, 2)
+        """The final LayerNorm (over channels) of the last stage's NCHW map: the map whose
+        average is the paper's pooled feature."""
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 # -- deployment: the fused inference forms (efficientmod.deploy) ---------------------
@@ -351,8 +352,12 @@ class FusedAttentionBlock(nn.Module):
     def attention(self, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """Multi-head attention of (B·N, C) tokens, N per image."""
         heads, head_dim = self.heads, self.head_dim
-        q, k, v = [t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2)
-                   for t in stacked_outputs(self.qkv.weight, self.qkv.bias, tokens, [heads * head_dim] * 3)]
+        sizes = [heads * head_dim] * 3
+        if isinstance(self.qkv, nn.Linear):
+            parts = stacked_outputs(self.qkv.weight, self.qkv.bias, tokens, sizes)
+        else:  # a linear swapped in by quantisation (torch.ao's dynamic one packs its weight)
+            parts = list(self.qkv(tokens).split(sizes, dim=-1))
+        q, k, v = [t.reshape(-1, num_tokens, heads, head_dim).transpose(1, 2) for t in parts]
         if not torch.jit.is_scripting():  # (TorchScript compiles only the fused kernel)
             if torch.onnx.is_in_onnx_export():
                 x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v

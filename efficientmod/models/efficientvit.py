@@ -21,10 +21,12 @@ strides 16, 32, 64, joined by subsampling blocks (DW conv + FFN, an inverted-res
 "patch merging" with squeeze-excitation, DW conv + FFN), and a BatchNorm + linear head.
 Every conv is a fusable :class:`ConvNorm`, the head a fusable :class:`LinearNorm`.
 
-The module layout holds timm's ``efficientvit_m*`` weights; :func:`convert_timm` renames them.
+The module layout holds timm's ``efficientvit_m*`` weights; :func:`convert_timm` renames them,
+:func:`convert_official` the official release's (microsoft/Cream).
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -42,7 +44,7 @@ from efficientmod.viz import Emit, Query, attention_map, register_attention_read
 
 __all__ = [
     "EfficientViTCfg", "EfficientViT", "CascadedGroupAttention", "SandwichBlock", "FusedCascadedGroupAttention",
-    "FusedInteractionFFN", "convert_timm",
+    "FusedInteractionFFN", "convert_timm", "convert_official",
 ]
 
 PAPER = ("Liu et al., EfficientViT: Memory Efficient Vision Transformer with Cascaded Group "
@@ -150,6 +152,12 @@ class CascadedGroupAttention(nn.Module):
         self.attention_biases = nn.Parameter(torch.zeros(heads, window * window))
         self.register_buffer("bias_index", relative_offset_index(window), persistent=False)
 
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute ``bias_index`` in place: what timm's and transformers' loaders call after
+        building a model on the meta device (a non-persistent buffer is in no checkpoint)."""
+        self.bias_index.copy_(relative_offset_index(self.window))
+
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The cascade on windows (B', C, w, w)."""
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
@@ -159,9 +167,10 @@ class CascadedGroupAttention(nn.Module):
         for j, (qkv, query_dw) in enumerate(zip(self.qkv, self.query_dw)):  # noqa: B905 (TorchScript: no strict=)
             feature = splits[j] if j == 0 else splits[j] + outputs[j - 1]
             q, k, v = qkv(feature).split([self.key_dim, self.key_dim, self.head_dim], dim=1)
-            q = query_dw(q).flatten(2).transpose(1, 2)  # (B', tokens, channels)
-            k, v = k.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=biases[j].to(q.dtype))
+            # (B', 1 head, tokens, channels): the 4-D form every exporter takes (dynamo's ONNX needs it)
+            q = query_dw(q).flatten(2).transpose(1, 2).unsqueeze(1)
+            k, v = k.flatten(2).transpose(1, 2).unsqueeze(1), v.flatten(2).transpose(1, 2).unsqueeze(1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=biases[j].to(q.dtype)).squeeze(1)
             outputs.append(out.transpose(1, 2).reshape(batch, self.head_dim, height, width))
         return self.proj(self.act(torch.cat(outputs, dim=1)))
 
@@ -259,8 +268,7 @@ class EfficientViT(Backbone):
             stages.append(Stage(downsample, blocks))
             self.feature_info.append(dict(num_chs=dim, reduction=PATCH_SIZE * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head_drop = nn.Identity()  # the head's dropout sits inside it, after its BatchNorm
-        self.head = self._make_head(num_classes)
+        self._attach_head(nn.Identity(), self._make_head(num_classes))  # its dropout sits inside, after the BN
 
     def _make_head(self, num_classes: int) -> nn.Module:
         """BatchNorm1d → dropout → linear on the pooled features (truncated-normal init)."""
@@ -440,9 +448,13 @@ _TIMM_KEY_RULES = [
 ]
 
 
+_TIMM_MARKER = re.compile(r"^stages\.\d+\.blocks\.\d+\.mixer\.m\.attn\.")
+
+
 def is_timm_layout(state_dict: dict) -> bool:
-    """Whether ``state_dict`` uses timm's names (its ``mixer.m.attn`` keys)."""
-    return any(".mixer.m.attn." in k for k in state_dict)
+    """Whether ``state_dict`` uses timm's names (``stages.i.blocks.j.mixer.m.attn`` keys;
+    the official release's ``blocks1.j.mixer.m.attn`` keys do not match)."""
+    return any(_TIMM_MARKER.match(k) for k in state_dict)
 
 
 def convert_timm(state_dict: dict) -> dict:
@@ -454,6 +466,66 @@ def convert_timm(state_dict: dict) -> dict:
 
 
 register_layout(EfficientViT, "timm", is_timm_layout, convert_timm)
+
+
+# -- the official release's checkpoint layout (microsoft/Cream) ---------------------------
+# Stage i + 1 of the release is ``blocks{i+1}``: for i > 0 its entries 0-2 are the
+# subsampling block (DW conv + FFN, patch merging, DW conv + FFN), the sandwich blocks follow.
+_SUBSAMPLE_PARTS = {"0.0": "pre.dw", "0.1": "pre.ffn", "2.0": "post.dw", "2.1": "post.ffn"}  # entry 1: merge
+_OFFICIAL_KEY_RULES = [
+    (r"^patch_embed\.(\d)\.", lambda m: f"stem.conv{int(m[1]) // 2 + 1}."),
+    (r"\.c\.weight$", ".conv.weight"),
+    (r"^head\.l\.", "head.linear."),
+    (r"\.merge\.conv1\.", ".merge.expand."),
+    (r"\.merge\.conv2\.", ".merge.dw."),
+    (r"\.merge\.conv3\.", ".merge.project."),
+    (r"\.downsample\.(pre|post)\.(dw|ffn)\.m\.", r".downsample.\1.\2."),
+    (r"\.dw0\.m\.", ".pre.dw."),
+    (r"\.ffn0\.m\.", ".pre.ffn."),
+    (r"\.dw1\.m\.", ".post.dw."),
+    (r"\.ffn1\.m\.", ".post.ffn."),
+    (r"\.mixer\.m\.attn\.qkvs\.", ".attn.qkv."),
+    (r"\.mixer\.m\.attn\.dws\.", ".attn.query_dw."),
+    (r"\.mixer\.m\.attn\.proj\.1\.", ".attn.proj."),
+    (r"\.mixer\.m\.attn\.attention_biases$", ".attn.attention_biases"),
+    (r"\.pw1\.", ".expand."),
+    (r"\.pw2\.", ".project."),
+]
+_OFFICIAL_STAGE_ENTRY = re.compile(r"^blocks(\d+)\.(\d+)\.(?:(\d+)\.)?")
+_OFFICIAL_MARKER = re.compile(r"^(blocks\d+\.\d+\.|patch_embed\.\d+\.c\.)")
+
+
+def is_official_layout(state_dict: dict) -> bool:
+    """Whether ``state_dict`` uses the official release's names (``blocks1`` ... ``blocks3``,
+    ``patch_embed.0.c``)."""
+    return any(_OFFICIAL_MARKER.match(k) for k in state_dict)
+
+
+def _official_stage_key(key: str) -> str:
+    """``blocks{s}.{j}[.{p}].rest`` → ``stages.{s-1}.(blocks.{j'}|downsample.{part}).rest``."""
+    match = _OFFICIAL_STAGE_ENTRY.match(key)
+    if match is None:
+        return key
+    stage, entry, part = int(match[1]) - 1, int(match[2]), match[3]
+    rest = key[match.end():]
+    whole = f"{part}.{rest}" if part is not None else rest  # no sub-index: the entry's own names
+    if stage == 0 or entry >= 3:
+        return f"stages.{stage}.blocks.{entry - (3 if stage else 0)}.{whole}"
+    if entry == 1:  # patch merging: conv1 / conv2 / se / conv3
+        return f"stages.{stage}.downsample.merge.{whole}"
+    return f"stages.{stage}.downsample.{_SUBSAMPLE_PARTS[f'{entry}.{part}']}.{rest}"
+
+
+def convert_official(state_dict: dict) -> dict:
+    """Rename an official EfficientViT state dict (microsoft/Cream: ``patch_embed.k``,
+    ``blocks1``-``blocks3``, ``head.l``; released as ``{'model': state_dict}``) to this
+    module's layout; tensors untouched, ``attention_bias_idxs`` dropped (recomputed)."""
+    kept = {_official_stage_key(k): v for k, v in state_dict.items() if not k.endswith("attention_bias_idxs")}
+    return rename_keys(kept, _OFFICIAL_KEY_RULES)
+
+
+register_layout(EfficientViT, "official EfficientViT release (microsoft/Cream)", is_official_layout,
+                convert_official)
 
 
 # -- variants -----------------------------------------------------------------------------

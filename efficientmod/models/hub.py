@@ -38,10 +38,23 @@ class WeightsNotAvailableError(FileNotFoundError):
 
 def convert_pretrained(state_dict: dict, model: nn.Module) -> dict:
     """timm's ``pretrained_filter_fn``: unwrap (``model`` / ``state_dict`` dicts,
-    ``module.`` prefixes) and convert ``state_dict`` to ``model``'s own layout."""
-    from efficientmod.checkpoint import read_state_dict, to_own_layout
+    ``module.`` prefixes), convert ``state_dict`` to ``model``'s own layout and check that it
+    fits (a :class:`~efficientmod.checkpoint.CheckpointError` naming the keys, not timm's
+    ``load_state_dict`` traceback) - except what timm itself adapts next: the classifier
+    when the class count differs, the first conv when the model has another ``in_chans``."""
+    from efficientmod.checkpoint import check_fits, read_state_dict, to_own_layout
 
-    return to_own_layout(model, read_state_dict(state_dict))[0]
+    state, layout = to_own_layout(model, read_state_dict(state_dict))
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    adapted = []
+    if model.num_classes != cfg.get("num_classes", model.num_classes):
+        adapted.append(cfg.get("classifier"))
+    if getattr(model, "in_chans", 3) != 3:
+        adapted.append(cfg.get("first_conv"))
+    own = model.state_dict()
+    ignored = {k for k in set(own) | set(state) for prefix in adapted if prefix and k.startswith(prefix + ".")}
+    check_fits(own, state, layout, ignored=ignored)
+    return state
 
 
 def _hub_cache(cache_dir) -> str:
@@ -69,10 +82,14 @@ def _is_hub_unreachable(error: BaseException) -> bool:
 
 
 def check_source(info: ModelInfo, kwargs: dict) -> None:
-    """Raise a ``ValueError`` saying where weights are when ``pretrained=True`` has no
-    source for ``info`` (EfficientMod: the official Google Drive folders)."""
+    """Raise a ``FileNotFoundError`` naming a weights file that is not there, or a
+    ``ValueError`` saying where weights are when ``pretrained=True`` has no source for
+    ``info`` (EfficientMod: the official Google Drive folders)."""
     cfg = resolve_pretrained_cfg(info.timm_name, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                  pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict()
+    file = cfg.get("file")
+    if file and cfg.get("source") in (None, "", "timm") and not cfg.get("state_dict") and not Path(file).is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {file}")  # (timm's own message is empty)
     if any(cfg.get(k) for k in ("hf_hub_id", "url", "file", "state_dict")):
         return
     weights = info.weights

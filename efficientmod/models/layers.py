@@ -39,9 +39,14 @@ def check_image_input(x: torch.Tensor, in_chans: int, multiple: int) -> None:
         or shape[2] == 0
         or shape[3] == 0
     ):
+        sides = f"positive multiples of {multiple}" if multiple > 1 else "positive"
+        hint = ""
+        if in_chans == 1 and x.ndim == 4 and shape[1] == 3:
+            hint = (": this 1-channel (grayscale) model got RGB images; convert them to grayscale first "
+                    "(transformers' image-classification pipeline always sends RGB and cannot feed it)")
         raise ValueError(
-            f"expected an input of shape N x {in_chans} x H x W with H and W positive multiples "
-            f"of {multiple} (e.g. 1 x {in_chans} x 224 x 224); got {shape}"
+            f"expected an input of shape N x {in_chans} x H x W with H and W {sides} "
+            f"(e.g. 1 x {in_chans} x 224 x 224); got {shape}{hint}"
         )
 
 

@@ -19,10 +19,12 @@ The network: a 3×3 stride-2 stem, MobileNetV2 inverted-residual stages at strid
 then three stages (strides 8, 16, 32) of an inverted residual followed by a MobileViTv2
 block; widths (64, 128, 256, 384, 512) scaled by the width multiplier α ∈ [0.5, 2].
 
-The module layout holds timm's ``mobilevitv2_*`` weights; :func:`convert_timm` renames them.
+The module layout holds timm's ``mobilevitv2_*`` weights; :func:`convert_timm` renames them,
+:func:`convert_official` the official release's (apple/ml-cvnets).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +41,7 @@ from efficientmod.viz import Emit, Query, check_query, register_attention_reader
 
 __all__ = [
     "MobileViTv2Cfg", "MobileViTv2", "SeparableSelfAttention", "MobileViTv2Block", "FusedSeparableSelfAttention",
-    "FusedLinearTransformerLayer", "FusedMobileViTv2Block", "convert_timm",
+    "FusedLinearTransformerLayer", "FusedMobileViTv2Block", "convert_timm", "convert_official",
 ]
 
 PAPER = ("Mehta & Rastegari, Separable Self-attention for Mobile Vision Transformers, "
@@ -64,11 +66,19 @@ class MobileViTv2Cfg:
 
     @property
     def widths(self) -> tuple[int, ...]:
-        return tuple(int(w * self.width_multiplier) for w in self.base_widths)
+        """Stage widths as the reference rounds them: α·w to a multiple of 16 for the first
+        stage, of 8 for the others, never more than 10 % below α·w."""
+        alpha = self.width_multiplier
+        return tuple(make_divisible(w * alpha, 16 if i == 0 else 8) for i, w in enumerate(self.base_widths))
 
     @property
     def stem_width(self) -> int:
-        return int(self.base_stem_width * self.width_multiplier)
+        """α·32 bounded to [16, 64], then rounded to a multiple of 8 (at least 16)."""
+        return make_divisible(min(max(self.base_stem_width * self.width_multiplier, 16), 64), 8, min_value=16)
+
+    def attention_width(self, stage: int) -> int:
+        """d of stage ``stage``'s MobileViTv2 block: α·(ratio·base width) rounded to a multiple of 8."""
+        return make_divisible(self.base_widths[stage] * self.attention_width_ratio * self.width_multiplier, 8)
 
 
 class InvertedResidual(nn.Module):
@@ -116,7 +126,7 @@ class LinearTransformerLayer(nn.Module):
         self.norm1 = nn.GroupNorm(1, dim)
         self.attn = SeparableSelfAttention(dim)
         self.norm2 = nn.GroupNorm(1, dim)
-        self.mlp = ConvMlp(dim, int(dim * ffn_ratio), act_layer=nn.SiLU)
+        self.mlp = ConvMlp(dim, int(dim * ffn_ratio // 16 * 16), act_layer=nn.SiLU)  # to 16s, as ml-cvnets
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,12 +195,12 @@ class MobileViTv2Block(nn.Module):
 class MobileViTv2(Backbone):
     """The MobileViTv2 network (NCHW throughout); five feature maps at strides 2–32.
 
-    Input sides must be multiples of 32; multiples of 64 keep every map at its exact stride
-    (otherwise the last block works on a map resized to even sides, see
-    :class:`MobileViTv2Block`).
+    Inputs of any size run, as in the reference: every strided conv rounds up, and a
+    MobileViTv2 block resizes a map with an odd side up to even sides first (see
+    :class:`MobileViTv2Block`); multiples of 64 keep every map at its exact stride.
     """
 
-    input_multiple = 32
+    input_multiple = 1
 
     def __init__(
         self,
@@ -217,13 +227,13 @@ class MobileViTv2(Backbone):
                 in_chs = width
             if attention_depth:
                 blocks.append(MobileViTv2Block(
-                    width, make_divisible(width * cfg.attention_width_ratio), attention_depth,
+                    width, cfg.attention_width(i), attention_depth,
                     cfg.ffn_ratio, cfg.patch_size, next(drop_paths)))
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=width, reduction=2 ** (i + 1), module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._attach_head(nn.Dropout(drop_rate),
+                          nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity())
         self.apply(self._init_weights)
         for module in self.modules():  # residual blocks start as identities
             if isinstance(module, InvertedResidual) and module.has_residual:
@@ -408,6 +418,47 @@ def convert_timm(state_dict: dict) -> dict:
 
 
 register_layout(MobileViTv2, "timm", is_timm_layout, convert_timm)
+
+
+# -- the official release's checkpoint layout (apple/ml-cvnets) ---------------------------
+_OFFICIAL_KEY_RULES = [
+    # (ml-cvnets pattern, own replacement), all applied in order
+    (r"^conv_1\.", "stem."),
+    (r"^layer_(\d)\.", lambda m: f"stages.{int(m[1]) - 1}."),
+    (r"\.block\.exp_1x1\.", ".expand."),
+    (r"\.block\.conv_3x3\.", ".depthwise."),
+    (r"\.block\.red_1x1\.", ".project."),
+    (r"\.local_rep\.0\.", ".local_dw."),
+    (r"\.local_rep\.1\.block\.conv\.", ".local_proj."),
+    (r"\.global_rep\.(\d+)\.pre_norm_attn\.0\.", r".transformer.\1.norm1."),
+    (r"\.global_rep\.(\d+)\.pre_norm_attn\.1\.qkv_proj\.block\.conv\.", r".transformer.\1.attn.qkv."),
+    (r"\.global_rep\.(\d+)\.pre_norm_attn\.1\.out_proj\.block\.conv\.", r".transformer.\1.attn.proj."),
+    (r"\.global_rep\.(\d+)\.pre_norm_ffn\.0\.", r".transformer.\1.norm2."),
+    (r"\.global_rep\.(\d+)\.pre_norm_ffn\.1\.block\.conv\.", r".transformer.\1.mlp.fc1."),
+    (r"\.global_rep\.(\d+)\.pre_norm_ffn\.3\.block\.conv\.", r".transformer.\1.mlp.fc2."),
+    (r"\.global_rep\.\d+\.(weight|bias)$", r".norm.\1"),  # the norm after the last layer
+    (r"\.conv_proj\.", ".out_proj."),
+    (r"(^stem|\.[a-z_]+)\.block\.conv\.", r"\1.conv."),
+    (r"(^stem|\.[a-z_]+)\.block\.norm\.", r"\1.bn."),
+    (r"^classifier\.1\.", "head."),
+]
+_OFFICIAL_MARKER = re.compile(r"^(conv_1\.block\.|layer_\d\.\d+\.)")
+
+
+def is_official_layout(state_dict: dict) -> bool:
+    """Whether ``state_dict`` uses ml-cvnets' names (``conv_1`` / ``layer_1`` ... ``layer_5``)."""
+    return any(_OFFICIAL_MARKER.match(k) for k in state_dict)
+
+
+def convert_official(state_dict: dict) -> dict:
+    """Rename an official MobileViTv2 state dict (apple/ml-cvnets: ``conv_1``, ``layer_i.j``,
+    ``local_rep`` / ``global_rep`` / ``conv_proj``, ``classifier.1``) to this module's layout;
+    tensors are untouched."""
+    return rename_keys(state_dict, _OFFICIAL_KEY_RULES)
+
+
+register_layout(MobileViTv2, "official MobileViTv2 release (apple/ml-cvnets)", is_official_layout,
+                convert_official)
 
 
 # -- variants -----------------------------------------------------------------------------

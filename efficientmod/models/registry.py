@@ -9,8 +9,12 @@ where released weights are. From that single entry the variant becomes available
   families timm already ships, so that timm's own ``efficientvit_m2`` stays timm's), with
   a complete timm ``pretrained_cfg`` and timm's own weight loading (``pretrained=True``,
   ``pretrained_cfg_overlay=dict(file=...)``, ``hf-hub:`` / ``local-dir:`` repositories);
-* ``features_only=True`` through timm's feature wrapper (models implement
-  ``forward_intermediates``), so dense-prediction code gets NCHW maps from either API.
+* ``features_only=True`` through timm's feature wrappers, as timm's own models: by
+  default ``FeatureListNet`` (the stem and the stages as named children: ``stages_0`` ...,
+  which torchvision's ``BackboneWithFPN`` takes as ``return_layers``); ``feature_cls=``
+  ``'dict'``, ``'hook'``, ``'fx'`` or ``'getter'`` (``forward_intermediates``) give timm's
+  others. Every stage outputs an NCHW map, so all of them (and torchvision's
+  ``create_feature_extractor``) give NCHW maps.
 """
 from __future__ import annotations
 
@@ -142,7 +146,7 @@ def _build(info: ModelInfo, pretrained: bool = False, **kwargs) -> nn.Module:
 
     if pretrained:
         check_source(info, kwargs)
-    kwargs.setdefault("feature_cfg", dict(feature_cls="getter", out_indices=info.feature_out_indices))
+    kwargs.setdefault("feature_cfg", dict(flatten_sequential=True, out_indices=info.feature_out_indices))
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)  # timm's factory placement
     try:
         with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -158,10 +162,9 @@ def _build(info: ModelInfo, pretrained: bool = False, **kwargs) -> nn.Module:
         if clear is None:
             raise
         raise clear from None
-    inner = getattr(model, "model", model)  # the features_only wrapper holds the network
-    inner.registry_name = info.name
+    model.registry_name = info.name
     # what save_pretrained must record to rebuild the same architecture
-    inner.build_kwargs = {k: v for k, v in kwargs.items()
+    model.build_kwargs = {k: v for k, v in kwargs.items()
                           if k not in _NOT_ARCHITECTURE and isinstance(v, (int, float, str, bool, list, tuple))}
     return model
 
@@ -206,7 +209,8 @@ def create_model(
         checkpoint_path: a checkpoint file or ``save_pretrained`` folder loaded after
             building (see :func:`efficientmod.load_checkpoint`), with ``ignore_head``.
         **kwargs: passed to the model (``in_chans``, ``drop_path_rate``, ``global_pool``,
-            ...) or to timm's feature wrapper (``features_only=True, out_indices=(...)``).
+            ...) or to timm's feature wrapper (``features_only=True, out_indices=(...)``,
+            ``feature_cls=`` ``"list"`` (default), ``"dict"``, ``"hook"``, ``"fx"``, ``"getter"``).
     """
     info = model_info(name)
     if isinstance(pretrained, str):
@@ -217,21 +221,32 @@ def create_model(
         pretrained = True
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", info.feature_out_indices)
+    feature_cls = kwargs.pop("feature_cls", "list")
     model = _build(info, pretrained=pretrained, num_classes=num_classes, **kwargs)
     if checkpoint_path is not None:
         from efficientmod.checkpoint import load_checkpoint
 
         load_checkpoint(model, checkpoint_path, ignore_head=True)
     if features_only:
-        model = feature_wrapper(model, out_indices)
+        model = feature_wrapper(model, out_indices, feature_cls)
     return model
 
 
-def feature_wrapper(model: nn.Module, out_indices) -> nn.Module:
-    """timm's ``features_only`` wrapper around a built ``model`` (after its checkpoint is in):
-    what ``timm.create_model(..., features_only=True)`` returns. The one import of the class
-    in the package: timm 1.0.31 exports it from no public module (``timm.models`` leaves it
-    out, ``timm.models.features`` is deprecated); pyproject pins the timm range this is tested with."""
-    from timm.models._features import FeatureGetterNet
+def feature_wrapper(model: nn.Module, out_indices, feature_cls: str = "list") -> nn.Module:
+    """timm's ``features_only`` wrapper around a built ``model`` (after its checkpoint is in),
+    what ``timm.create_model(..., features_only=True, feature_cls=...)`` returns: ``list``
+    (default), ``dict``, ``hook``, ``fx`` or ``getter``. The wrapper keeps the network's
+    ``registry_name`` and ``input_multiple``. (timm 1.0.31 exports the classes from no public
+    module; pyproject pins the timm range this is tested with.)"""
+    from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
+    from timm.models._features_fx import FeatureGraphNet
 
-    return FeatureGetterNet(model, out_indices=out_indices)
+    classes = dict(list=FeatureListNet, dict=FeatureDictNet, hook=FeatureHookNet, fx=FeatureGraphNet,
+                   getter=FeatureGetterNet)
+    if feature_cls not in classes:
+        raise ValueError(f"feature_cls must be one of {tuple(classes)}, got {feature_cls!r}")
+    options = dict(flatten_sequential=True) if feature_cls in ("list", "dict", "hook") else {}
+    wrapper = classes[feature_cls](model, out_indices=out_indices, **options)
+    wrapper.registry_name = getattr(model, "registry_name", "")
+    wrapper.input_multiple = getattr(model, "input_multiple", 1)
+    return wrapper
