@@ -157,7 +157,7 @@ def run_det_train(args: argparse.Namespace) -> int:
     from efficientmod.dense.data import fixed_input_shapes
     from efficientmod.dense.detection import build_detector, detection_loss, detector_meta
     from efficientmod.dense.engine import train
-    from efficientmod.runtime import init_runtime
+    from efficientmod.runtime import init_runtime, seed_everything
 
     runtime = init_runtime(cudnn_benchmark=fixed_input_shapes("det"))
     dataset = CocoInstances(args.images, args.annotations, train=True, masks=args.detector == "mask_rcnn")
@@ -170,6 +170,7 @@ def run_det_train(args: argparse.Namespace) -> int:
     if (args.val_images is None) != (args.val_annotations is None):
         raise ValueError("give both --val-images and --val-annotations, or neither")
     validation = _det_dataset(meta, args.val_images, args.val_annotations) if args.val_images else None
+    seed_everything(args.seed)  # the same initial weights in every run of this seed (torch seeds itself at random)
     model = build_detector(args.detector, args.model, len(dataset.class_names), checkpoint=args.backbone_checkpoint,
                            drop_path_rate=args.drop_path, **settings)
     summary = train(model, dataset, _train_config(args, meta), detection_loss, args.output,
@@ -297,7 +298,7 @@ def run_seg_train(args: argparse.Namespace) -> int:
     from efficientmod.dense.data import fixed_input_shapes
     from efficientmod.dense.engine import train
     from efficientmod.dense.segmentation import build_segmenter, segmentation_loss, segmenter_meta
-    from efficientmod.runtime import init_runtime
+    from efficientmod.runtime import init_runtime, seed_everything
 
     runtime = init_runtime(cudnn_benchmark=fixed_input_shapes("seg"))
     meta = segmenter_meta(args.model, args.num_classes, args.reduce_zero_label, args.resize,
@@ -305,6 +306,7 @@ def run_seg_train(args: argparse.Namespace) -> int:
                           frozen_stages=args.frozen_stages, frozen_bn=args.frozen_bn)
     dataset = _seg_dataset(meta, args.data, args.split, train=True, crop_size=args.crop_size)
     print(f"training on {len(dataset)} image(s), {args.num_classes} classes; {dataset.skipped}", file=sys.stderr)
+    seed_everything(args.seed)  # the same initial weights in every run of this seed (torch seeds itself at random)
     model = build_segmenter(args.model, args.num_classes, args.fpn_channels, args.head_channels,
                             checkpoint=args.backbone_checkpoint, frozen_stages=args.frozen_stages,
                             frozen_bn=args.frozen_bn, drop_path_rate=args.drop_path)
