@@ -14,9 +14,10 @@ from PIL import Image
 
 from efficientmod.cli import main
 from efficientmod.dense.coco import CocoInstances, _rle_string_counts, require_pycocotools
+from efficientmod.dense.config import DenseTrainConfig
 from efficientmod.dense.data import Skipped
 from efficientmod.dense.detection import build_detector, detection_loss, evaluate_coco, to_coco_results
-from efficientmod.dense.engine import DenseTrainConfig, build_scheduler, train
+from efficientmod.dense.engine import build_scheduler, train
 from efficientmod.dense.synthetic import SHAPES, make_shapes_coco
 
 # pycocotools' mask decoding under numpy 2

@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 from synthetic_images import make_bad_files
 
+from efficientmod.dense.config import DenseTrainConfig
 from efficientmod.dense.data import Skipped, read_rgb
-from efficientmod.dense.engine import DenseTrainConfig, train
+from efficientmod.dense.engine import train
 from efficientmod.runtime import (
     TRAIN_CHECKPOINT_FORMAT,
     Runtime,
@@ -136,7 +137,8 @@ def test_the_run_counts_skipped_samples_and_names_the_first(tmp_path, capsys):
 
 DISTRIBUTED_SCRIPT = textwrap.dedent("""
     import pathlib, sys, torch, torch.distributed as dist, torch.nn as nn
-    from efficientmod.dense.engine import DenseTrainConfig, train
+    from efficientmod.dense.config import DenseTrainConfig
+    from efficientmod.dense.engine import train
     from efficientmod.runtime import TrainingDiverged, init_runtime
     sys.path.insert(0, {tests!r})
     from test_dense_engine import RankTrap, squared_error
@@ -208,6 +210,39 @@ def test_read_rgb_converts_odd_modes_and_skips_what_it_cannot_decode(tmp_path):
         assert image.mode == "RGB" and image.size == (40, 40), path
     assert [read_rgb(path).reason for path in files["skip"]] == ["unreadable image file"] * 3
     assert read_rgb(tmp_path / "gone.jpg") == Skipped("missing image file", str(tmp_path / "gone.jpg"))
+
+
+def _parse(argv: list[str]):
+    from efficientmod.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_dense_training_flags_are_generated_from_the_config_dataclasses():
+    """Every option field of DenseTrainConfig is a flag of `det train` and `seg train`, with
+    the dataclass's default (the 1x schedule) or the segmentation schedule's."""
+    from efficientmod.cli.dense import _train_config
+    from efficientmod.config_flags import option_fields
+    from efficientmod.dense.config import SEG_SCHEDULE, BackboneSettings, SegmenterSettings
+
+    det = _parse(["det", "train", "--images", "i", "--annotations", "a.json", "--output", "o"])
+    seg = _parse(["seg", "train", "--data", "d", "--output", "o"])
+    assert _train_config(det, {}) == DenseTrainConfig()
+    assert _train_config(seg, {}) == DenseTrainConfig(**SEG_SCHEDULE)
+    for settings in (BackboneSettings, SegmenterSettings):
+        for f in option_fields(settings):
+            expected = list(f.default) if isinstance(f.default, tuple) else f.default
+            assert getattr(seg, f.name) == expected, f.name
+    assert (det.resume, det.frozen_bn, det.detector, seg.split, seg.resize) == (
+        False, False, "mask_rcnn", "training", [2048, 512])
+    given = _parse(["seg", "train", "--data", "d", "--output", "o", "--amp", "--milestones", "3", "--resume",
+                    "--no-reduce-zero-label", "--resize", "64", "32", "--frozen-bn", "--epochs", "4"])
+    config = _train_config(given, dict(task="seg"))
+    assert (config.amp, config.milestones, config.epochs, config.meta) == ("bf16", (3,), 4, dict(task="seg"))
+    assert (given.resume, given.reduce_zero_label, given.resize, given.frozen_bn) == (True, False, [64, 32], True)
+    assert _parse(["seg", "eval", "--checkpoint", "c", "--data", "d"]).split == "validation"
+    with pytest.raises(SystemExit):
+        _parse(["det", "train", "--images", "i", "--annotations", "a.json", "--output", "o", "--schedule", "linear"])
 
 
 # -- determinism and kill + resume of `det train` / `seg train` (issue 19 item 7) ----------------

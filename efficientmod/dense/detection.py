@@ -25,14 +25,14 @@ from tqdm import tqdm
 
 from efficientmod.dense.backbone import build_backbone_fpn
 from efficientmod.dense.coco import CocoInstances, require_pycocotools
+from efficientmod.dense.config import DETECTORS
 from efficientmod.dense.data import SkipCounter, make_loader
 from efficientmod.dense.engine import to_device
 from efficientmod.models import model_info
 
-__all__ = ["DETECTORS", "build_detector", "detection_loss", "detect", "evaluate_coco", "to_coco_results",
+__all__ = ["build_detector", "detection_loss", "detect", "evaluate_coco", "to_coco_results",
            "detector_meta", "build_from_meta"]
 
-DETECTORS = ("mask_rcnn", "retinanet")
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 

@@ -34,9 +34,9 @@ from timm.scheduler.scheduler import Scheduler
 from tqdm import tqdm
 
 from efficientmod.checkpoint import atomic_write
+from efficientmod.dense.config import RUN_LOG, DenseTrainConfig
 from efficientmod.dense.data import SkipCounter, fixed_input_shapes, make_loader
 from efficientmod.runtime import (
-    AMP_CHOICES,
     LAST_CHECKPOINT,
     Runtime,
     TrainingDiverged,
@@ -52,43 +52,7 @@ from efficientmod.runtime import (
     set_rng_state,
 )
 
-__all__ = ["DenseTrainConfig", "build_scheduler", "train", "read_training_state", "load_trained", "to_device"]
-
-SCHEDULES = ("step", "cosine", "poly")
-
-
-@dataclass
-class DenseTrainConfig:
-    """Optimisation settings; the defaults are the 1× detection schedule of the papers
-    (12 epochs, learning rate ×0.1 after epochs 8 and 11, linear warm-up)."""
-
-    epochs: int | None = 12  # None: as many as ``max_steps`` needs
-    max_steps: int | None = None  # stop (and checkpoint) after this many steps in all
-    batch_size: int = 2
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    schedule: str = "step"
-    milestones: tuple[int, ...] = (8, 11)  # epochs, for the step schedule
-    gamma: float = 0.1
-    poly_power: float = 0.9
-    warmup_steps: int = 500
-    warmup_ratio: float = 1e-3
-    clip_grad: float | None = None
-    workers: int = 2
-    seed: int = 0
-    amp: str = "none"  # autocast: auto (bf16 on GPU, none on CPU), bf16, fp16 (with loss scaling) or none
-    meta: dict = field(default_factory=dict)  # saved with the checkpoint to rebuild the model
-
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.amp not in AMP_CHOICES:
-            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
-        if self.epochs is None and not self.max_steps:
-            raise ValueError("give a number of epochs or of steps")
-        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch size must be >= 1 and the learning rate > 0")
-        self.milestones = tuple(self.milestones)
+__all__ = ["build_scheduler", "train", "read_training_state", "load_trained", "to_device"]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: DenseTrainConfig, steps_per_epoch: int) -> Scheduler:
@@ -191,9 +155,6 @@ def load_trained(path: str | Path, task: str, build: Callable[[dict], nn.Module]
 
 
 # -- the loop -------------------------------------------------------------------------
-LOG = "log.jsonl"  # one line per epoch, in the run folder
-
-
 @dataclass
 class _Training:
     """What the steps of a run share: the model (and its DDP wrapper), the optimisation,
@@ -244,7 +205,7 @@ def train(
     _wrap_and_load(run, dataset)
     if runtime.main:
         output.mkdir(parents=True, exist_ok=True)
-        _keep_log_until(output / LOG, step)  # lines of epochs after the checkpoint are written again
+        _keep_log_until(output / RUN_LOG, step)  # lines of epochs after the checkpoint are written again
     steps_per_epoch = len(run.loader)
     last_step, epochs = total_steps(config, steps_per_epoch), num_epochs(config, steps_per_epoch)
     started = time.perf_counter()
@@ -343,7 +304,7 @@ def _end_epoch(run: _Training, epoch: int, complete: bool, step: int, last_step:
         mean = sum(h["loss"] for h in recent) / max(len(recent), 1)
         line = dict(epoch=epoch + 1, step=step, loss=mean, lr=run.optimizer.param_groups[0]["lr"],
                     skipped=dict(run.skipped), seconds=round(seconds, 1))
-        with open(run.output / LOG, "a") as log:
+        with open(run.output / RUN_LOG, "a") as log:
             log.write(json.dumps(line) + "\n")
         save_training_state(run.output / LAST_CHECKPOINT, run.model, run.optimizer, run.scaler,
                             epoch + 1 if complete else epoch, step, run.config, rng)
