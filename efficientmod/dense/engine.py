@@ -1,20 +1,22 @@
-"""The training loop shared by detection and segmentation.
+"""The training loop shared by detection and segmentation (its settings:
+:class:`~efficientmod.dense.config.DenseTrainConfig`).
 
 One straight line per step: batch → device → ``compute_loss`` (under ``--amp`` autocast) →
 AdamW step at the learning rate of timm's scheduler (:func:`build_scheduler`). Around it: a
-progress bar on stderr, skipped samples counted by reason, an atomic training-state
-checkpoint (``last.pth`` in the classification engine's format, see
+progress bar on stderr, skipped samples counted by reason, after every epoch (and when
+stopped early) a line of ``log.jsonl`` and then an atomic training-state checkpoint
+(``last.pth`` in the classification engine's format, see
 :func:`efficientmod.runtime.save_train_checkpoint`: model, optimizer, loss scaler, epoch,
-step and what is needed to rebuild the model) written after every epoch and when stopped early, and
-resuming from it (every rank's random states included, the epoch order and the loader
-workers' seeds fixed by seed and epoch, so a run resumed at an epoch boundary repeats the
-uninterrupted one); ``torchrun`` starts distributed data-parallel training (one process per
-GPU, or gloo on CPU), whose ranks agree before each step that every one of them has a
-usable batch and after it that every loss is finite. Process setup, seeding, random
-states, mixed precision and the checkpoint format are shared with the classification
-engine (:mod:`efficientmod.runtime`); the rest is not, because Mixup, EMA and the per-step
-checkpoints of classification have no use here and the batches are lists of differently
-sized images.
+step, every rank's random states and what is needed to rebuild the model), and resuming
+from it: the epoch order and the loader workers' seeds are fixed by seed and epoch, and
+the log is cut back to the checkpoint, so a run killed at any point and resumed repeats
+the uninterrupted one (on CPU, bit for bit). ``torchrun`` starts distributed data-parallel
+training (one process per GPU, or gloo on CPU), whose ranks agree before each step that
+every one of them has a usable batch and after it that every loss is finite. Process
+setup, seeding, random states, mixed precision, the optimizer step and the checkpoint
+format are shared with the classification engine (:mod:`efficientmod.runtime`); the rest
+is not, because Mixup, EMA and the per-step checkpoints of classification have no use here
+and the batches are lists of differently sized images.
 """
 from __future__ import annotations
 
