@@ -65,6 +65,20 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
         _run(tmp_path / "whole", epochs=3)
 
 
+def test_resume_cuts_the_log_back_to_the_checkpoint(tmp_path):
+    """Lines written after the checkpoint (a run stopped between the log line and the
+    checkpoint, or a line cut short by a kill) are dropped, and written again by the resumed run."""
+    _run(tmp_path, epochs=2)
+    whole = (tmp_path / "log.jsonl").read_text().splitlines()
+    state = torch.load(tmp_path / "last.pth", weights_only=True)
+    (tmp_path / "log.jsonl").write_text("\n".join([whole[0], whole[1].replace('"epoch": 2', '"epoch": 99'),
+                                                   '{"epoch": 3, "st']) + "\n")
+    save_train_checkpoint(tmp_path / "last.pth", dict(state, epoch=1, step=3), task="dense")  # as after epoch 1
+    _run(tmp_path, epochs=2, resume=tmp_path / "last.pth")
+    again = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(line["epoch"], line["step"]) for line in again] == [(1, 3), (2, 6)]
+
+
 def test_checkpoint_is_the_classification_engines_format(tmp_path):
     """One format for both engines: ``last.pth``, tagged with the format and the task,
     and each engine refuses the other's checkpoint with a message that says what it is."""
