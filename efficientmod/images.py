@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["DECODE_ERRORS", "MAX_DECODE_PIXELS", "load_image", "load_rgb"]
+__all__ = ["DECODE_ERRORS", "MAX_DECODE_PIXELS", "load_image", "load_rgb", "load_label_map"]
 
 # What Pillow raises for a file it cannot read: UnidentifiedImageError (an OSError) for a
 # non-image, OSError for a truncated file, ValueError/SyntaxError for broken headers.
@@ -43,15 +43,16 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values * (255 / full)), 0, 255).astype(np.uint8), "L")
 
 
-def _bounded_open(path: str | Path) -> Image.Image:
+def _bounded_open(path: str | Path, reduce: bool = True) -> Image.Image:
     """``Image.open`` that refuses to decode more than :data:`MAX_DECODE_PIXELS` pixels:
-    a JPEG is decoded at the smallest reduction that fits (with a warning naming the file),
-    anything else raises ``Image.DecompressionBombError`` (a bad file, skipped)."""
+    a JPEG is decoded at the smallest reduction that fits (with a warning naming the file)
+    when ``reduce``, anything else raises ``Image.DecompressionBombError`` (a bad file,
+    skipped)."""
     image = Image.open(path)
     width, height = image.size
     if width * height <= MAX_DECODE_PIXELS:
         return image
-    if image.format == "JPEG":
+    if reduce and image.format == "JPEG":
         scale = next(s for s in (2, 4, 8, 16) if width * height / s**2 <= MAX_DECODE_PIXELS or s == 16)
         image.draft(image.mode, (math.ceil(width / scale), math.ceil(height / scale)))
         warnings.warn(f"{path}: {width}x{height} pixels, decoded at {image.size[0]}x{image.size[1]} "
@@ -86,3 +87,13 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
 def load_rgb(path: str | Path) -> Image.Image:
     """:func:`load_image` as 8-bit RGB."""
     return load_image(path, "RGB")
+
+
+def load_label_map(path: str | Path) -> np.ndarray:
+    """A label map (one class id per pixel: a grayscale, palette or 16-bit image) as the
+    array of its stored values, never rescaled or converted, under the same
+    :data:`MAX_DECODE_PIXELS` bound as images: a larger one raises
+    ``Image.DecompressionBombError`` before anything is decoded (a label map cannot be
+    decoded reduced)."""
+    with _bounded_open(path, reduce=False) as label:
+        return np.asarray(label)

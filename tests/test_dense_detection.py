@@ -14,9 +14,10 @@ from PIL import Image
 
 from efficientmod.cli import main
 from efficientmod.dense.coco import CocoInstances, _rle_string_counts, require_pycocotools
+from efficientmod.dense.config import DenseTrainConfig
 from efficientmod.dense.data import Skipped
 from efficientmod.dense.detection import build_detector, detection_loss, evaluate_coco, to_coco_results
-from efficientmod.dense.engine import DenseTrainConfig, build_scheduler, train
+from efficientmod.dense.engine import build_scheduler, train
 from efficientmod.dense.synthetic import SHAPES, make_shapes_coco
 
 # pycocotools' mask decoding under numpy 2
@@ -255,6 +256,27 @@ def test_coco_records_that_would_shift_labels_are_refused(tmp_path):
                  "--output", str(tmp_path / "run")]) == 2
 
 
+def test_coco_file_names_outside_the_images_folder_are_skipped_and_named(tmp_path):
+    """A ``file_name`` is never opened outside ``--images`` (issue 19 item 13): an absolute
+    path or a ``..`` that climbs out is a bad record, counted and named; a ``..`` that stays
+    inside the folder is an ordinary path."""
+    images, annotation_file = make_shapes_coco(tmp_path / "data", 3, 64, seed=5)
+    outside = tmp_path / "secret.jpg"
+    shutil.copy(images / "00001.jpg", outside)  # a real image: only the path check keeps it out
+    data = json.loads(annotation_file.read_text())
+    climbing = "../" * (len(images.parts) + 2) + str(outside).lstrip("/")  # ../../../../.../secret.jpg
+    data["images"][0]["file_name"] = climbing
+    data["images"][1]["file_name"] = str(outside)  # absolute
+    data["images"][2]["file_name"] = "sub/../00003.jpg"  # inside the folder
+    (images / "sub").mkdir()
+    annotation_file.write_text(json.dumps(data))
+    assert (images / climbing).is_file() and not (images / climbing).resolve().is_relative_to(images.resolve())
+    dataset = CocoInstances(images, annotation_file)
+    assert dataset.skipped["file_name outside the images folder"] == 2
+    assert dataset.skipped.first["file_name outside the images folder"] == f"{annotation_file.name} images[0] (id 1)"
+    assert dataset.ids == [3] and dataset[0][1]["image_id"] == 3
+
+
 def test_coco_image_whose_size_differs_from_its_record_is_skipped_when_loaded(tmp_path):
     images, annotation_file = make_shapes_coco(tmp_path, 2, 64)
     Image.new("RGB", (48, 64)).save(images / "00002.jpg")
@@ -272,6 +294,12 @@ def test_unusable_annotation_files_give_clear_errors(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="not a COCO instances file"):
         CocoInstances(images, tmp_path / "other.json")
+    (tmp_path / "list.json").write_text(json.dumps([{"images": []}]))  # issue 19 item 18: was an AttributeError
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'list.json'} is not a COCO instances file: "
+                                                   "its top level is a JSON list")):
+        CocoInstances(images, tmp_path / "list.json")
+    assert main(["det", "train", "--images", str(images), "--annotations", str(tmp_path / "list.json"),
+                 "--output", str(tmp_path / "run")]) == 2
     with pytest.raises(ValueError, match="no usable image"):
         CocoInstances(tmp_path, annotation_file)  # every file_name missing under this folder
     assert main(["det", "train", "--images", str(images), "--annotations", str(tmp_path / "text.json"),

@@ -6,8 +6,10 @@ import copy
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -140,6 +142,35 @@ def test_ade_unreadable_or_multichannel_label_maps_are_skipped_and_named(tmp_pat
     assert report["skipped_first"] == {
         "label map without an image": str(labels / "00004.png"), "unreadable label map": str(labels / "00000.png"),
         "label map is not single-channel": str(labels / "00001.png")}
+
+
+def _blank_png(path, width: int, height: int) -> None:
+    """A black 8-bit grayscale PNG of ``width`` x ``height`` written without allocating it:
+    a few hundred KB on disk for hundreds of MB decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, rows, pixels = zlib.compressobj(1), 500, []
+    for start in range(0, height, rows):
+        pixels.append(compressor.compress(bytes((width + 1) * min(rows, height - start))))  # filter byte + row
+    pixels.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(pixels))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, when it reads the header
+def test_ade_label_maps_are_decoded_under_the_image_bound(tmp_path):
+    """Issue 19 item 8: a 12000 x 12000 label PNG (a few hundred KB) was decoded in full
+    (4.6 GB of memory) before being skipped; now its size is checked before decoding,
+    against the bound images have (efficientmod.images.MAX_DECODE_PIXELS)."""
+    root = make_shapes_ade(tmp_path, 2, 64, seed=4, split="training")
+    huge = root / "annotations" / "training" / "00000.png"
+    _blank_png(huge, 12000, 12000)
+    assert huge.stat().st_size < 1_000_000
+    dataset = AdeSegmentation(root, "training", NUM_CLASSES, resize=(256, 64))
+    assert dataset[0] == Skipped("label map over the decode limit", str(huge))
+    assert dataset[1][1].shape == (64, 64)  # the other sample is read as before
 
 
 def test_seg_cli_trains_evaluates_and_predicts(ade, tmp_path):

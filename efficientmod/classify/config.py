@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from efficientmod import config_flags
 
 __all__ = ["TrainConfig", "DEMO_PRESET", "QAT_PRESET", "add_config_arguments", "given_values", "train_preset",
            "config_of", "resolve_config", "load_yaml", "save_yaml"]
@@ -49,7 +51,7 @@ def option(default: Any, help: str, type: Any = None, choices: tuple | None = No
            unset: str | None = None):
     """A recipe field: its default, its ``--help`` text and how the flag parses; ``unset`` says
     what a ``None`` default stands for (``--help`` shows it as the default, or a preset's value)."""
-    return field(default=default, metadata=dict(help=help, type=type, choices=choices, group=group, unset=unset))
+    return config_flags.option(default, help, type, choices, group, unset=unset)
 
 
 @dataclass(frozen=True)
@@ -246,20 +248,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: dict | None = 
     ``preset`` where it sets them."""
     parser.add_argument("--config", metavar="YAML", default=None,
                         help="YAML file of recipe keys (the field names below, e.g. base_lr: 4e-3)")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(TrainConfig):
-        meta = f.metadata
-        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        flag = "--" + f.name.replace("_", "-")
-        default = (preset or {}).get(f.name, f.default)
-        default = meta["unset"] if default is None else default
-        default_text = "" if default is None else f" (default: {default})"
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + default_text)
-        if meta["type"] is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        else:
-            metavar = None if meta["choices"] else {int: "N", float: "X"}.get(meta["type"], f.name.upper())
-            group.add_argument(flag, type=meta["type"], choices=meta["choices"], metavar=metavar, **kwargs)
+    config_flags.add_flags(parser, TrainConfig, defaults=preset, suppress=True)
 
 
 def given_values(args: argparse.Namespace) -> dict:

@@ -8,10 +8,20 @@ import sys
 from pathlib import Path
 
 from efficientmod.checkpoint import atomic_write
-from efficientmod.runtime import AMP_CHOICES, LAST_CHECKPOINT
-
-DET_DEFAULT_MODEL = "efficientmod_s"
-
+from efficientmod.config_flags import add_flags, values_from
+from efficientmod.dense.config import (
+    SEG_SCHEDULE,
+    AdeData,
+    BackboneSettings,
+    CocoData,
+    CocoValidationData,
+    DenseTrainConfig,
+    DetectorSettings,
+    RunFolder,
+    SegmentationInference,
+    SegmenterSettings,
+)
+from efficientmod.runtime import LAST_CHECKPOINT
 
 HELP = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
@@ -33,42 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- shared options ------------------------------------------------------------------------
-def _add_backbone_options(parser: argparse.ArgumentParser, default_fpn: int = 256) -> None:
-    group = parser.add_argument_group("backbone")
-    group.add_argument("--model", default=DET_DEFAULT_MODEL, help="backbone name (`efficientmod models` lists them)")
-    group.add_argument("--backbone-checkpoint", default=None, metavar="PATH",
-                       help="classification weights for the backbone (official, timm or own layout, or a "
-                            "save_pretrained folder)")
-    group.add_argument("--frozen-stages", type=int, default=-1,
-                       help="-1 trains all, 0 freezes the stem, k the stem and the first k stages")
-    group.add_argument("--frozen-bn", action="store_true", help="freeze every BatchNorm of the backbone")
-    group.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate of the backbone")
-    group.add_argument("--fpn-channels", type=int, default=default_fpn, help="FPN width")
-
-
-def _add_optim_options(parser: argparse.ArgumentParser, epochs: int | None, schedule: str, lr: float,
-                       batch_size: int, warmup: int) -> None:
-    group = parser.add_argument_group("optimisation (AdamW)")
-    group.add_argument("--epochs", type=int, default=epochs, help="training epochs")
-    group.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
-    group.add_argument("--batch-size", type=int, default=batch_size, help="images per step and process")
-    group.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    group.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    group.add_argument("--schedule", choices=("step", "cosine", "poly"), default=schedule, help="learning-rate decay")
-    group.add_argument("--milestones", type=int, nargs="+", default=[8, 11],
-                       help="epochs after which the step schedule multiplies the rate by --gamma")
-    group.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
-    group.add_argument("--warmup-steps", type=int, default=warmup, help="linear warm-up steps")
-    group.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
-    group.add_argument("--amp", choices=AMP_CHOICES, nargs="?", const="bf16", default="none",
-                       help="mixed precision: auto (bf16 on GPU, none on CPU), bf16 (also a bare --amp), "
-                       "fp16 (with loss scaling) or none")
-    group.add_argument("--seed", type=int, default=0, help="random seed")
-    group.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    group.add_argument("--output", required=True, type=Path,
-                       help=f"run folder ({LAST_CHECKPOINT}, log.jsonl, eval.json)")
-    group.add_argument("--resume", action="store_true",
-                       help=f"continue the run in --output from its {LAST_CHECKPOINT}")
+def _add_training_flags(parser: argparse.ArgumentParser, schedule: dict | None = None) -> None:
+    """The optimisation and run-folder flags of `det train` / `seg train` (``schedule``: the
+    task's defaults where they are not :class:`DenseTrainConfig`'s)."""
+    add_flags(parser, DenseTrainConfig, defaults=schedule)
+    add_flags(parser, RunFolder)
 
 
 def _add_checkpoint_option(parser: argparse.ArgumentParser, task: str) -> None:
@@ -86,15 +65,8 @@ def _add_predict_io(parser: argparse.ArgumentParser, written: str) -> None:
     parser.add_argument("--output", required=True, type=Path, help=f"folder for {written} and predictions.json")
 
 
-def _train_config(args: argparse.Namespace, meta: dict):
-    from efficientmod.dense.engine import DenseTrainConfig
-
-    return DenseTrainConfig(
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, schedule=args.schedule, milestones=tuple(args.milestones), gamma=args.gamma,
-        warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, workers=args.workers, seed=args.seed,
-        amp=args.amp, meta=meta,
-    )
+def _train_config(args: argparse.Namespace, meta: dict) -> DenseTrainConfig:
+    return DenseTrainConfig(**values_from(args, DenseTrainConfig), meta=meta)
 
 
 def _resume_path(args: argparse.Namespace) -> Path | None:
@@ -118,28 +90,16 @@ def _print_metrics(report: dict, keys: list[str]) -> None:
 
 
 # -- det ----------------------------------------------------------------------------------
-def _add_det_data(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True) -> None:
-    parser.add_argument(f"--{prefix}images", required=required, type=Path, help="image folder (COCO file_name root)")
-    parser.add_argument(f"--{prefix}annotations", required=required, type=Path, help="COCO instances JSON")
-
-
 def _add_det_train(parser: argparse.ArgumentParser) -> None:
-    _add_det_data(parser)
-    _add_det_data(parser, "val-", required=False)
-    parser.add_argument("--detector", choices=("mask_rcnn", "retinanet"), default="mask_rcnn")
-    _add_backbone_options(parser)
-    group = parser.add_argument_group("detector")
-    group.add_argument("--min-size", type=int, default=800, help="shorter image side after resizing")
-    group.add_argument("--max-size", type=int, default=1333, help="cap on the longer side")
-    group.add_argument("--box-head-dim", type=int, default=1024, help="Mask R-CNN box head width")
-    group.add_argument("--mask-head-channels", type=int, default=256, help="Mask R-CNN mask head width")
-    _add_optim_options(parser, epochs=12, schedule="step", lr=2e-4, batch_size=2, warmup=500)
+    for settings in (CocoData, CocoValidationData, BackboneSettings, DetectorSettings):
+        add_flags(parser, settings)
+    _add_training_flags(parser)
     parser.set_defaults(func=run_det_train)
 
 
 def _add_det_eval(parser: argparse.ArgumentParser) -> None:
     _add_checkpoint_option(parser, "det")
-    _add_det_data(parser)
+    add_flags(parser, CocoData)
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass")
     _add_eval_outputs(parser)
     parser.set_defaults(func=run_det_eval)
@@ -157,7 +117,7 @@ def run_det_train(args: argparse.Namespace) -> int:
     from efficientmod.dense.data import fixed_input_shapes
     from efficientmod.dense.detection import build_detector, detection_loss, detector_meta
     from efficientmod.dense.engine import train
-    from efficientmod.runtime import init_runtime
+    from efficientmod.runtime import init_runtime, seed_everything
 
     runtime = init_runtime(cudnn_benchmark=fixed_input_shapes("det"))
     dataset = CocoInstances(args.images, args.annotations, train=True, masks=args.detector == "mask_rcnn")
@@ -170,6 +130,7 @@ def run_det_train(args: argparse.Namespace) -> int:
     if (args.val_images is None) != (args.val_annotations is None):
         raise ValueError("give both --val-images and --val-annotations, or neither")
     validation = _det_dataset(meta, args.val_images, args.val_annotations) if args.val_images else None
+    seed_everything(args.seed)  # the same initial weights in every run of this seed (torch seeds itself at random)
     model = build_detector(args.detector, args.model, len(dataset.class_names), checkpoint=args.backbone_checkpoint,
                            drop_path_rate=args.drop_path, **settings)
     summary = train(model, dataset, _train_config(args, meta), detection_loss, args.output,
@@ -231,41 +192,17 @@ def run_det_predict(args: argparse.Namespace) -> int:
 
 
 # -- seg ----------------------------------------------------------------------------------
-def _add_seg_data(parser: argparse.ArgumentParser, split: str) -> None:
-    parser.add_argument("--data", required=True, type=Path,
-                        help="ADE20K-layout root: DATA/images/SPLIT/*.jpg and DATA/annotations/SPLIT/*.png")
-    parser.add_argument("--split", default=split, help="sub-folder of images/ and annotations/")
-
-
-def _add_inference_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("inference")
-    group.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole image or sliding windows")
-    group.add_argument("--window", type=int, default=512, help="sliding-window size")
-    group.add_argument("--stride", type=int, default=341, help="sliding-window stride")
-
-
 def _add_seg_train(parser: argparse.ArgumentParser) -> None:
-    _add_seg_data(parser, "training")
-    parser.add_argument("--val-split", default=None, help="evaluate on this split after training (e.g. validation)")
-    parser.add_argument("--num-classes", type=int, default=150, help="classes after reduce_zero_label (ADE20K: 150)")
-    parser.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
-                        help="label 0 is a class (without the flag, reduce_zero_label=%(default)s: 0 is ignored "
-                        "and ids 1.. become 0..)")
-    parser.add_argument("--resize", type=int, nargs=2, default=[2048, 512], metavar=("LONG", "SHORT"),
-                        help="keep-ratio rescale bounds")
-    parser.add_argument("--crop-size", type=int, default=512, help="training crop")
-    _add_backbone_options(parser)
-    parser.add_argument("--head-channels", type=int, default=128, help="Semantic FPN head width")
-    _add_inference_options(parser)
-    _add_optim_options(parser, epochs=None, schedule="poly", lr=2e-4, batch_size=4, warmup=0)
-    parser.set_defaults(max_steps=40000)
+    for settings in (AdeData, SegmenterSettings, BackboneSettings, SegmentationInference):
+        add_flags(parser, settings)
+    _add_training_flags(parser, SEG_SCHEDULE)
     parser.set_defaults(func=run_seg_train)
 
 
 def _add_seg_eval(parser: argparse.ArgumentParser) -> None:
     _add_checkpoint_option(parser, "seg")
-    _add_seg_data(parser, "validation")
-    _add_inference_options(parser)
+    add_flags(parser, AdeData, defaults=dict(split="validation"))
+    add_flags(parser, SegmentationInference)
     _add_eval_outputs(parser)
     parser.set_defaults(func=run_seg_eval)
 
@@ -273,7 +210,7 @@ def _add_seg_eval(parser: argparse.ArgumentParser) -> None:
 def _add_seg_predict(parser: argparse.ArgumentParser) -> None:
     _add_checkpoint_option(parser, "seg")
     _add_predict_io(parser, "NAME.png (class colours), NAME_labels.png (class ids)")
-    _add_inference_options(parser)
+    add_flags(parser, SegmentationInference)
     parser.set_defaults(func=run_seg_predict)
 
 
@@ -298,7 +235,7 @@ def run_seg_train(args: argparse.Namespace) -> int:
     from efficientmod.dense.data import fixed_input_shapes
     from efficientmod.dense.engine import train
     from efficientmod.dense.segmentation import build_segmenter, segmentation_loss, segmenter_meta
-    from efficientmod.runtime import init_runtime
+    from efficientmod.runtime import init_runtime, seed_everything
 
     runtime = init_runtime(cudnn_benchmark=fixed_input_shapes("seg"))
     meta = segmenter_meta(args.model, args.num_classes, args.reduce_zero_label, args.resize,
@@ -306,6 +243,7 @@ def run_seg_train(args: argparse.Namespace) -> int:
                           frozen_stages=args.frozen_stages, frozen_bn=args.frozen_bn)
     dataset = _seg_dataset(meta, args.data, args.split, train=True, crop_size=args.crop_size)
     print(f"training on {len(dataset)} image(s), {args.num_classes} classes; {dataset.skipped}", file=sys.stderr)
+    seed_everything(args.seed)  # the same initial weights in every run of this seed (torch seeds itself at random)
     model = build_segmenter(args.model, args.num_classes, args.fpn_channels, args.head_channels,
                             checkpoint=args.backbone_checkpoint, frozen_stages=args.frozen_stages,
                             frozen_bn=args.frozen_bn, drop_path_rate=args.drop_path)

@@ -3,14 +3,16 @@ torchvision's detectors, which checks the annotation file once and keeps only wh
 
 Checked when the data set is built, each problem skipped and counted in :attr:`skipped`
 (whose report names the file and the first record skipped for each reason): image entries
-without an integer id, a file name or positive integer sizes, images whose file is missing,
-annotations without an integer id or with one already taken, annotations of unknown images,
-category ids not in ``categories`` (out of range), ``iscrowd`` other than 0 / 1, an ``area``
-that is not a finite non-negative number, boxes that are empty or degenerate once clipped to
-the image; an unusable mask (a malformed polygon, or an RLE whose ``size`` is not the image's
-or whose ``counts`` do not cover it exactly) is replaced by the box and counted. What would change the meaning of
-the rest is refused with a ``ValueError`` naming the file and the record: a category without
-an integer id, a category id or an image id listed twice. Images that cannot be decoded, or
+without an integer id, a file name or positive integer sizes, images whose ``file_name``
+leads outside the images folder (an absolute path, or ``..`` climbing out of it), images
+whose file is missing, annotations without an integer id or with one already taken,
+annotations of unknown images, category ids not in ``categories`` (out of range),
+``iscrowd`` other than 0 / 1, an ``area`` that is not a finite non-negative number, boxes
+that are empty or degenerate once clipped to the image; an unusable mask (a malformed
+polygon, or an RLE whose ``size`` is not the image's or whose ``counts`` do not cover it
+exactly) is replaced by the box and counted. What would change the meaning of the rest is
+refused with a ``ValueError`` naming the file and the record: a category without an
+integer id, a category id or an image id listed twice. Images that cannot be decoded, or
 whose size is not their record's, are skipped when loaded
 (:class:`~efficientmod.dense.data.Skipped`) and counted by the engine. Crowd regions are kept
 for evaluation (COCO ignores detections on them) but not trained on.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -46,6 +49,9 @@ def _read_annotation_file(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a JSON file: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a COCO instances file: its top level is a JSON {type(data).__name__}, "
+                         "not an object of images, annotations and categories")
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
     if missing:
         raise ValueError(f"{path} is not a COCO instances file: no list {missing}")
@@ -140,6 +146,14 @@ def _usable_image_entry(image) -> bool:
             and all(_is_int(image[k]) and image[k] > 0 for k in ("width", "height")))
 
 
+def _stays_inside(file_name: str) -> bool:
+    """Whether ``file_name`` names a path under the images folder: not absolute, no ``..``
+    that climbs out of it (checked on the name; symbolic links inside the folder are the
+    user's and are followed)."""
+    relative = Path(os.path.normpath(file_name))
+    return not relative.is_absolute() and relative.parts[:1] != ("..",)
+
+
 def _record(kind: str, index: int, entry) -> str:
     """``annotations[12] (id 7)``: where a record sits in the file, for the reports."""
     ident = entry.get("id") if isinstance(entry, dict) else None
@@ -181,7 +195,9 @@ class CocoInstances(Dataset):
                 raise ValueError(f"{self.file}: image id {image['id']} is listed twice "
                                  f"(images[{listed[image['id']]}] and images[{index}])")
             listed[image["id"]] = index
-            if (self.root / image["file_name"]).is_file():
+            if not _stays_inside(image["file_name"]):
+                self._skip("file_name outside the images folder", _record("images", index, image))
+            elif (self.root / image["file_name"]).is_file():
                 self.images[image["id"]] = image
             else:
                 self._skip("missing image file", _record("images", index, image))

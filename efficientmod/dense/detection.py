@@ -25,33 +25,21 @@ from tqdm import tqdm
 
 from efficientmod.dense.backbone import build_backbone_fpn
 from efficientmod.dense.coco import CocoInstances, require_pycocotools
+from efficientmod.dense.config import DETECTORS
 from efficientmod.dense.data import SkipCounter, make_loader
 from efficientmod.dense.engine import to_device
 from efficientmod.models import model_info
 
-__all__ = ["DETECTORS", "build_detector", "detection_loss", "detect", "evaluate_coco", "to_coco_results",
+__all__ = ["build_detector", "detection_loss", "detect", "evaluate_coco", "to_coco_results",
            "detector_meta", "build_from_meta"]
 
-DETECTORS = ("mask_rcnn", "retinanet")
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
-def build_detector(
-    kind: str,
-    backbone: str,
-    num_classes: int,
-    min_size: int = 800,
-    max_size: int = 1333,
-    fpn_channels: int = 256,
-    out_indices: Sequence[int] | None = None,
-    checkpoint: str | None = None,
-    frozen_stages: int = -1,
-    frozen_bn: bool = False,
-    drop_path_rate: float = 0.0,
-    box_head_dim: int = 1024,
-    mask_head_channels: int = 256,
-    **detector_kwargs,
-) -> nn.Module:
+def build_detector(kind: str, backbone: str, num_classes: int, min_size: int = 800, max_size: int = 1333,
+                   fpn_channels: int = 256, out_indices: Sequence[int] | None = None, checkpoint: str | None = None,
+                   frozen_stages: int = -1, frozen_bn: bool = False, drop_path_rate: float = 0.0,
+                   box_head_dim: int = 1024, mask_head_channels: int = 256, **detector_kwargs) -> nn.Module:
     """torchvision's ``kind`` detector for ``num_classes`` object classes on ``backbone``.
 
     Args:

@@ -1,20 +1,22 @@
-"""The training loop shared by detection and segmentation.
+"""The training loop shared by detection and segmentation (its settings:
+:class:`~efficientmod.dense.config.DenseTrainConfig`).
 
 One straight line per step: batch → device → ``compute_loss`` (under ``--amp`` autocast) →
 AdamW step at the learning rate of timm's scheduler (:func:`build_scheduler`). Around it: a
-progress bar on stderr, skipped samples counted by reason, an atomic training-state
-checkpoint (``last.pth`` in the classification engine's format, see
+progress bar on stderr, skipped samples counted by reason, after every epoch (and when
+stopped early) a line of ``log.jsonl`` and then an atomic training-state checkpoint
+(``last.pth`` in the classification engine's format, see
 :func:`efficientmod.runtime.save_train_checkpoint`: model, optimizer, loss scaler, epoch,
-step and what is needed to rebuild the model) written after every epoch and when stopped early, and
-resuming from it (every rank's random states included, the epoch order and the loader
-workers' seeds fixed by seed and epoch, so a run resumed at an epoch boundary repeats the
-uninterrupted one); ``torchrun`` starts distributed data-parallel training (one process per
-GPU, or gloo on CPU), whose ranks agree before each step that every one of them has a
-usable batch and after it that every loss is finite. Process setup, seeding, random
-states, mixed precision and the checkpoint format are shared with the classification
-engine (:mod:`efficientmod.runtime`); the rest is not, because Mixup, EMA and the per-step
-checkpoints of classification have no use here and the batches are lists of differently
-sized images.
+step, every rank's random states and what is needed to rebuild the model), and resuming
+from it: the epoch order and the loader workers' seeds are fixed by seed and epoch, and
+the log is cut back to the checkpoint, so a run killed at any point and resumed repeats
+the uninterrupted one (on CPU, bit for bit). ``torchrun`` starts distributed data-parallel
+training (one process per GPU, or gloo on CPU), whose ranks agree before each step that
+every one of them has a usable batch and after it that every loss is finite. Process
+setup, seeding, random states, mixed precision, the optimizer step and the checkpoint
+format are shared with the classification engine (:mod:`efficientmod.runtime`); the rest
+is not, because Mixup, EMA and the per-step checkpoints of classification have no use here
+and the batches are lists of differently sized images.
 """
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRSchedu
 from timm.scheduler.scheduler import Scheduler
 from tqdm import tqdm
 
+from efficientmod.checkpoint import atomic_write
+from efficientmod.dense.config import RUN_LOG, DenseTrainConfig
 from efficientmod.dense.data import SkipCounter, fixed_input_shapes, make_loader
 from efficientmod.runtime import (
-    AMP_CHOICES,
     LAST_CHECKPOINT,
     Runtime,
     TrainingDiverged,
@@ -52,43 +55,7 @@ from efficientmod.runtime import (
     set_rng_state,
 )
 
-__all__ = ["DenseTrainConfig", "build_scheduler", "train", "read_training_state", "load_trained", "to_device"]
-
-SCHEDULES = ("step", "cosine", "poly")
-
-
-@dataclass
-class DenseTrainConfig:
-    """Optimisation settings; the defaults are the 1× detection schedule of the papers
-    (12 epochs, learning rate ×0.1 after epochs 8 and 11, linear warm-up)."""
-
-    epochs: int | None = 12  # None: as many as ``max_steps`` needs
-    max_steps: int | None = None  # stop (and checkpoint) after this many steps in all
-    batch_size: int = 2
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    schedule: str = "step"
-    milestones: tuple[int, ...] = (8, 11)  # epochs, for the step schedule
-    gamma: float = 0.1
-    poly_power: float = 0.9
-    warmup_steps: int = 500
-    warmup_ratio: float = 1e-3
-    clip_grad: float | None = None
-    workers: int = 2
-    seed: int = 0
-    amp: str = "none"  # autocast: auto (bf16 on GPU, none on CPU), bf16, fp16 (with loss scaling) or none
-    meta: dict = field(default_factory=dict)  # saved with the checkpoint to rebuild the model
-
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.amp not in AMP_CHOICES:
-            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
-        if self.epochs is None and not self.max_steps:
-            raise ValueError("give a number of epochs or of steps")
-        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch size must be >= 1 and the learning rate > 0")
-        self.milestones = tuple(self.milestones)
+__all__ = ["build_scheduler", "train", "read_training_state", "load_trained", "to_device"]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: DenseTrainConfig, steps_per_epoch: int) -> Scheduler:
@@ -181,6 +148,26 @@ def load_trained(path: str | Path, task: str, build: Callable[[dict], nn.Module]
 
 
 # -- the loop -------------------------------------------------------------------------
+@dataclass
+class _Training:
+    """What the steps of a run share: the model (and its DDP wrapper), the optimisation,
+    the data and where the run is written."""
+
+    model: nn.Module
+    wrapped: nn.Module
+    parameters: list
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    dtype: torch.dtype | None
+    config: DenseTrainConfig
+    runtime: Runtime
+    output: Path
+    loader: torch.utils.data.DataLoader | None = None
+    scheduler: Scheduler | None = None
+    skipped: SkipCounter = field(default_factory=SkipCounter)
+    history: list[dict] = field(default_factory=list)
+
+
 def train(
     model: nn.Module,
     dataset,
@@ -197,91 +184,142 @@ def train(
     step, random states). ``runtime`` defaults to :func:`efficientmod.runtime.init_runtime`
     (``torchrun``'s process group, else one process on the GPU if there is one), with
     cuDNN's autotuner on only for a task whose input shapes are fixed
-    (:func:`~efficientmod.dense.data.fixed_input_shapes`).
+    (:func:`~efficientmod.dense.data.fixed_input_shapes`). For the same initial weights in
+    every run, build ``model`` after ``seed_everything(config.seed)``, as the command line does.
     """
     runtime = runtime or init_runtime(cudnn_benchmark=fixed_input_shapes(task_of(config)))
-    device, output = runtime.device, Path(output)
-    last = output / LAST_CHECKPOINT
-    if resume is None and last.exists():
-        raise ValueError(f"{output} already holds a run ({last}); continue it with --resume "
+    output = Path(output)
+    if resume is None and (output / LAST_CHECKPOINT).exists():
+        raise ValueError(f"{output} already holds a run ({output / LAST_CHECKPOINT}); continue it with --resume "
                          "or choose another --output")
     seed_everything(config.seed + runtime.rank)
+    run = _build(model, config, runtime, output)
+    start_epoch, step = _resume(run, resume) if resume is not None else (0, 0)
+    _wrap_and_load(run, dataset)
+    if runtime.main:
+        output.mkdir(parents=True, exist_ok=True)
+        _keep_log_until(output / RUN_LOG, step)  # lines of epochs after the checkpoint are written again
+    steps_per_epoch = len(run.loader)
+    last_step, epochs = total_steps(config, steps_per_epoch), num_epochs(config, steps_per_epoch)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        if step >= last_step:
+            break
+        epoch_start = len(run.history)
+        step, complete = _train_one_epoch(run, compute_loss, epoch, epochs, step, last_step)
+        _end_epoch(run, epoch, complete, step, last_step, run.history[epoch_start:], time.perf_counter() - started)
+    return dict(history=run.history, skipped=dict(run.skipped), steps=step, checkpoint=str(output / LAST_CHECKPOINT))
+
+
+def _build(model: nn.Module, config: DenseTrainConfig, runtime: Runtime, output: Path) -> _Training:
+    """The model on its device (BatchNorm synchronised across GPUs), AdamW on the trainable
+    parameters and the loss scaler of ``--amp fp16``."""
+    device = runtime.device
     if runtime.distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     dtype = amp_dtype(config.amp, device)
-    scaler = grad_scaler(device, dtype)
-    start_epoch, step = 0, 0
-    if resume is not None:
-        state = read_training_state(resume, task_of(config))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        if len(rngs) == runtime.world:
-            set_rng_state(rngs[runtime.rank])  # else: this rank keeps its fresh seed
-    wrapped = model
+    return _Training(model, model, parameters, optimizer, grad_scaler(device, dtype), dtype, config, runtime, output)
+
+
+def _resume(run: _Training, path: str | Path) -> tuple[int, int]:
+    """Restore model, optimizer, loss scaler and this rank's random states from ``path``;
+    the (epoch, step) to go on from."""
+    state = read_training_state(path, task_of(run.config))
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    if len(rngs) == run.runtime.world:
+        set_rng_state(rngs[run.runtime.rank])  # else: this rank keeps its fresh seed
+    return int(state["epoch"]), int(state["step"])
+
+
+def _wrap_and_load(run: _Training, dataset) -> None:
+    """The DDP wrapper of a distributed run, the training loader and the schedule."""
+    runtime, config = run.runtime, run.config
     if runtime.distributed:
-        device_ids = [device.index] if device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    loader = make_loader(dataset, config.batch_size, train=True, workers=config.workers, seed=config.seed,
-                         device=device)
-    steps_per_epoch = len(loader)
-    last_step, epochs = total_steps(config, steps_per_epoch), num_epochs(config, steps_per_epoch)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-    skipped, history, last_usable = SkipCounter(), [], None
-    main = runtime.main
-    started = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        run.wrapped = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
+    run.loader = make_loader(dataset, config.batch_size, train=True, workers=config.workers, seed=config.seed,
+                             device=runtime.device)
+    run.scheduler = build_scheduler(run.optimizer, config, len(run.loader))
+
+
+def _train_one_epoch(run: _Training, compute_loss: Callable, epoch: int, epochs: int, step: int,
+                     last_step: int) -> tuple[int, bool]:
+    """One pass over the loader (or up to ``last_step``); the step reached and whether the
+    epoch was complete. The epoch order and the workers' seeds are fixed by seed and epoch."""
+    runtime, device, loader = run.runtime, run.runtime.device, run.loader
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(run.config.seed + 1009 * epoch + runtime.rank)  # the workers' seeds
+    run.wrapped.train()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not runtime.main,
+               dynamic_ncols=True, leave=False)
+    batches, last_usable = 0, None
+    for inputs, targets, skipped_now in bar:
+        batches += 1
+        for sample in skipped_now:
+            run.skipped.add(sample.reason, sample.path)
+        if inputs:
+            last_usable = inputs, targets
+        elif runtime.distributed and last_usable:  # ranks must step together: redo the last batch
+            inputs, targets = last_usable
+        if not on_every_rank(bool(inputs), runtime):  # a rank has nothing to train on: all skip
+            continue
+        run.scheduler.step_update(step)
+        with autocast(device, run.dtype):
+            losses = compute_loss(run.wrapped, to_device(inputs, device), to_device(targets, device))
+        loss = sum(losses.values())
+        if not on_every_rank(bool(torch.isfinite(loss)), runtime):  # all ranks stop, none waits forever
+            raise TrainingDiverged(f"the loss is not finite at step {step} (this rank's losses: {_fmt(losses)}); "
+                                   "lower --lr?")
+        optimizer_step(loss, run.optimizer, run.scaler, run.parameters, run.config.clip_grad)
+        step += 1
+        run.history.append(dict(step=step, loss=loss.item(), **{k: v.item() for k, v in losses.items()}))
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
         if step >= last_step:
             break
-        loader.sampler.set_epoch(epoch)
-        loader.generator.manual_seed(config.seed + 1009 * epoch + runtime.rank)  # the workers' seeds
-        wrapped.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not main,
-                   dynamic_ncols=True, leave=False)
-        batches, epoch_start = 0, len(history)
-        for inputs, targets, skipped_now in bar:
-            batches += 1
-            for sample in skipped_now:
-                skipped.add(sample.reason, sample.path)
-            if inputs:
-                last_usable = inputs, targets
-            elif runtime.distributed and last_usable:  # ranks must step together: redo the last batch
-                inputs, targets = last_usable
-            if not on_every_rank(bool(inputs), runtime):  # a rank has nothing to train on: all skip
-                continue
-            scheduler.step_update(step)
-            with autocast(device, dtype):
-                losses = compute_loss(wrapped, to_device(inputs, device), to_device(targets, device))
-            loss = sum(losses.values())
-            if not on_every_rank(bool(torch.isfinite(loss)), runtime):  # all ranks stop, none waits forever
-                raise TrainingDiverged(f"the loss is not finite at step {step} (this rank's losses: {_fmt(losses)}); "
-                                         "lower --lr?")
-            optimizer_step(loss, optimizer, scaler, parameters, config.clip_grad)
-            step += 1
-            history.append(dict(step=step, loss=loss.item(), **{k: v.item() for k, v in losses.items()}))
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if step >= last_step:
-                break
-        bar.close()
-        finished_epoch = epoch + 1 if batches == steps_per_epoch else epoch  # a cut-short epoch is redone on resume
-        rng = _all_rng_states(runtime)
-        if main:
-            save_training_state(last, model, optimizer, scaler, finished_epoch, step, config, rng)
-            recent = history[epoch_start:]
-            mean = sum(h["loss"] for h in recent) / max(len(recent), 1)
-            line = dict(epoch=epoch + 1, step=step, loss=mean, lr=optimizer.param_groups[0]["lr"],
-                        skipped=dict(skipped), seconds=round(time.perf_counter() - started, 1))
-            with open(output / "log.jsonl", "a") as log:
-                log.write(json.dumps(line) + "\n")
-            print(f"epoch {epoch + 1}: loss {mean:.4f}, step {step}/{last_step}, {skipped}", file=sys.stderr)
-        _barrier()
-    return dict(history=history, skipped=dict(skipped), steps=step, checkpoint=str(last))
+    bar.close()
+    return step, batches == len(loader)
+
+
+def _end_epoch(run: _Training, epoch: int, complete: bool, step: int, last_step: int, recent: list[dict],
+               seconds: float) -> None:
+    """The epoch's log line, then the checkpoint (a cut-short epoch is redone on resume): a
+    run stopped between the two resumes from the previous checkpoint, and the line is
+    written again."""
+    rng = _all_rng_states(run.runtime)
+    if run.runtime.main:
+        mean = sum(h["loss"] for h in recent) / max(len(recent), 1)
+        line = dict(epoch=epoch + 1, step=step, loss=mean, lr=run.optimizer.param_groups[0]["lr"],
+                    skipped=dict(run.skipped), seconds=round(seconds, 1))
+        with open(run.output / RUN_LOG, "a") as log:
+            log.write(json.dumps(line) + "\n")
+        save_training_state(run.output / LAST_CHECKPOINT, run.model, run.optimizer, run.scaler,
+                            epoch + 1 if complete else epoch, step, run.config, rng)
+        print(f"epoch {epoch + 1}: loss {mean:.4f}, step {step}/{last_step}, {run.skipped}", file=sys.stderr)
+    _barrier()
+
+
+def _keep_log_until(path: Path, step: int) -> None:
+    """Keep the lines of ``path`` up to ``step`` (the checkpoint's): those of a fresh run's
+    folder, or written after the checkpoint by a run that was stopped, would be doubled,
+    and a line cut short by a kill is no JSON."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
+            kept.append(line + "\n")
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
 def _fmt(losses: dict[str, torch.Tensor]) -> str:

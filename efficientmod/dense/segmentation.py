@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from efficientmod.dense.backbone import BackboneFPN, build_backbone_fpn
 from efficientmod.dense.data import SkipCounter, Skipped, make_loader, read_rgb, to_tensor
-from efficientmod.images import DECODE_ERRORS
+from efficientmod.images import DECODE_ERRORS, load_label_map
 from efficientmod.models import model_info
 
 __all__ = [
@@ -146,7 +146,9 @@ class AdeSegmentation(Dataset):
         resize: ``(long, short)`` bounds of the keep-ratio rescale, ADE20K's (2048, 512).
 
     Images without a label map are counted in :attr:`skipped` at once; a label map whose
-    size differs from its image, or with class ids out of range, is skipped when loaded.
+    size differs from its image, with class ids out of range, or of more pixels than images
+    may have (:data:`efficientmod.images.MAX_DECODE_PIXELS`, checked before decoding), is
+    skipped when loaded.
     """
 
     def __init__(self, root: str | Path, split: str, num_classes: int, train: bool = False,
@@ -178,8 +180,9 @@ class AdeSegmentation(Dataset):
 
     def _read_label(self, path: Path) -> np.ndarray | Skipped:
         try:
-            with Image.open(path) as label:
-                array = np.asarray(label)
+            array = load_label_map(path)
+        except Image.DecompressionBombError:
+            return Skipped("label map over the decode limit", str(path))
         except DECODE_ERRORS:
             return Skipped("unreadable label map", str(path))
         if array.ndim != 2:
