@@ -179,3 +179,94 @@ def test_import_efficientmod_registers_every_variant_in_timm(order):
                   "print(len(names))")
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.strip()) == 17
+
+
+# -- which part of the package may import which (docs/architecture.md draws the same) ---------
+CORE = {"checkpoint", "images", "preprocessing", "metadata", "runtime", "fuse", "viz", "config_flags"}
+MAY_IMPORT = {
+    "checkpoint": set(), "images": set(), "fuse": set(), "viz": set(), "config_flags": set(),
+    "preprocessing": {"images"},
+    "metadata": {"preprocessing", "images"},
+    "runtime": {"checkpoint"},
+    "models": CORE,
+    "timm_registration": {"models"},
+    "export": CORE,
+    "dense": CORE | {"models"},
+    "bench": CORE | {"models", "export"},
+    "classify": CORE | {"models", "export", "bench"},
+    "serve": CORE | {"models", "export", "classify"},
+    "cli": CORE | {"efficientmod", "models", "export", "dense", "bench", "classify", "serve"},
+    "__main__": {"cli"},
+    "efficientmod": {"timm_registration", "models", "checkpoint", "fuse", "export"},  # the lazy public API
+}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "efficientmod"
+
+
+def test_each_part_imports_only_what_it_may():
+    graph = import_graph()
+    parts = {_part(module) for module in graph}
+    assert parts <= set(MAY_IMPORT), f"parts with no rule: {sorted(parts - set(MAY_IMPORT))}"
+    wrong = sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                   if _part(target) != _part(module) and _part(target) not in MAY_IMPORT[_part(module)])
+    assert wrong == []
+
+
+def test_files_and_functions_stay_short():
+    """No file over 600 lines and no function over 60 in the package."""
+    too_long = []
+    for module, path in MODULES.items():
+        source = path.read_text()
+        if len(source.splitlines()) > 600:
+            too_long.append(f"{module}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                too_long.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []
+
+
+def _architecture_tree() -> dict[str, set[str]]:
+    """package ('' for the top level) -> the module and package names docs/architecture.md's
+    tree lists under it."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    block = text.split("```\nefficientmod/\n", 1)[1].split("```", 1)[0]
+    tree: dict[str, set[str]] = {"": set()}
+    package = ""
+    for line in block.splitlines():
+        if line.startswith("  ") and not line.startswith("   ") and line.strip():  # an entry of efficientmod/
+            name = line.split()[0]
+            package = name.rstrip("/") if name.endswith("/") and len(line.split()) == 1 else ""
+            tree[""].add(name.rstrip("/"))
+            tree.setdefault(package, set())
+            if package:
+                continue
+        elif line.startswith("    ") and line[4] != " ":  # an entry of a package
+            tree.setdefault(package, set()).add(line.split()[0])
+        elif not line.startswith(" "):  # tests/, benchmarks/, docs/
+            package = ""
+        for word in line.split():  # "... ; synthetic.py: tiny generated data sets"
+            if word.rstrip(":,;").endswith(".py"):
+                tree.setdefault(package, set()).add(word.rstrip(":,;"))
+    return tree
+
+
+def test_architecture_page_names_every_module():
+    tree = _architecture_tree()
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        package = relative.parts[0] if len(relative.parts) > 1 else ""
+        name = relative.name
+        if package == "cli":  # drawn as one entry
+            continue
+        if name == "__init__.py" and package:
+            if package not in tree[""]:
+                missing.append(f"{package}/")
+        elif name not in tree.get(package, set()):
+            missing.append(str(relative))
+    assert missing == [], f"docs/architecture.md's tree lacks {missing}"
+    listed_packages = {p for p in tree if p}
+    assert listed_packages <= {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
