@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "add_batch_arguments", "run_batch_predict"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,3 +61,30 @@ def run_serve(args: argparse.Namespace) -> int:
     load_artifact(args.artifact)  # a bad artifact fails here, in one line, before Ray starts
     return serve_until_stopped(settings, args.host, args.port, args.address,
                                ready=lambda message: print(message, flush=True))
+
+
+def add_batch_arguments(predict: argparse.ArgumentParser) -> None:
+    """``efficientmod predict``'s batch inference over Ray Data (``--engine ray``)."""
+    batch = predict.add_argument_group("batch inference over Ray Data (--engine ray)")
+    batch.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this process, top-k printed (default); ray: Ray Data, rows written to --output, "
+                       "IMAGE may be a folder (searched recursively)")
+    batch.add_argument("--output", default=None, metavar="PREDS.jsonl|.parquet",
+                       help="with --engine ray: one row per image (path, labels, probs, error); a rerun skips the "
+                       "images already written")
+    batch.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="model copies (Ray actors) of --threads CPUs each (default 1)")
+    batch.add_argument("--address", default=None, metavar="RAY_ADDRESS",
+                       help="join this Ray cluster (the images must be readable from every node) instead of "
+                       "starting Ray on this machine")
+
+
+def run_batch_predict(args: argparse.Namespace) -> int:
+    from efficientmod.serve.batch import predict_to_file, report
+
+    if args.engine != "ray" or args.output is None:
+        raise ValueError("--engine ray writes its rows to --output PREDS.jsonl|.parquet: give both")
+    summary = predict_to_file(args.model, args.images, args.output, checkpoint=args.checkpoint, topk=args.topk,
+                              batch_size=args.batch_size, threads=args.threads, workers=args.workers,
+                              address=args.address)
+    return report(summary, args.output)

@@ -41,10 +41,11 @@ def _exported_format(path: Path) -> str | None:
         return None
 
 
-def _torch_model(path: Path) -> nn.Module:
-    """A ``save_pretrained`` folder or a classification training checkpoint, loaded."""
-    if path.is_dir():
-        return load_model(path)
+def _torch_model(path: Path, checkpoint: str | os.PathLike | None) -> nn.Module:
+    """A ``save_pretrained`` folder, a classification training checkpoint, or a registered
+    name with its ``checkpoint``, loaded."""
+    if checkpoint is not None or path.is_dir():
+        return load_model(path, checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"no artifact {path}")
     state = read_train_checkpoint(path, task="classification")
@@ -55,11 +56,16 @@ def _torch_model(path: Path) -> nn.Module:
     return load_model(name, path)
 
 
-def load_artifact(path: str | os.PathLike, threads: int | None = None) -> ServedModel:
-    """The artifact at ``path`` ready to serve; ``threads`` sets the runtime's intra-op threads."""
+def load_artifact(path: str | os.PathLike, threads: int | None = None,
+                  checkpoint: str | os.PathLike | None = None) -> ServedModel:
+    """The artifact at ``path`` ready to serve (or, with a ``checkpoint``, the registered
+    name ``path`` with those weights, as ``predict`` takes them); ``threads`` sets the
+    runtime's intra-op threads."""
     path = Path(path)
     fmt = _exported_format(path)
     if fmt is not None:
+        if checkpoint is not None:
+            raise ValueError(f"an exported file ({path}) holds its weights: drop --checkpoint")
         predictor = Predictor.from_file(path, threads)
         meta = predictor.metadata
         name = str(meta.get("architecture", path.stem))
@@ -67,7 +73,7 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Served
     else:
         if threads is not None:
             torch.set_num_threads(threads)
-        model = _torch_model(path).eval()
+        model = _torch_model(path, checkpoint).eval()
         explainable = copy.deepcopy(model)
         predictor = Predictor.from_model(model)
         name, runtime, precision = model.registry_name, "torch", "fp32"
