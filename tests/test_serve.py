@@ -61,8 +61,8 @@ def server(artifacts):
     from efficientmod.serve.cluster import init_ray
     from efficientmod.serve.http import Limits
 
-    init_ray(num_cpus=2, object_store_bytes=200 * 2**20)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
+    init_ray(num_cpus=2, object_store_bytes=200 * 2**20, metrics_port=metrics_port)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         limits = Limits(max_bytes=2_000_000, max_pixels=1_000_000, max_images=3)
@@ -71,7 +71,7 @@ def server(artifacts):
         serve.run(build_app(ServeSettings(str(artifacts / "model.onnx"), max_batch_size=4, batch_wait_ms=3000,
                                           max_ongoing_requests=1, max_queued_requests=1)),
                   name="onnx", route_prefix="/onnx")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -82,18 +82,23 @@ def classify(url: str, data: bytes, content_type: str = "image/jpeg", **params) 
                          params=params, timeout=60)
 
 
-def test_classify_equals_single_process_predict(server, artifacts):
+@pytest.fixture(scope="module")
+def url(server):
+    return server[0]
+
+
+def test_classify_equals_single_process_predict(url, artifacts):
     paths = [artifacts / "chelsea.jpg", artifacts / "astronaut.png"]
     expected = {Path(p.path).name: p.top for p in
                 Predictor.from_model(load_model(artifacts / "model")).predict_files(paths, topk=3)}
-    raw = classify(f"{server}/torch", paths[0].read_bytes(), top_k=2)
+    raw = classify(f"{url}/torch", paths[0].read_bytes(), top_k=2)
     assert raw.status_code == 200
     body = raw.json()
     assert body["request_id"] == raw.headers["x-request-id"] and body["request_id"]
     [result] = body["results"]
     assert [t["label"] for t in result["top"]] == [name for name, _ in expected["chelsea.jpg"][:2]]
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-    several = requests.post(f"{server}/torch/v1/classify", files=files, params={"top_k": 3}, timeout=60)
+    several = requests.post(f"{url}/torch/v1/classify", files=files, params={"top_k": 3}, timeout=60)
     assert several.status_code == 200
     for result in several.json()["results"]:
         got = [(t["label"], t["probability"]) for t in result["top"]]
@@ -102,8 +107,8 @@ def test_classify_equals_single_process_predict(server, artifacts):
         assert sum(p for _, p in got) == pytest.approx(1, abs=1e-5)
 
 
-def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(server, artifacts):
-    url, good = f"{server}/torch", (artifacts / "chelsea.jpg").read_bytes()
+def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(url, artifacts):
+    url, good = f"{url}/torch", (artifacts / "chelsea.jpg").read_bytes()
     huge = jpeg(Image.new("RGB", (1200, 1000), "white"))  # 1.2 M pixels > 1 M, a small file
     cases = [
         (classify(url, b"this is not an image"), 400, "not an image"),
@@ -125,22 +130,22 @@ def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(server, arti
     assert classify(url, good).status_code == 200  # the replica is still serving
 
 
-def test_model_health_openapi_and_page(server, artifacts):
-    model = requests.get(f"{server}/torch/v1/model", timeout=30).json()
+def test_model_health_openapi_and_page(url, artifacts):
+    model = requests.get(f"{url}/torch/v1/model", timeout=30).json()
     assert (model["name"], model["runtime"], model["precision"], model["classes"]) == (
         "efficientmod_xxs", "torch", "fp32", CLASSES)
     assert model["preprocessing"]["input_size"] == [3, 224, 224] and model["explainable"]
-    assert requests.get(f"{server}/torch/healthz", timeout=30).json() == {"status": "ok"}
-    assert requests.get(f"{server}/torch/readyz", timeout=30).json()["status"] == "ready"
-    schema = requests.get(f"{server}/torch/openapi.json", timeout=30).json()
+    assert requests.get(f"{url}/torch/healthz", timeout=30).json() == {"status": "ok"}
+    assert requests.get(f"{url}/torch/readyz", timeout=30).json()["status"] == "ready"
+    schema = requests.get(f"{url}/torch/openapi.json", timeout=30).json()
     assert {"/v1/classify", "/v1/explain", "/v1/model", "/healthz", "/readyz"} <= set(schema["paths"])
     assert "multipart/form-data" in schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
-    page = requests.get(f"{server}/torch/", timeout=30)
+    page = requests.get(f"{url}/torch/", timeout=30)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and 'id="drop"' in page.text
 
 
-def test_explain_draws_the_maps_of_a_torch_artifact(server, artifacts):
-    response = requests.post(f"{server}/torch/v1/explain", data=(artifacts / "chelsea.jpg").read_bytes(),
+def test_explain_draws_the_maps_of_a_torch_artifact(url, artifacts):
+    response = requests.post(f"{url}/torch/v1/explain", data=(artifacts / "chelsea.jpg").read_bytes(),
                              headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -151,8 +156,8 @@ def test_explain_draws_the_maps_of_a_torch_artifact(server, artifacts):
     assert Image.open(io.BytesIO(png)).size == (224, 224)
 
 
-def test_onnx_artifact_and_a_full_queue_answers_503_with_retry_after(server, artifacts):
-    url = f"{server}/onnx"
+def test_onnx_artifact_and_a_full_queue_answers_503_with_retry_after(url, artifacts):
+    url = f"{url}/onnx"
     model = requests.get(f"{url}/v1/model", timeout=30).json()
     assert (model["runtime"], model["classes"], model["explainable"]) == ("onnxruntime", CLASSES, False)
     assert requests.post(f"{url}/v1/explain", data=b"x", headers={"Content-Type": "image/jpeg"},
@@ -171,6 +176,21 @@ def test_onnx_artifact_and_a_full_queue_answers_503_with_retry_after(server, art
         thread.join()
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert [answers[k].status_code for k in ("held", "queued")] == [200, 200]
+
+
+def test_requests_batch_sizes_and_latency_are_ray_metrics(server, url, artifacts):
+    """Counted by the earlier tests (some bad requests among them), exported by Ray."""
+    assert classify(f"{url}/torch", b"not an image").status_code == 400
+    wanted = ("ray_efficientmod_requests", "ray_efficientmod_batch_size_bucket", "ray_efficientmod_latency_ms_bucket")
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:  # Ray exports every few seconds
+        text = requests.get(server[1], timeout=10).text
+        if all(name in text for name in wanted) and 'status="400"' in text:
+            break
+        time.sleep(2)
+    assert all(name in text for name in wanted), text[-2000:]
+    assert any('route="classify"' in line and 'status="400"' in line for line in text.splitlines()
+               if line.startswith("ray_efficientmod_requests"))
 
 
 def test_sigterm_drains_the_request_in_flight_and_exits_0(artifacts):

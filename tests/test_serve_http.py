@@ -64,3 +64,19 @@ def test_the_maps_are_drawn_over_the_crop_the_model_saw():
     pixels = pixels_of(tensor, GRAY)
     assert pixels.shape == (32, 32, 3) and pixels.dtype.name == "uint8"
     assert abs(pixels[..., 0].astype(int) - np.asarray(image).astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing_folder"], "no artifact missing_folder"),
+    (["weights.pth"], "is not a model/ folder, a training checkpoint"),
+    (["weights.pth", "--port", "0"], "--port must be in 1..65535"),
+    (["weights.pth", "--replicas", "0"], "must be positive"),
+    (["weights.pth", "--batch-wait-ms", "-1"], "--batch-wait-ms must be >= 0"),
+])
+def test_serve_refuses_bad_arguments_before_starting_ray(argv, message, tmp_path, monkeypatch, capsys):
+    from efficientmod.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "weights.pth")  # a plain state dict: no architecture
+    assert main(["serve", *argv]) == 2
+    assert message in capsys.readouterr().err

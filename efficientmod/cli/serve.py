@@ -27,6 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--address", default=None, metavar="RAY_ADDRESS",
                         help="join this Ray cluster (ray://HOST:10001, HOST:6379 or 'auto') instead of starting Ray")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="Ray's Prometheus metrics at http://127.0.0.1:PORT/metrics: efficientmod_requests "
+                        "(by route, status), efficientmod_batch_size, efficientmod_latency_ms and Ray Serve's own "
+                        "(embedded Ray; a cluster exports its own)")
     parser.add_argument("--replicas", type=int, default=1, help="copies of the model (default 1)")
     parser.add_argument("--threads-per-replica", type=int, default=1, metavar="N",
                         help="CPUs (inference threads) each replica takes (default 1)")
@@ -53,13 +57,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from efficientmod.serve.http import Limits
     from efficientmod.serve.server import serve_until_stopped
 
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    for name, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"{name} must be in 1..65535, got {port}")
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_images=args.max_images)
     settings = ServeSettings(args.artifact, args.replicas, args.threads_per_replica, args.max_batch_size,
                              args.batch_wait_ms, args.max_ongoing_requests, args.max_queued_requests, limits)
     load_artifact(args.artifact)  # a bad artifact fails here, in one line, before Ray starts
-    return serve_until_stopped(settings, args.host, args.port, args.address,
+    return serve_until_stopped(settings, args.host, args.port, args.address, args.metrics_port,
                                ready=lambda message: print(message, flush=True))
 
 

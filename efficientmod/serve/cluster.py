@@ -8,12 +8,13 @@ __all__ = ["init_ray", "LOCAL_HOST"]
 LOCAL_HOST = "127.0.0.1"
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None,
-             object_store_bytes: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_bytes: int | None = None,
+             metrics_port: int | None = None) -> None:
     """Join the Ray cluster at ``address`` (``ray://...`` or ``HOST:PORT``; "auto" for the one
     this machine runs), or start Ray embedded on this machine: on the loopback address,
-    without the dashboard, with ``num_cpus`` CPUs (default: all) and an object store of
-    ``object_store_bytes`` (default: Ray's). Ray's own ports take its authentication token."""
+    without the dashboard, with ``num_cpus`` CPUs (default: all), an object store of
+    ``object_store_bytes`` (default: Ray's) and, with ``metrics_port``, Ray's Prometheus
+    metrics at ``http://127.0.0.1:PORT/metrics``. Ray's own ports take its authentication token."""
     import ray
 
     if ray.is_initialized():
@@ -23,4 +24,4 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(address=address, **quiet)
         return
     ray.init(num_cpus=num_cpus, object_store_memory=object_store_bytes, include_dashboard=False,
-             _node_ip_address=LOCAL_HOST, **quiet)
+             _node_ip_address=LOCAL_HOST, _metrics_export_port=metrics_port, **quiet)

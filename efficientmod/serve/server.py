@@ -15,14 +15,14 @@ APP_NAME = "efficientmod"
 
 
 def serve_until_stopped(settings: ServeSettings, host: str, port: int, address: str | None = None,
-                        ready=print) -> int:
+                        metrics_port: int | None = None, ready=print) -> int:
     """Serve ``settings.artifact`` on http://HOST:PORT/ until SIGTERM / SIGINT; returns 0
     once the requests in flight are answered and Ray is shut down. ``ready(message)`` is
-    called when the server answers."""
+    called when the server answers; ``metrics_port``: see :func:`init_ray`."""
     import ray
     from ray import serve
 
-    init_ray(address)
+    init_ray(address, metrics_port=metrics_port)
     stop = threading.Event()  # set by SIGTERM / SIGINT; installed after Ray's start-up, which sets its own
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
