@@ -17,6 +17,15 @@ from efficientmod.cli import main
 pytestmark = pytest.mark.slow  # trains the digits demo (~1-2 min) and starts Ray
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+# what a user's drag and drop does: the image shown in the first row, dropped as a file on the drop zone
+DROP_THE_FIRST_IMAGE_AGAIN = """
+const shown = document.querySelector(".result img.photo");
+fetch(shown.src).then((r) => r.blob()).then((blob) => {
+  const files = new DataTransfer();
+  files.items.add(new File([blob], "dropped.png", {type: "image/png"}));
+  document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+});
+"""
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +116,10 @@ def test_the_web_page_shows_the_label_and_the_maps(server, digits, browser, tmp_
     assert any(t.startswith("context") for t in titles) and any(t.startswith("CAM") for t in titles), titles
     assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", m) == 32
                for m in maps)  # decoded: the model's 32x32 crop
+    browser.execute_script(DROP_THE_FIRST_IMAGE_AGAIN)
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".result.done")) == 2)
+    dropped = browser.find_elements(By.CSS_SELECTOR, ".result")[0]  # the newest row comes first
+    assert dropped.get_attribute("data-label") == label and dropped.find_elements(By.CSS_SELECTOR, "img.map")
     screenshot = tmp_path / "serve_page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 0
     if os.environ.get("PYTEST_ARTIFACTS"):

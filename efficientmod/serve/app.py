@@ -15,6 +15,7 @@ with Ray Serve's own on Ray's Prometheus endpoint.
 """
 # no `from __future__ import annotations`: FastAPI reads the route signatures' types at run time
 import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -130,24 +131,30 @@ class Classifier:
         return await asyncio.to_thread(
             lambda: [(name, decode_image(name, data, preprocessing, self.limits)) for name, data in images])
 
-    def _count(self, route: str, status: int, started: float) -> None:
-        self.requests.inc(tags={"route": route, "status": str(status)})
-        self.latency.observe(1000 * (time.perf_counter() - started), tags={"route": route})
+    @contextlib.contextmanager
+    def _counted(self, route: str):
+        """Count the request answered inside the block by route and status, and time it."""
+        started, status = time.perf_counter(), 200
+        try:
+            yield
+        except RequestError as error:
+            status = error.status
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self.requests.inc(tags={"route": route, "status": str(status)})
+            self.latency.observe(1000 * (time.perf_counter() - started), tags={"route": route})
 
     @api.post("/v1/classify", response_model=ClassifyResponse, openapi_extra=IMAGE_BODY,
               summary="top-k labels and probabilities of one image (raw bytes) or several (multipart)")
     async def classify(self, request: Request, top_k: int = Query(5, ge=1)) -> dict:
-        started, status = time.perf_counter(), 200
-        try:
+        with self._counted("classify"):
             if top_k > self.limits.max_top_k:
                 raise RequestError(422, f"top_k {top_k} is over the bound of {self.limits.max_top_k}")
             decoded = await self._decoded(request)
             tops = await asyncio.gather(*(self.run_batch(tensor) for _, tensor in decoded))
-        except RequestError as error:
-            status = error.status
-            raise
-        finally:
-            self._count("classify", status, started)
         results = [dict(name=name, top=[dict(label=label, probability=p) for label, p in top[:top_k]])
                    for (name, _), top in zip(decoded, tops, strict=True)]
         return dict(request_id=_request_id(request), results=results)
@@ -155,8 +162,7 @@ class Classifier:
     @api.post("/v1/explain", response_model=ExplainResponse, openapi_extra=IMAGE_BODY,
               summary="the context / attention / class-activation maps of one image (torch artifacts)")
     async def explain(self, request: Request) -> dict:
-        started, status = time.perf_counter(), 200
-        try:
+        with self._counted("explain"):
             if self.served.explainable is None:
                 raise RequestError(404, f"no maps: {self.served.info['artifact']} runs in "
                                    f"{self.served.info['runtime']}, not torch")
@@ -164,11 +170,6 @@ class Classifier:
             if len(decoded) != 1:
                 raise RequestError(400, f"/v1/explain takes one image, got {len(decoded)}")
             label, panels, notes = await asyncio.to_thread(self._explain, decoded[0][1])
-        except RequestError as error:
-            status = error.status
-            raise
-        finally:
-            self._count("explain", status, started)
         return dict(request_id=_request_id(request), label=label, panels=panels, notes=notes)
 
     def _explain(self, tensor):
