@@ -196,7 +196,7 @@ def test_requests_batch_sizes_and_latency_are_ray_metrics(server, url, artifacts
 def test_sigterm_drains_the_request_in_flight_and_exits_0(artifacts):
     port = free_port()
     command = [sys.executable, "-m", "efficientmod", "serve", str(artifacts / "model.onnx"), "--port", str(port),
-               "--batch-wait-ms", "3000"]
+               "--batch-wait-ms", "6000"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in process.stdout:  # Ray's notes, then the line printed once the server answers
@@ -208,7 +208,7 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(artifacts):
         sender = threading.Thread(target=lambda: answer.update(r=classify(f"http://127.0.0.1:{port}",
                                                                           (artifacts / "chelsea.jpg").read_bytes())))
         sender.start()
-        time.sleep(1)  # the request waits in its batch
+        time.sleep(2)  # the request waits in its batch (6 s to fill)
         process.send_signal(signal.SIGTERM)
         sender.join()
         assert process.wait(timeout=120) == 0

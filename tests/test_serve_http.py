@@ -80,3 +80,11 @@ def test_serve_refuses_bad_arguments_before_starting_ray(argv, message, tmp_path
     torch.save({"weight": torch.zeros(1)}, tmp_path / "weights.pth")  # a plain state dict: no architecture
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_batch_inputs_are_checked_before_ray_starts(capsys, tmp_path, monkeypatch):
+    from efficientmod.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "model.onnx", "no_such_image.png", "--engine", "ray", "--output", "p.jsonl"]) == 2
+    assert "no image file or folder no_such_image.png" in capsys.readouterr().err

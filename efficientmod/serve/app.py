@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -118,12 +119,9 @@ class Classifier:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def run_batch(self, images: list) -> list[list[tuple[str, float]]]:
-        """All class probabilities, best first, of each image (one model run per batch)."""
-        import torch
-
+        """The top ``max_top_k`` (class, probability) of each image (one model run per batch)."""
         self.batch_sizes.observe(len(images))
-        predictor = self.served.predictor
-        return await asyncio.to_thread(predictor.predict, torch.stack(images), len(predictor.class_names))
+        return await asyncio.to_thread(self.served.predictor.predict, torch.stack(images), self.limits.max_top_k)
 
     async def _decoded(self, request: Request) -> list[tuple[str, object]]:
         images = await read_images(request, self.limits)

@@ -34,7 +34,8 @@ def serve_until_stopped(settings: ServeSettings, host: str, port: int, address: 
             pass
         print("efficientmod serve: stopping: draining the requests in flight", file=sys.stderr, flush=True)
         serve.delete(APP_NAME)  # replicas stop taking requests and answer those they hold; the proxy delivers them
-        serve.shutdown()
+        if address is None:  # on a cluster, Serve and the other applications stay up
+            serve.shutdown()
     finally:
         ray.shutdown()
         for sig, handler in previous.items():
