@@ -62,6 +62,7 @@ def test_ray_data_equals_predict_counts_bad_files_and_resumes(ray_instance, imag
     assert sorted(rows) == files
     expected = expected_rows(model_folder, files)
     assert sorted(p for p, row in rows.items() if row["error"]) == sorted(map(str, bad["skip"]))
+    assert rows[str(folder / "odd" / "notes.txt")]["error"] == "not an image (no format Pillow reads)"
     assert set(expected) == {p for p, row in rows.items() if not row["error"]}
     for path, top in expected.items():
         assert rows[path]["labels"] == [name for name, _ in top]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import UnidentifiedImageError
 
 from efficientmod.checkpoint import atomic_write
 from efficientmod.classify.data import DECODE_ERRORS
@@ -97,6 +98,9 @@ def decode_batch(batch: dict, preprocessing: Preprocessing) -> dict:
         try:
             images.append(preprocessing.load(io.BytesIO(data)).numpy())
             errors.append("")
+        except UnidentifiedImageError:
+            images.append(np.zeros(shape, np.float32))
+            errors.append("not an image (no format Pillow reads)")
         except DECODE_ERRORS as error:
             images.append(np.zeros(shape, np.float32))
             errors.append(f"{type(error).__name__}: {error}")
