@@ -15,8 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ".onnx / OpenVINO .xml / .pte file) on Ray Serve, in the runtime the artifact names, with its own "
         "preprocessing and class names. POST /v1/classify takes image bytes or multipart files; GET /v1/model, "
         "/healthz, /readyz; the web page is at /, the OpenAPI schema at /openapi.json (/docs). Ray starts "
-        "embedded on this machine (loopback only, no dashboard) unless --address joins a cluster, where the "
-        "replicas spread over its machines. SIGTERM or Ctrl-C drains the requests in flight and exits 0.",
+        "embedded on this machine (HTTP on 127.0.0.1 unless --host, no dashboard) unless --address joins a "
+        "cluster, where the replicas spread over its machines. SIGTERM or Ctrl-C drains the requests in "
+        "flight and exits 0.",
         epilog="examples:\n"
         "  efficientmod serve runs/demo-*/model\n"
         "  efficientmod serve model.onnx --replicas 2 --threads-per-replica 2 --max-batch-size 32\n"

@@ -14,7 +14,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     this machine runs), or start a new Ray embedded on this machine (never one found running):
     on the loopback address, without the dashboard, with ``num_cpus`` CPUs (default: all), an object store of
     ``object_store_bytes`` (default: Ray's) and, with ``metrics_port``, Ray's Prometheus
-    metrics at ``http://127.0.0.1:PORT/metrics``. Ray's own ports take its authentication token."""
+    metrics at ``http://127.0.0.1:PORT/metrics``. The node's address is the loopback one; Ray's
+    own gRPC ports still listen on every interface, behind Ray's authentication token."""
     import ray
 
     if ray.is_initialized():
