@@ -118,10 +118,11 @@ class Predictor:
     batch to (B, classes) logits."""
 
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], preprocessing: Preprocessing,
-                 class_names: Sequence[str]):
+                 class_names: Sequence[str], metadata: dict | None = None):
         self.run = run
         self.preprocessing = preprocessing
         self.class_names = list(class_names)
+        self.metadata = metadata or {}  # an exported file's (architecture, precision, ...); empty for a torch model
 
     @classmethod
     def from_model(cls, model: nn.Module, input_size: Sequence[int] | None = None) -> Predictor:
@@ -152,7 +153,7 @@ class Predictor:
         def run(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(runtime.run(batch.numpy()))
 
-        return cls(run, meta.preprocessing, _class_names_for(meta.num_classes, meta.class_names))
+        return cls(run, meta.preprocessing, _class_names_for(meta.num_classes, meta.class_names), runtime.metadata)
 
     def predict(self, images: torch.Tensor, topk: int = 5) -> list[list[tuple[str, float]]]:
         """Top-``topk`` (class name, probability) of each image of a preprocessed batch."""

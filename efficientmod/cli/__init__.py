@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "efficientmod.cli.train",
     "efficientmod.cli.export",
     "efficientmod.cli.dense",
+    "efficientmod.cli.serve",
 ]
 
 

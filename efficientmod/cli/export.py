@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from efficientmod.cli.serve import add_batch_arguments, run_batch_predict
+
 __all__ = ["add_parser"]
 
 
@@ -64,6 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--device", default="cpu", help="torch device of the PyTorch path (default cpu)")
     predict.add_argument("--threads", type=int, default=None,
                          help="ONNX Runtime / OpenVINO / ExecuTorch inference threads")
+    add_batch_arguments(predict)
     predict.set_defaults(func=run_predict)
 
 
@@ -198,6 +201,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1 or args.batch_size < 1:
         raise ValueError("--topk and --batch-size must be positive")
+    if args.engine == "ray" or args.output is not None:
+        return run_batch_predict(args)
     if find_format(args.model) is not None:
         if args.checkpoint is not None:
             raise ValueError(f"an exported file ({args.model}) holds its weights: drop --checkpoint")

@@ -1,0 +1,184 @@
+"""A bounded load test of ``efficientmod serve`` on loopback: 1 / 8 / 32 / 64 concurrent
+clients, then a run with 10% bad requests mixed in; throughput, p50 / p99 latency, errors.
+
+    python benchmarks/serve_load.py runs/demo-*/model.onnx --threads-per-replica 2 \\
+        --json benchmarks/results/serve_load.json
+
+The script starts the server itself (Ray embedded, the HTTP proxy on 127.0.0.1, the
+settings below) and stops it at the end; ``--url`` measures a server that already runs
+instead. Each level stops by itself after ``--requests`` requests or ``--seconds``
+seconds, whichever comes first. Every client posts one image per request (raw bytes), the
+next as soon as the answer is back. The baseline is the sequential batch-1 throughput of
+the same artifact in this process, on ``--threads-per-replica`` threads (the replica's
+cores), measured with the server stopped: the target is >= 2x that at 32 clients.
+
+An error is a good request not answered 200, or a bad request (not an image, a truncated
+image, a wrong content type) answered anything but 4xx. Prints a markdown table and,
+with ``--json``, writes every figure with the command, settings and machine.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from efficientmod.bench import environment
+from efficientmod.serve.app import ServeSettings, build_app
+from efficientmod.serve.artifact import load_artifact
+from efficientmod.serve.cluster import init_ray
+
+
+def photo_bytes(preprocessing) -> bytes:
+    """A real photo (scikit-image's cat) as JPEG, in the artifact's channels."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    image = Image.fromarray(data.chelsea())
+    buffer = io.BytesIO()
+    (image.convert("L") if preprocessing.input_size[0] == 1 else image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def bad_requests(good: bytes) -> list[tuple[bytes, str]]:
+    return [(b"this is not an image", "image/jpeg"), (good[: len(good) // 2], "image/jpeg"), (good, "text/plain")]
+
+
+def sequential_baseline(artifact: str, threads: int, image: bytes, seconds: float) -> float:
+    """Images per second of the artifact run one at a time, preprocessing included."""
+    from efficientmod.serve.http import Limits, decode_image
+
+    predictor = load_artifact(artifact, threads).predictor
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or count < 5:
+        predictor.predict(decode_image("photo", image, predictor.preprocessing, Limits())[None], 5)
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+def run_level(url: str, clients: int, good: bytes, bad_fraction: float, max_requests: int, seconds: float) -> dict:
+    """``clients`` threads posting until ``max_requests`` are sent or ``seconds`` pass."""
+    tickets = itertools.count()
+    bad = bad_requests(good)
+    bad_every = round(1 / bad_fraction) if bad_fraction > 0 else 0
+    latencies, errors, bad_sent, lock = [], [], 0, threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client():
+        nonlocal bad_sent
+        session = requests.Session()
+        while time.perf_counter() < deadline:
+            ticket = next(tickets)
+            if ticket >= max_requests:
+                return
+            is_bad = bad_every and ticket % bad_every == bad_every - 1
+            body, content_type = bad[ticket % len(bad)] if is_bad else (good, "image/jpeg")
+            started = time.perf_counter()
+            try:
+                status = session.post(f"{url}/v1/classify", data=body, headers={"Content-Type": content_type},
+                                      timeout=60).status_code
+            except requests.RequestException as error:
+                status = type(error).__name__
+            elapsed = time.perf_counter() - started
+            with lock:
+                if is_bad:
+                    bad_sent += 1
+                    if not (isinstance(status, int) and 400 <= status < 500):
+                        errors.append(f"bad request answered {status}")
+                elif status == 200:
+                    latencies.append(elapsed)
+                else:
+                    errors.append(f"good request answered {status}")
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return dict(clients=clients, bad_fraction=bad_fraction, good_answered=len(latencies), bad_sent=bad_sent,
+                seconds=round(wall, 2), throughput_img_s=round(len(latencies) / wall, 1),
+                p50_ms=round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+                p99_ms=round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+                errors=len(errors), error_kinds=sorted(set(errors)))
+
+
+def table(levels: list[dict], baseline: float | None) -> str:
+    lines = ["| clients | bad requests | good answered | img/s | vs sequential batch 1 | p50 ms | p99 ms | errors |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for level in levels:
+        ratio = f"{level['throughput_img_s'] / baseline:.2f}x" if baseline else "-"
+        lines.append(f"| {level['clients']} | {100 * level['bad_fraction']:.0f}% | {level['good_answered']} | "
+                     f"{level['throughput_img_s']} | {ratio} | {level['p50_ms']} | {level['p99_ms']} | "
+                     f"{level['errors']} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifact", help="what to serve (model/ folder, best.pth, .onnx, .xml, .pte)")
+    parser.add_argument("--url", default=None, help="measure this running server instead of starting one")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--mixed-clients", type=int, default=32, help="clients of the run with bad requests")
+    parser.add_argument("--bad-fraction", type=float, default=0.1)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per level at most")
+    parser.add_argument("--seconds", type=float, default=30.0, help="seconds per level at most")
+    parser.add_argument("--baseline-seconds", type=float, default=10.0)
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--threads-per-replica", type=int, default=1)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-queued-requests", type=int, default=256)
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from ray import serve
+
+    preprocessing = load_artifact(args.artifact).predictor.preprocessing
+    good = photo_bytes(preprocessing)
+    settings = ServeSettings(args.artifact, args.replicas, args.threads_per_replica, args.max_batch_size,
+                             args.batch_wait_ms, max_ongoing_requests=max(64, 2 * args.max_batch_size),
+                             max_queued_requests=args.max_queued_requests)
+    url = args.url
+    if url is None:
+        init_ray(num_cpus=None)
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        serve.run(build_app(settings), name="load", route_prefix="/")
+        url = f"http://127.0.0.1:{args.port}"
+    try:
+        run_level(url, 1, good, 0.0, 20, 10.0)  # warm-up, not reported
+        levels = [run_level(url, n, good, 0.0, args.requests, args.seconds) for n in args.clients]
+        levels.append(run_level(url, args.mixed_clients, good, args.bad_fraction, args.requests, args.seconds))
+    finally:
+        if args.url is None:
+            import ray
+
+            serve.shutdown()
+            ray.shutdown()
+    baseline = sequential_baseline(args.artifact, args.threads_per_replica, good, args.baseline_seconds)
+    print(f"sequential batch-1 baseline: {baseline:.1f} img/s on {args.threads_per_replica} thread(s)")
+    print(table(levels, baseline))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), settings=vars(args) | {"json": str(args.json)},
+                                             baseline_img_s=round(baseline, 1), levels=levels,
+                                             environment=environment(args.threads_per_replica)), indent=2) + "\n")
+    return 1 if any(level["errors"] for level in levels) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
