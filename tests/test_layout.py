@@ -270,3 +270,12 @@ def test_architecture_page_names_every_module():
     assert missing == [], f"docs/architecture.md's tree lacks {missing}"
     listed_packages = {p for p in tree if p}
     assert listed_packages <= {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+
+
+def test_readme_layout_is_ls_of_the_package():
+    """README's "Layout of the code" block names every entry of ``ls efficientmod/``, and nothing else."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme.split("## Layout of the code", 1)[1].split("```\nefficientmod/\n", 1)[1].split("```", 1)[0]
+    listed = {word.rstrip("/") for line in block.splitlines() for word in line.split("   ")[0].split()}
+    entries = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and not p.name.endswith(".egg-info")}
+    assert listed == entries, f"README lists {sorted(listed - entries)} in vain and lacks {sorted(entries - listed)}"
