@@ -134,6 +134,40 @@ def test_16_bit_png_is_scaled_not_saturated(tmp_path):
     assert np.array_equal(np.asarray(load_image(tmp_path / "deep.png", "L")), expected)
 
 
+@pytest.mark.parametrize("name, values, expected", [
+    # in the mode's nominal range: scaled from it (a dark image stays dark)
+    ("float in [0, 1]", np.array([[0.0, 0.25], [0.5, 1.0]], np.float32), [[0, 64], [128, 255]]),
+    ("int32 in [0, 255]", np.array([[0, 10], [100, 255]], np.int32), [[0, 10], [100, 255]]),
+    ("int32 in [0, 65535]", np.array([[0, 257], [32896, 65535]], np.int32), [[0, 1], [128, 255]]),
+    # beyond it: scaled from the image's own minimum..maximum, never clipped
+    ("float above 1", np.array([[0.0, 250.0], [500.0, 1000.0]], np.float32), [[0, 64], [128, 255]]),
+    ("float below 0", np.array([[-1.0, 0.0], [0.0, 1.0]], np.float32), [[0, 128], [128, 255]]),
+    ("int32 above 65535", np.array([[0, 100000], [200000, 400000]], np.int32), [[0, 64], [128, 255]]),
+    ("int32 negative", np.array([[-100, 0], [0, 100]], np.int32), [[0, 128], [128, 255]]),
+    ("float NaN and inf as 0", np.array([[np.nan, np.inf], [0.5, 1.0]], np.float32), [[0, 0], [128, 255]]),
+])
+def test_32_bit_and_float_tiffs_are_scaled_not_clipped(tmp_path, name, values, expected):
+    from PIL import Image
+
+    from efficientmod.images import load_image
+
+    path = tmp_path / "deep.tif"
+    Image.fromarray(values).save(path)  # a real TIFF of mode "F" or "I", as Pillow writes it
+    assert Image.open(path).mode == ("F" if values.dtype == np.float32 else "I")
+    gray = np.asarray(load_image(path, "L"))
+    assert gray.tolist() == expected, name
+    assert np.array_equal(np.asarray(load_image(path))[..., 1], gray)
+
+
+def test_constant_image_beyond_the_nominal_range_is_black(tmp_path):
+    from PIL import Image
+
+    from efficientmod.images import load_image
+
+    Image.fromarray(np.full((3, 5), 7.5, np.float32)).save(tmp_path / "flat.tif")
+    assert np.asarray(load_image(tmp_path / "flat.tif", "L")).tolist() == [[0] * 5] * 3
+
+
 def test_exif_orientation_is_applied(tmp_path):
     from PIL import Image
 
