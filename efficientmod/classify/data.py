@@ -47,8 +47,16 @@ class Batch(NamedTuple):
 
 
 # -- folders ---------------------------------------------------------------------------------
+def _leads_nowhere(path: Path) -> bool:
+    """A symbolic link in a loop or to a missing target (``is_file`` is False for both)."""
+    return path.is_symlink() and not path.exists()
+
+
 def _class_files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Every non-hidden file under ``class_dir``, symbolic links that lead nowhere included:
+    they are samples that fail to load, reported and counted as bad files, never dropped silently."""
+    return sorted(p for p in class_dir.rglob("*")
+                  if not p.name.startswith(".") and (p.is_file() or _leads_nowhere(p)))
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
@@ -59,7 +67,8 @@ def check_image_folders(root: str | Path, splits: tuple[str, ...] = ("train", "v
     """Validate an ImageNet-style folder before any training starts; return the class names.
 
     All problems (missing folder, a class folder without files, class lists that differ
-    between the splits) are reported together in one ``ValueError``/``FileNotFoundError``.
+    between the splits) are reported together in one ``ValueError``/``FileNotFoundError`` of
+    one line.
     """
     root = Path(root)
     if not root.is_dir():
@@ -75,7 +84,7 @@ def check_image_folders(root: str | Path, splits: tuple[str, ...] = ("train", "v
         dirs = _class_dirs(root / split)
         if not dirs:
             problems.append(f"{root / split} has no class folders")
-        empty = [d.name for d in dirs if not _class_files(d)]
+        empty = [d.name for d in dirs if not any(p.is_file() for p in _class_files(d))]
         if empty:
             problems.append(f"{root / split}: empty class folder(s): {', '.join(empty[:20])}")
         class_lists[split] = [d.name for d in dirs]
@@ -89,7 +98,7 @@ def check_image_folders(root: str | Path, splits: tuple[str, ...] = ("train", "v
                     f"class folders differ between {first}/ and {split}/: only in {first}/: "
                     f"{only_first[:20] or '-'}; only in {split}/: {only_other[:20] or '-'}")
     if problems:
-        raise ValueError("bad data folder:\n  " + "\n  ".join(problems))
+        raise ValueError("bad data folder: " + "; ".join(problems))
     return class_lists[splits[0]]
 
 
