@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from efficientmod.classify.config import TrainConfig
 from efficientmod.classify.data import (
+    BadSample,
     ImageFolder,
     ShardSampler,
     TrainSampler,
@@ -44,6 +46,39 @@ def test_empty_class_and_mismatched_classes_reported_together(tmp_path):
     message = str(error.value)
     assert "empty class folder(s): cow" in message
     assert "only in train/: ['cow']" in message and "only in val/: ['dog']" in message
+
+
+def test_symlinks_that_lead_nowhere_are_counted_as_bad_files(tmp_path):
+    make_image_folder(tmp_path, classes=("ant", "bee"), train_per_class=1, val_per_class=1)
+    ant = tmp_path / "train" / "ant"
+    (ant / "loop_a.jpg").symlink_to(ant / "loop_b.jpg")
+    (ant / "loop_b.jpg").symlink_to(ant / "loop_a.jpg")
+    (ant / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (ant / "sub").mkdir()
+    (ant / "sub" / "up").symlink_to(ant)  # a loop of folders: not followed
+    assert check_image_folders(tmp_path) == ["ant", "bee"]
+    dataset = ImageFolder(tmp_path / "train", ["ant", "bee"], eval_transform(32, MEAN, STD, 1.0, "bilinear"))
+    names = sorted(Path(path).name for path, _ in dataset.samples)
+    assert len(names) == 5 and {"loop_a.jpg", "loop_b.jpg", "gone.jpg"} <= set(names)
+    batch = collate_skipping_bad([dataset[i] for i in range(len(dataset))])
+    assert len(batch.targets) == 2 and sorted(Path(bad.path).name for bad in batch.bad) == [
+        "gone.jpg", "loop_a.jpg", "loop_b.jpg"]
+    assert any("symbolic links" in bad.reason for bad in batch.bad)
+
+
+def test_thousands_of_tiny_files_are_listed_once_each(tmp_path):
+    """A folder of 2,000 files (issue 19 tried 10,000): every file is a sample, in a stable order."""
+    for split, per_class in (("train", 900), ("val", 100)):
+        for name in ("ant", "bee"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                (folder / f"{i:05d}.png").write_bytes(b"x")
+    assert check_image_folders(tmp_path) == ["ant", "bee"]
+    dataset = ImageFolder(tmp_path / "train", ["ant", "bee"])
+    assert len(dataset) == 1800 and [label for _, label in dataset.samples] == [0] * 900 + [1] * 900
+    assert Path(dataset.samples[901][0]).name == "00001.png"
+    assert isinstance(dataset[0], BadSample)  # a non-image is a bad sample, not a crash
 
 
 def test_bad_files_are_skipped_and_odd_modes_converted(tmp_path):
