@@ -74,20 +74,28 @@ def _within(value: float, bounds: str) -> bool:
     return above and below  # False for NaN
 
 
+def _value_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with ``value`` for the field ``f`` (outside its ``choices`` or ``bounds``,
+    a float that is not finite), as ``"<key> must ..., got <value> (--<flag>)"``; None if nothing."""
+    meta, flag = f.metadata, f"(--{f.name.replace('_', '-')})"
+    if value is None:
+        return None
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r} {flag}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{f.name} must be a finite number, got {value} {flag}"
+    if meta.get("bounds") and isinstance(value, (int, float)) and not _within(value, meta["bounds"]):
+        return f"{f.name} must be in {meta['bounds']}, got {value} {flag}"
+    return None
+
+
 def check_field_values(config: Any) -> None:
     """One-line ``ValueError`` naming the key and flag of the first field of the dataclass
     ``config`` whose value is outside its ``choices`` or ``bounds``, or a float that is not finite."""
     for f in dataclasses.fields(config):
-        value, meta = getattr(config, f.name), f.metadata
-        flag = f"(--{f.name.replace('_', '-')})"
-        if value is None:
-            continue
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ValueError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r} {flag}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{f.name} must be a finite number, got {value} {flag}")
-        if meta.get("bounds") and not _within(value, meta["bounds"]):
-            raise ValueError(f"{f.name} must be in {meta['bounds']}, got {value} {flag}")
+        problem = _value_problem(f, getattr(config, f.name))
+        if problem:
+            raise ValueError(problem)
 
 
 @dataclass(frozen=True)
@@ -285,11 +293,15 @@ def load_yaml(path: str | Path) -> dict:
     if not_names:
         raise ValueError(f"{path}: keys must be recipe names (strings), got {reprlib.repr(not_names[0])}")
     values = {key.replace("-", "_"): value for key, value in values.items()}
-    kinds = {f.name: f.metadata["type"] for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - set(kinds))
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {reprlib.repr(unknown)}; valid keys: {sorted(kinds)}")
-    return {key: _typed(path, key, value, kinds[key]) for key, value in values.items()}
+        raise ValueError(f"{path}: unknown key(s) {reprlib.repr(unknown)}; valid keys: {sorted(fields)}")
+    typed = {key: _typed(path, key, value, fields[key].metadata["type"]) for key, value in values.items()}
+    problem = next(filter(None, (_value_problem(fields[key], value) for key, value in typed.items())), None)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    return typed
 
 
 def _typed(path: Path, key: str, value: Any, kind: type) -> Any:
