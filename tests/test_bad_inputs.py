@@ -286,6 +286,13 @@ def test_image_without_read_permission_is_a_bad_sample_not_a_crash():
         lines = done.stdout.splitlines()
         assert len(lines) == 4 and lines[0].startswith("BadSample PermissionError"), done.stdout
         assert lines[1:] == ["tuple 0", "tuple 1", "tuple 1"], done.stdout
+        locked = root / "train" / "bee" / "locked"  # a sub-folder that cannot be listed: one bad sample
+        locked.mkdir(mode=0o700)
+        shutil.copy(denied.with_name(sorted(p.name for p in denied.parent.iterdir())[1]), locked)
+        done = subprocess.run([*_unprivileged(), sys.executable, "-c", script, str(root)], capture_output=True,
+                              text=True, env=env, timeout=120)
+        lines = done.stdout.splitlines()
+        assert len(lines) == 5 and lines[-1].startswith("BadSample PermissionError") and str(locked) in lines[-1]
         (root / "val" / "bee").chmod(0o000)
         done = subprocess.run([*_unprivileged(), sys.executable, "-c", script, str(root)], capture_output=True,
                               text=True, env=env, timeout=120)

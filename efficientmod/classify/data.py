@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import traceback
 from collections.abc import Callable, Iterator
@@ -53,10 +54,13 @@ def _leads_nowhere(path: Path) -> bool:
 
 
 def _class_files(class_dir: Path) -> list[Path]:
-    """Every non-hidden file under ``class_dir``, symbolic links that lead nowhere included:
-    they are samples that fail to load, reported and counted as bad files, never dropped silently."""
-    return sorted(p for p in class_dir.rglob("*")
-                  if not p.name.startswith(".") and (p.is_file() or _leads_nowhere(p)))
+    """Every non-hidden file under ``class_dir``, with the symbolic links that lead nowhere and
+    the folders that cannot be listed (no permission): they are samples that fail to load,
+    reported and counted as bad files, never dropped silently."""
+    found, unreadable = [], []
+    for folder, _, names in os.walk(class_dir, onerror=lambda error: unreadable.append(Path(error.filename))):
+        found += [Path(folder) / name for name in names if not name.startswith(".")]
+    return sorted([p for p in found if p.is_file() or _leads_nowhere(p)] + unreadable)
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
