@@ -343,7 +343,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: dict | None = 
         default = (preset or {}).get(f.name, f.default)
         default = meta["unset"] if default is None else default
         default_text = "" if default is None else f" (default: {default})"
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + default_text)
+        bounds_text = f", in {meta['bounds']}" if meta["bounds"] else ""
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + bounds_text + default_text)
         if meta["type"] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
