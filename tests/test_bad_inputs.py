@@ -185,7 +185,33 @@ DATA_CASES = [  # the --data folder, refused before the run folder is touched
      "val has no class folders"),
 ]
 
-CASES = RANGE_CASES + YAML_CASES + DATA_CASES
+
+def small_run(*argv: str, command: str = "train") -> Callable[[Path], list[str]]:
+    """A small training run (or ``eval``) on a good two-class ``--data`` folder, with ``argv`` at fault."""
+    def build(folder: Path) -> list[str]:
+        make_image_folder(folder / "data", classes=("ant", "bee"), train_per_class=1, val_per_class=1, size=8)
+        argv_ = [arg.format(folder=folder) for arg in argv]
+        if command == "eval":
+            return ["eval", "--data", str(folder / "data"), "--workers", "0", *argv_]
+        return [command, "--data", str(folder / "data"), *SMALL_RUN, "--output", str(folder / OUTPUT), *argv_]
+    return build
+
+
+NAMED_INPUT_CASES = [  # a model, checkpoint or folder named on the command line that does not exist or fit
+    ("train unknown model", small_run("--model", "bogus_net"), "Unknown model 'bogus_net'"),
+    ("train unknown teacher", small_run("--teacher", "bogus_net"), "--teacher 'bogus_net': Unknown model"),
+    ("train pretrained missing", small_run("--pretrained", "{folder}/nowhere.pth"), "checkpoint not found: "),
+    ("train in-chans 2 with data", small_run("--in-chans", "2"), "--in-chans must be 3 with --data"),
+    ("train batch above images", small_run("--batch-size", "256"), "2 training images cannot fill one optimizer step"),
+    ("eval checkpoint missing", small_run("--model", "efficientmod_xxs", "--checkpoint", "{folder}/nowhere.pth",
+                                          command="eval"), "checkpoint not found: "),
+    ("eval unknown model", small_run("--model", "bogus_net", "--checkpoint", "{folder}/x.pth", command="eval"),
+     "Unknown model 'bogus_net'"),
+    ("eval data missing", lambda folder: ["eval", "--model", "efficientmod_xxs", "--checkpoint", str(folder),
+                                          "--data", str(folder / "nowhere")], "data folder not found: "),
+]
+
+CASES = RANGE_CASES + YAML_CASES + DATA_CASES + NAMED_INPUT_CASES
 
 
 def tree_digest(root: Path) -> str:
