@@ -77,7 +77,7 @@ def _billion_laughs() -> str:
 RANGE_CASES = [  # issue 19 items 11 and 15, then every other bounded recipe value
     ("img-size 0", flags("--img-size", "0"), "img_size must be in [32, 4096], got 0 (--img-size)"),
     ("img-size -32", flags("--img-size", "-32"), "img_size must be in [32, 4096], got -32"),
-    ("img-size 40", flags("--img-size", "40"), "--img-size must be a multiple of 32"),
+    ("img-size 40", flags("--img-size", "40"), "img_size must be a multiple of 32, got 40 (--img-size)"),
     ("img-size huge", flags("--img-size", "65536"), "img_size must be in [32, 4096]"),
     ("smoothing 2", flags("--smoothing", "2"), "smoothing must be in [0, 1), got 2.0 (--smoothing)"),
     ("smoothing 1", flags("--smoothing", "1"), "smoothing must be in [0, 1)"),
@@ -165,6 +165,7 @@ YAML_CASES = [  # issue 19 item 14, then the other ways a recipe file can be unr
     ("yaml base_lr 'inf'", recipe("base_lr: 'inf'\n"), "recipe.yaml: base_lr must be a finite number"),
     ("yaml interpolation", recipe("train_interpolation: bogus\n"), "recipe.yaml: train_interpolation must be one of"),
     ("yaml amp", recipe("amp: fp32\n"), "recipe.yaml: amp must be one of auto, bf16, fp16, none"),
+    ("yaml img_size 40", recipe("img_size: 40\n"), "recipe.yaml: img_size must be a multiple of 32, got 40"),
     ("yaml missing", lambda folder: ["train", "--config", str(folder / "nowhere.yaml")],
      "config file not found: "),
     ("yaml a folder", lambda folder: ["train", "--config", str(folder)], ": not a file"),

@@ -55,15 +55,16 @@ _INTERVAL = re.compile(r"([\[(])\s*(-?inf|[-+.\deE]+)\s*,\s*(-?inf|[-+.\deE]+)\s
 
 
 def option(default: Any, help: str, type: Any = None, choices: tuple | None = None, group: str = "recipe",
-           unset: str | None = None, bounds: str | None = None):
+           unset: str | None = None, bounds: str | None = None, multiple_of: int | None = None):
     """A recipe field: its default, its ``--help`` text and how the flag parses; ``unset`` says
     what a ``None`` default stands for (``--help`` shows it as the default, or a preset's value);
     ``bounds`` the interval a number must lie in, written as in mathematics: ``"[0, 1)"``,
-    ``"(0, inf)"`` (checked by :func:`check_field_values` for flags and YAML alike)."""
+    ``"(0, inf)"``, and ``multiple_of`` the step an integer must be a multiple of (both checked by
+    :func:`check_field_values` for flags and YAML alike)."""
     if bounds is not None and not _INTERVAL.fullmatch(bounds):
         raise ValueError(f"bounds must be an interval such as '[0, 1)', got {bounds!r}")
     return field(default=default, metadata=dict(help=help, type=type, choices=choices, group=group, unset=unset,
-                                                 bounds=bounds))
+                                                 bounds=bounds, multiple_of=multiple_of))
 
 
 def _within(value: float, bounds: str) -> bool:
@@ -86,6 +87,8 @@ def _value_problem(f: dataclasses.Field, value: Any) -> str | None:
         return f"{f.name} must be a finite number, got {value} {flag}"
     if meta.get("bounds") and isinstance(value, (int, float)) and not _within(value, meta["bounds"]):
         return f"{f.name} must be in {meta['bounds']}, got {value} {flag}"
+    if meta.get("multiple_of") and value % meta["multiple_of"]:
+        return f"{f.name} must be a multiple of {meta['multiple_of']}, got {value} {flag}"
     return None
 
 
@@ -183,8 +186,8 @@ class TrainConfig:
                                 "classes) that set the quantisers' ranges before the fine-tune", int,
                                 group="quantisation", bounds="[1, inf)")
     # -- input ----------------------------------------------------------------------------
-    img_size: int | None = option(None, "input side (a multiple of 32)", int, group="input", unset="the model's",
-                                  bounds="[32, 4096]")
+    img_size: int | None = option(None, "input side (the networks' total stride is 32)", int, group="input",
+                                  unset="the model's", bounds="[32, 4096]", multiple_of=32)
     in_chans: int | None = option(None, "input channels", int, group="input", unset="the images' (3 for RGB)",
                                   bounds="[1, 64]")
     workers: int | None = option(None, "data-loader worker processes per process", int, group="input",
@@ -217,8 +220,6 @@ class TrainConfig:
             object.__setattr__(self, "aa", None)  # what timm takes for no auto-augment
         _check_auto_augment(self.aa)
         check_field_values(self)  # a YAML file reaches here without argparse's checks
-        if self.img_size is not None and self.img_size % 32:
-            raise ValueError(f"--img-size must be a multiple of 32 (the networks' total stride), got {self.img_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -344,6 +345,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: dict | None = 
         default = meta["unset"] if default is None else default
         default_text = "" if default is None else f" (default: {default})"
         bounds_text = f", in {meta['bounds']}" if meta["bounds"] else ""
+        bounds_text += f", a multiple of {meta['multiple_of']}" if meta["multiple_of"] else ""
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + bounds_text + default_text)
         if meta["type"] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
