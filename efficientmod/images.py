@@ -29,18 +29,31 @@ MAX_DECODE_PIXELS = 50_000_000
 _WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
 
 
+def _nominal_range(mode: str, low: float, high: float) -> tuple[float, float] | None:
+    """The range ``mode``'s values are meant in, given the image's ``low`` and ``high`` values:
+    16-bit modes 0..65535; 32-bit integers ("I") 0..255 when they fit, else 0..65535; floats
+    ("F") 0..1. None when the image leaves that range (a 32-bit or float image of any scale)."""
+    if mode in _WIDE_MODES:
+        return 0, _WIDE_MODES[mode]
+    if mode == "I":
+        full = next((full for full in (255, 65535) if high <= full), None)
+        return (0, full) if full is not None and low >= 0 else None
+    return (0, 1.0) if low >= 0 and high <= 1.0 else None  # "F"
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """A 16-bit or 32-bit grayscale image scaled to 8 bits (Pillow's own conversion clips
-    every value above 255, so a 16-bit photo comes out nearly white). Integer images
-    ("I") are taken as 16-bit when they exceed 255; float images ("F") as [0, 1]."""
+    """A 16-bit, 32-bit or float grayscale image scaled to 8 bits (Pillow's own conversion clips
+    every value above 255, so a 16-bit photo comes out nearly white). The rule: values in the
+    mode's nominal range (:func:`_nominal_range`) are scaled from that range, so a dark image
+    stays dark; an image that leaves it (a float image above 1.0 or below 0, 32-bit integers
+    above 65535 or negative) is scaled from its own minimum..maximum to 0..255 (a constant one
+    is black). Non-finite float values (NaN, inf) count as 0."""
     values = np.asarray(image, dtype=np.float64)
-    if image.mode in _WIDE_MODES:
-        full = _WIDE_MODES[image.mode]
-    elif image.mode == "I":
-        full = 65535 if values.max(initial=0) > 255 else 255
-    else:  # "F"
-        full = 1.0 if values.max(initial=0) <= 1.0 else 255
-    return Image.fromarray(np.clip(np.rint(values * (255 / full)), 0, 255).astype(np.uint8), "L")
+    values = np.where(np.isfinite(values), values, 0.0)
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    low, high = _nominal_range(image.mode, low, high) or (low, max(high, low + 1e-12))
+    scaled = (values - low) * 255 / (high - low)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
 
 
 def _bounded_open(path: str | Path, reduce: bool = True) -> Image.Image:
@@ -70,7 +83,7 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
 
     - decoded fully here, so a truncated file fails here (and is skipped as bad);
     - EXIF orientation applied (a portrait photo from a phone stands upright);
-    - 16-bit and float images scaled to 8 bits, not clipped;
+    - 16-bit, 32-bit and float images scaled to 8 bits, not clipped (:func:`_to_8bit`);
     - palette transparency, alpha and CMYK converted (transparency dropped);
     - never more than :data:`MAX_DECODE_PIXELS` decoded.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from efficientmod.classify.config import TrainConfig
 from efficientmod.classify.data import (
+    BadSample,
     ImageFolder,
     ShardSampler,
     TrainSampler,
@@ -44,6 +46,40 @@ def test_empty_class_and_mismatched_classes_reported_together(tmp_path):
     message = str(error.value)
     assert "empty class folder(s): cow" in message
     assert "only in train/: ['cow']" in message and "only in val/: ['dog']" in message
+
+
+def test_symlinks_that_lead_nowhere_are_counted_as_bad_files(tmp_path):
+    make_image_folder(tmp_path, classes=("ant", "bee"), train_per_class=1, val_per_class=1)
+    ant = tmp_path / "train" / "ant"
+    (ant / "loop_a.jpg").symlink_to(ant / "loop_b.jpg")
+    (ant / "loop_b.jpg").symlink_to(ant / "loop_a.jpg")
+    (ant / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (ant / "sub").mkdir()
+    (ant / "sub" / "up").symlink_to(ant)  # a loop of folders: not followed
+    assert check_image_folders(tmp_path) == ["ant", "bee"]
+    transform = Preprocessing((3, 32, 32), MEAN, STD, "bilinear", 1.0).transform
+    dataset = ImageFolder(tmp_path / "train", ["ant", "bee"], transform)
+    names = sorted(Path(path).name for path, _ in dataset.samples)
+    assert len(names) == 5 and {"loop_a.jpg", "loop_b.jpg", "gone.jpg"} <= set(names)
+    batch = collate_skipping_bad([dataset[i] for i in range(len(dataset))])
+    assert len(batch.targets) == 2 and sorted(Path(bad.path).name for bad in batch.bad) == [
+        "gone.jpg", "loop_a.jpg", "loop_b.jpg"]
+    assert any("symbolic links" in bad.reason for bad in batch.bad)
+
+
+def test_thousands_of_tiny_files_are_listed_once_each(tmp_path):
+    """A folder of 2,000 files (issue 19 tried 10,000): every file is a sample, in a stable order."""
+    for split, per_class in (("train", 900), ("val", 100)):
+        for name in ("ant", "bee"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                (folder / f"{i:05d}.png").write_bytes(b"x")
+    assert check_image_folders(tmp_path) == ["ant", "bee"]
+    dataset = ImageFolder(tmp_path / "train", ["ant", "bee"])
+    assert len(dataset) == 1800 and [label for _, label in dataset.samples] == [0] * 900 + [1] * 900
+    assert Path(dataset.samples[901][0]).name == "00001.png"
+    assert isinstance(dataset[0], BadSample)  # a non-image is a bad sample, not a crash
 
 
 def test_bad_files_are_skipped_and_odd_modes_converted(tmp_path):
@@ -133,6 +169,40 @@ def test_16_bit_png_is_scaled_not_saturated(tmp_path):
     assert rgb.shape == (24, 40, 3) and np.array_equal(rgb[..., 0], expected) and np.array_equal(rgb[..., 2], expected)
     assert abs(rgb.mean() - deep.mean() / 257) < 0.5  # Pillow's own convert() would give ~255 everywhere
     assert np.array_equal(np.asarray(load_image(tmp_path / "deep.png", "L")), expected)
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    # in the mode's nominal range: scaled from it (a dark image stays dark)
+    ("float in [0, 1]", np.array([[0.0, 0.25], [0.5, 1.0]], np.float32), [[0, 64], [128, 255]]),
+    ("int32 in [0, 255]", np.array([[0, 10], [100, 255]], np.int32), [[0, 10], [100, 255]]),
+    ("int32 in [0, 65535]", np.array([[0, 257], [32896, 65535]], np.int32), [[0, 1], [128, 255]]),
+    # beyond it: scaled from the image's own minimum..maximum, never clipped
+    ("float above 1", np.array([[0.0, 250.0], [500.0, 1000.0]], np.float32), [[0, 64], [128, 255]]),
+    ("float below 0", np.array([[-1.0, 0.0], [0.0, 1.0]], np.float32), [[0, 128], [128, 255]]),
+    ("int32 above 65535", np.array([[0, 100000], [200000, 400000]], np.int32), [[0, 64], [128, 255]]),
+    ("int32 negative", np.array([[-100, 0], [0, 100]], np.int32), [[0, 128], [128, 255]]),
+    ("float NaN and inf as 0", np.array([[np.nan, np.inf], [0.5, 1.0]], np.float32), [[0, 0], [128, 255]]),
+])
+def test_32_bit_and_float_tiffs_are_scaled_not_clipped(tmp_path, name, values, expected):
+    from PIL import Image
+
+    from efficientmod.images import load_image
+
+    path = tmp_path / "deep.tif"
+    Image.fromarray(values).save(path)  # a real TIFF of mode "F" or "I", as Pillow writes it
+    assert Image.open(path).mode == ("F" if values.dtype == np.float32 else "I")
+    gray = np.asarray(load_image(path, "L"))
+    assert gray.tolist() == expected, name
+    assert np.array_equal(np.asarray(load_image(path))[..., 1], gray)
+
+
+def test_constant_image_beyond_the_nominal_range_is_black(tmp_path):
+    from PIL import Image
+
+    from efficientmod.images import load_image
+
+    Image.fromarray(np.full((3, 5), 7.5, np.float32)).save(tmp_path / "flat.tif")
+    assert np.asarray(load_image(tmp_path / "flat.tif", "L")).tolist() == [[0] * 5] * 3
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -235,7 +235,8 @@ def test_yaml_values_get_the_types_and_choices_of_their_flags(tmp_path):
             load_yaml(recipe)
     for bad in ("log_interval: 0", "ckpt_steps: -1"):  # 0 would divide by zero mid-run
         recipe.write_text(bad + "\n")
-        with pytest.raises(ValueError, match="--log-interval.* must be positive|cannot be negative"):
+        with pytest.raises(ValueError, match=r"log_interval must be in \[1, inf\), got 0 \(--log-interval\)|"
+                           r"ckpt_steps must be in \[0, inf\), got -1 \(--ckpt-steps\)"):
             resolve_config(build_parser().parse_args(["train", "--config", str(recipe)]))
     recipe.write_text("amp: fp32\n")
     with pytest.raises(ValueError, match="amp must be one of auto, bf16, fp16, none"):

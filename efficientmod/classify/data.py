@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import traceback
 from collections.abc import Callable, Iterator
@@ -48,8 +49,19 @@ class Batch(NamedTuple):
 
 
 # -- folders ---------------------------------------------------------------------------------
+def _leads_nowhere(path: Path) -> bool:
+    """A symbolic link in a loop or to a missing target (``is_file`` is False for both)."""
+    return path.is_symlink() and not path.exists()
+
+
 def _class_files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Every non-hidden file under ``class_dir``, with the symbolic links that lead nowhere and
+    the folders that cannot be listed (no permission): they are samples that fail to load,
+    reported and counted as bad files, never dropped silently."""
+    found, unreadable = [], []
+    for folder, _, names in os.walk(class_dir, onerror=lambda error: unreadable.append(Path(error.filename))):
+        found += [Path(folder) / name for name in names if not name.startswith(".")]
+    return sorted([p for p in found if p.is_file() or _leads_nowhere(p)] + unreadable)
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
@@ -60,7 +72,8 @@ def check_image_folders(root: str | Path, splits: tuple[str, ...] = ("train", "v
     """Validate an ImageNet-style folder before any training starts; return the class names.
 
     All problems (missing folder, a class folder without files, class lists that differ
-    between the splits) are reported together in one ``ValueError``/``FileNotFoundError``.
+    between the splits) are reported together in one ``ValueError``/``FileNotFoundError`` of
+    one line.
     """
     root = Path(root)
     if not root.is_dir():
@@ -76,7 +89,7 @@ def check_image_folders(root: str | Path, splits: tuple[str, ...] = ("train", "v
         dirs = _class_dirs(root / split)
         if not dirs:
             problems.append(f"{root / split} has no class folders")
-        empty = [d.name for d in dirs if not _class_files(d)]
+        empty = [d.name for d in dirs if not any(p.is_file() for p in _class_files(d))]
         if empty:
             problems.append(f"{root / split}: empty class folder(s): {', '.join(empty[:20])}")
         class_lists[split] = [d.name for d in dirs]
@@ -90,7 +103,7 @@ def check_image_folders(root: str | Path, splits: tuple[str, ...] = ("train", "v
                     f"class folders differ between {first}/ and {split}/: only in {first}/: "
                     f"{only_first[:20] or '-'}; only in {split}/: {only_other[:20] or '-'}")
     if problems:
-        raise ValueError("bad data folder:\n  " + "\n  ".join(problems))
+        raise ValueError("bad data folder: " + "; ".join(problems))
     return class_lists[splits[0]]
 
 

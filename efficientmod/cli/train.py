@@ -80,10 +80,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     given = given_values(args)
     preset = train_preset(given)  # --qat: the fine-tune recipe of a trained model, under the flags and YAML given
+    cfg = config_of(given, preset)  # the one resolution of the recipe, checked before anything is said or done
     if preset is DEMO_PRESET:
         print("efficientmod train: no --data given: training the digits demo "
               "(`efficientmod demo` also evaluates, exports and benchmarks it)", file=sys.stderr)
-    cfg = config_of(given, preset)  # the one resolution of the recipe
     from efficientmod.classify.engine import train
 
     if cfg.qat:  # a trainer of its own (NNCF, OpenVINO)
