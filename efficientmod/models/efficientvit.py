@@ -424,6 +424,21 @@ register_attention_reader(CascadedGroupAttention, _hook_cascaded_group_attention
 
 
 # -- timm's checkpoint layout -------------------------------------------------------------
+# the names inside a sandwich block, the same in timm's and the official layout
+_BLOCK_KEY_RULES = [
+    (r"\.dw0\.m\.", ".pre.dw."),
+    (r"\.ffn0\.m\.", ".pre.ffn."),
+    (r"\.dw1\.m\.", ".post.dw."),
+    (r"\.ffn1\.m\.", ".post.ffn."),
+    (r"\.mixer\.m\.attn\.qkvs\.", ".attn.qkv."),
+    (r"\.mixer\.m\.attn\.dws\.", ".attn.query_dw."),
+    (r"\.mixer\.m\.attn\.proj\.1\.", ".attn.proj."),
+    (r"\.mixer\.m\.attn\.attention_biases$", ".attn.attention_biases"),
+    (r"\.pw1\.", ".expand."),
+    (r"\.pw2\.", ".project."),
+]
+
+
 _TIMM_KEY_RULES = [
     # (timm pattern, own replacement), all applied in order
     (r"^patch_embed\.", "stem."),
@@ -435,16 +450,7 @@ _TIMM_KEY_RULES = [
     (r"\.downsample\.patchmerge\.conv2\.", ".downsample.merge.dw."),
     (r"\.downsample\.patchmerge\.conv3\.", ".downsample.merge.project."),
     (r"\.downsample\.patchmerge\.se\.", ".downsample.merge.se."),
-    (r"\.dw0\.m\.", ".pre.dw."),
-    (r"\.ffn0\.m\.", ".pre.ffn."),
-    (r"\.dw1\.m\.", ".post.dw."),
-    (r"\.ffn1\.m\.", ".post.ffn."),
-    (r"\.mixer\.m\.attn\.qkvs\.", ".attn.qkv."),
-    (r"\.mixer\.m\.attn\.dws\.", ".attn.query_dw."),
-    (r"\.mixer\.m\.attn\.proj\.1\.", ".attn.proj."),
-    (r"\.mixer\.m\.attn\.attention_biases$", ".attn.attention_biases"),
-    (r"\.pw1\.", ".expand."),
-    (r"\.pw2\.", ".project."),
+    *_BLOCK_KEY_RULES,
 ]
 
 
@@ -480,16 +486,7 @@ _OFFICIAL_KEY_RULES = [
     (r"\.merge\.conv2\.", ".merge.dw."),
     (r"\.merge\.conv3\.", ".merge.project."),
     (r"\.downsample\.(pre|post)\.(dw|ffn)\.m\.", r".downsample.\1.\2."),
-    (r"\.dw0\.m\.", ".pre.dw."),
-    (r"\.ffn0\.m\.", ".pre.ffn."),
-    (r"\.dw1\.m\.", ".post.dw."),
-    (r"\.ffn1\.m\.", ".post.ffn."),
-    (r"\.mixer\.m\.attn\.qkvs\.", ".attn.qkv."),
-    (r"\.mixer\.m\.attn\.dws\.", ".attn.query_dw."),
-    (r"\.mixer\.m\.attn\.proj\.1\.", ".attn.proj."),
-    (r"\.mixer\.m\.attn\.attention_biases$", ".attn.attention_biases"),
-    (r"\.pw1\.", ".expand."),
-    (r"\.pw2\.", ".project."),
+    *_BLOCK_KEY_RULES,
 ]
 _OFFICIAL_STAGE_ENTRY = re.compile(r"^blocks(\d+)\.(\d+)\.(?:(\d+)\.)?")
 _OFFICIAL_MARKER = re.compile(r"^(blocks\d+\.\d+\.|patch_embed\.\d+\.c\.)")
