@@ -149,6 +149,7 @@ def test_resume_refuses_another_batch_size(folder, tmp_path):
     trainer = Trainer(resolve_config(build_parser().parse_args(args)))
     trainer.epoch_step = trainer.global_step = 3
     trainer.save("last.pth")
+    trainer.close()  # releases the run folder
     with pytest.raises(ValueError, match="--batch-size 4 -> 2"):
         Trainer(resolve_config(build_parser().parse_args([*args, "--resume", "auto", "--batch-size", "2"])))
     resumed = Trainer(resolve_config(build_parser().parse_args([*args, "--resume", "auto"])))

@@ -55,7 +55,7 @@ from efficientmod.classify.data import (
 )
 from efficientmod.classify.evaluate import evaluate
 from efficientmod.classify.losses import build_criterion
-from efficientmod.classify.run_folder import RunFolder, RunLog
+from efficientmod.classify.run_folder import RUN_FILES, RunFolder, RunLog
 from efficientmod.models import create_model, model_info
 from efficientmod.runtime import (
     Runtime,
@@ -113,27 +113,40 @@ class Trainer:
     (:class:`efficientmod.classify.qat.QATTrainer` is one)."""
 
     best_model_name = "model/"  # what save_best_model writes, in the final line
+    run_files = RUN_FILES  # what a run writes into its folder (the manifest lists them)
     min_useful_lr = 1e-4  # a lower learning rate is warned about: a short run may barely move
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
         cfg = self.configure(cfg)
         if cfg.model is None:
             raise ValueError("--model is required (`efficientmod models` lists the names)")
-        if cfg.overwrite and cfg.resume:
-            raise ValueError("--overwrite starts afresh and --resume continues: give one of them")
+        if cfg.overwrite and cfg.resume == "auto":
+            raise ValueError("--overwrite starts afresh and --resume auto continues: give one of them "
+                             "(--overwrite --resume PATH replaces the folder's run by the continuation of PATH)")
         self.cfg = cfg
         self.runtime = runtime or init_runtime(cfg.device)
         self._set_threads()
         info = model_info(cfg.model)
         self.img_size = cfg.img_size or info.input_size[-1]
         self.run_dir = Path(cfg.output or f"runs/{cfg.model}")
-        self.run_folder = RunFolder(self.run_dir)
+        self.run_folder = RunFolder(self.run_dir, self.run_files)
         self.dtype = amp_dtype(cfg.amp, self.runtime.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.runtime.device.type == "cuda"
         seed_everything(cfg.seed)  # the same initial weights on every rank
         self._build_data()
         self.updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum_steps)
         self.total_epochs = cfg.epochs + cfg.cooldown_epochs
+        if not cfg.benchmark_steps and self.runtime.main:
+            self.run_folder.lock()  # held until fit() ends
+        try:
+            self._build_run(cfg)
+        except BaseException:
+            self.run_folder.unlock()
+            raise
+
+    def _build_run(self, cfg: TrainConfig) -> None:
+        """Everything after the data: the run folder's checks, the model, optimizer, EMA,
+        Mixup, losses, the resumed state, the first write."""
         resume = None if cfg.benchmark_steps else self.run_folder.check(  # reads only
             cfg, self.class_names, self.runtime.world, self.say)
 
@@ -147,7 +160,7 @@ class Trainer:
 
         self.epoch = self.epoch_step = self.global_step = 0
         self.epoch_totals = torch.zeros(3, dtype=torch.float64)  # this epoch's loss sum, steps, bad files
-        self.best_top1, self.best_source = -1.0, None
+        self.best_top1, self.best_source, self.best_epoch = -1.0, None, 0
         self.bad_seen: set[str] = set()
         seed_everything(cfg.seed + self.runtime.rank)  # each rank its own drop-path and Mixup draws
         if resume is not None:
@@ -292,7 +305,8 @@ class Trainer:
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.epoch_step, self.global_step = state["epoch"], state["epoch_step"], state["global_step"]
-        self.best_top1, self.best_source = state["best_top1"], state.get("best_source")
+        self.best_top1, self.best_source = state["best_top1"], state["best_source"]
+        self.best_epoch = state["best_epoch"]
         if len(state["rng"]) == self.runtime.world:
             set_rng_state(state["rng"][self.runtime.rank])
             if state.get("epoch_totals"):  # the loss sums of the epoch's steps before a mid-epoch checkpoint
@@ -317,7 +331,8 @@ class Trainer:
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=self.epoch, epoch_step=self.epoch_step, global_step=self.global_step,
-            epoch_totals=totals, best_top1=self.best_top1, best_source=self.best_source, rng=rng,
+            epoch_totals=totals, best_top1=self.best_top1, best_source=self.best_source, best_epoch=self.best_epoch,
+            rng=rng, run_id=self.run_folder.run_id,
             config=self.cfg.to_dict(), class_names=list(self.class_names), world_size=self.runtime.world,
             preprocessing=self.preprocessing,
         )
@@ -457,6 +472,7 @@ class Trainer:
         started = time.perf_counter()
         val: dict = {}
         try:
+            self._repair_best()
             for epoch in range(self.epoch, self.total_epochs):
                 self.epoch = epoch
                 train = self.train_one_epoch(epoch)
@@ -466,21 +482,52 @@ class Trainer:
                 score, source = max((val["top1"], "model"), (val.get("ema_top1", -1.0), "ema"))
                 improved = score > self.best_top1
                 if improved:
-                    self.best_top1, self.best_source = score, source
+                    self.best_top1, self.best_source, self.best_epoch = score, source, self.epoch
                 self._epoch_summary(epoch, train, val, improved)  # before the save: a kill in between
+                # last.pth first: it records the best epoch, whose best.pth and model a resume rewrites if missing
                 self.save("last.pth", *(["best.pth"] if improved else []))  # is undone by the resume
                 if improved:
-                    self.save_best_model(source)
+                    self._save_best_model()
         finally:
-            if self.log is not None:
-                self.log.close()
+            self.close()
         elapsed = time.perf_counter() - started
         if self.runtime.main and val:
+            saved = [name for name in ("best.pth", self.best_model_name) if (self.run_dir / name).exists()]
             tqdm.write(f"done: {self.epoch} epochs, val top-1 {val['top1']:.2f}% (best {self.best_top1:.2f}%, "
-                       f"{self.best_source} weights, in best.pth and {self.best_model_name}), {elapsed:.0f} s; "
+                       f"{self.best_source} weights, in {' and '.join(saved) or 'no file'}), {elapsed:.0f} s; "
                        f"run folder {self.run_dir}")
         return self.report(dict(val, best_top1=self.best_top1, best_source=self.best_source, epochs=self.epoch,
                                 run_dir=str(self.run_dir), time=elapsed))
+
+    def close(self) -> None:
+        """Close the logs and release the run folder (:meth:`fit` does it when it ends)."""
+        if self.log is not None:
+            self.log.close()
+        self.run_folder.unlock()
+
+    def _save_best_model(self) -> None:
+        """:meth:`save_best_model`, recorded in the manifest (rank 0)."""
+        self.save_best_model(self.best_source)
+        if self.runtime.main:
+            self.run_folder.record_best(self.best_model_name.rstrip("/"), self.best_epoch)
+
+    def _repair_best(self) -> None:
+        """Rewrite best.pth and the best model when a kill came between last.pth, which
+        records the best epoch, and them (last.pth then holds that epoch's state)."""
+        if not self.runtime.main or not self.best_epoch:
+            return
+        stale = self.run_folder.stale_best(self.best_epoch, ("best.pth", self.best_model_name.rstrip("/")))
+        if not stale:
+            return
+        if (self.epoch, self.epoch_step) != (self.best_epoch, 0):
+            self.say(f"warning: {', '.join(stale)} do not hold the best weights (epoch {self.best_epoch}), "
+                     "which are no longer in last.pth; they are rewritten at the next improvement")
+            return
+        self.say(f"rewriting {', '.join(stale)} (epoch {self.best_epoch}'s best weights; a kill came before them)")
+        if "best.pth" in stale:
+            self.run_folder.repair_best_checkpoint(self.best_epoch)
+        if self.best_model_name.rstrip("/") in stale:
+            self._save_best_model()
 
     def report(self, result: dict) -> dict:
         """What :meth:`fit` returns: ``result`` (the last validation, the best top-1 and
