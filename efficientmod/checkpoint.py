@@ -208,8 +208,9 @@ NEARLY_FULL_BYTES = 1 << 20
 def _cause(error: BaseException, folder: Path) -> str:
     """``ENOSPC: No space left on device`` (the errno of an OSError in ``error``'s chain, one
     named in its message, or a full disk under ``folder``), else ``error``'s type and first line."""
-    chained = error
-    while chained is not None:
+    chained, seen = error, set()
+    while chained is not None and id(chained) not in seen:  # a re-raised cause makes a cycle
+        seen.add(id(chained))
         if isinstance(chained, OSError) and chained.errno:
             return f"{errno.errorcode.get(chained.errno, chained.errno)}: {chained.strerror or chained}"
         chained = chained.__cause__ or chained.__context__
@@ -251,9 +252,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     except ValueError:
@@ -278,7 +277,11 @@ def atomic_write_folder(path: str | os.PathLike, write: Callable[[Path], None]) 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        write(staging)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+        try:
+            write(staging)
+        except WriteError as error:  # of a file inside: name the folder, not the temporary one
+            raise error.__cause__ or error from None
         if existed:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
             os.replace(path, old)  # onto the empty folder
@@ -297,6 +300,12 @@ def atomic_write_folder(path: str | os.PathLike, write: Callable[[Path], None]) 
         _remove(staging)
         raise
     _remove(old)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -513,9 +513,13 @@ class Trainer:
 
     def _repair_best(self) -> None:
         """Rewrite best.pth and the best model when a kill came between last.pth, which
-        records the best epoch, and them (last.pth then holds that epoch's state)."""
+        records the best epoch, and them (last.pth then holds that epoch's state); a run
+        continued from another folder's checkpoint (--overwrite --resume PATH) writes its
+        last.pth first."""
         if not self.runtime.main or not self.best_epoch:
             return
+        if not self.run_folder.last_checkpoint.exists():
+            self.save("last.pth")
         stale = self.run_folder.stale_best(self.best_epoch, ("best.pth", self.best_model_name.rstrip("/")))
         if not stale:
             return
