@@ -14,8 +14,10 @@ is :mod:`efficientmod.models.pretrained`.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -28,7 +30,7 @@ from safetensors.torch import load_file
 
 __all__ = [
     "CheckpointError", "register_layout", "rename_keys", "load_weights_only", "read_state_dict", "to_own_layout",
-    "check_fits", "load_checkpoint", "atomic_write",
+    "check_fits", "load_checkpoint", "WriteError", "atomic_write", "atomic_write_folder", "write_error",
 ]
 
 WRAPPER_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema", "ema")
@@ -40,6 +42,11 @@ TIMM_CHECKPOINT_GLOBALS = (argparse.Namespace,)
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names the keys."""
+
+
+class WriteError(ValueError):
+    """A file that could not be written (disk full, read-only, no permission, a file where a
+    folder should be), in one line naming the file and the cause; the previous file is kept."""
 
 
 @dataclass(frozen=True)
@@ -234,27 +241,129 @@ def load_checkpoint(
 
 
 # -- writing ---------------------------------------------------------------------------
+# the causes a writer's exception may only spell out in its message (torch.save says
+# "[enforce fail at inline_container.cc...]", safetensors "SafetensorError: ... No space left")
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                errno.EIO, errno.EFBIG, errno.ENAMETOOLONG)
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def _cause(error: BaseException, folder: Path) -> str:
+    """``ENOSPC: No space left on device`` (the errno of an OSError in ``error``'s chain, one
+    named in its message, or a full disk under ``folder``), else ``error``'s type and first line."""
+    chained, seen = error, set()
+    while chained is not None and id(chained) not in seen:  # a re-raised cause makes a cycle
+        seen.add(id(chained))
+        if isinstance(chained, OSError) and chained.errno:
+            return f"{errno.errorcode.get(chained.errno, chained.errno)}: {chained.strerror or chained}"
+        chained = chained.__cause__ or chained.__context__
+    text = str(error)
+    for code in WRITE_ERRNOS:
+        if os.strerror(code).lower() in text.lower():
+            return f"{errno.errorcode[code]}: {os.strerror(code)}"
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        stats = None
+    if stats is not None and stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES:
+        return f"ENOSPC: {os.strerror(errno.ENOSPC)}"
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first_line}".rstrip(": ")
+
+
+def write_error(path: str | os.PathLike, error: BaseException, existed: bool) -> WriteError:
+    """``error``, raised while writing ``path``, as one :class:`WriteError` line naming the
+    file and the cause (``existed``: whether an earlier ``path`` is there and kept)."""
+    path = Path(path)
+    folder = next((p for p in (path.parent, *path.parents) if p.is_dir()), Path("."))
+    kept = f"; the previous {path.name} is intact" if existed else ""
+    return WriteError(f"cannot write {path}: {_cause(error, folder)}{kept}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(tmp_path)`` to a temporary file in the same folder, fsync it, then rename it
-    over ``path``: a crash leaves either the old file or the new one, never half of one."""
+    over ``path``: a crash leaves either the old file or the new one, never half of one.
+    Any exception of the writer or the file system but a ``ValueError`` (which says what is
+    wrong with the input) is one :class:`WriteError` line; the previous ``path`` is kept."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    existed = path.exists()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _fsync_folder(path.parent)
+    except ValueError:
+        _remove(tmp)
         raise
+    except Exception as error:  # noqa: BLE001 - torch.save, safetensors, onnx... each raise their own types
+        failure = write_error(path, error, existed)  # before the temporary file frees the space it took
+        _remove(tmp)
+        raise failure from error
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def atomic_write_folder(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """``write(tmp_folder)`` into a temporary folder beside ``path``, then put it in place of
+    ``path`` by renames: a crash leaves the old folder, the new one, or none (never a part of
+    one; the temporary folders are named ``.<name>.*.tmp``). Errors as :func:`atomic_write`'s."""
+    path = Path(path)
+    existed = path.exists()
+    staging = old = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+        try:
+            write(staging)
+        except WriteError as error:  # of a file inside: name the folder, not the temporary one
+            raise error.__cause__ or error from None
+        if existed:
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
+            os.replace(path, old)  # onto the empty folder
+        os.replace(staging, path)
+        _fsync_folder(path.parent)
+    except ValueError:
+        _remove(staging)
+        raise
+    except Exception as error:  # noqa: BLE001 - as atomic_write
+        failure = write_error(path, error, existed)
+        _remove(staging)
+        if old is not None:  # the previous folder back in place
+            _remove(old) if path.exists() else os.replace(old, path)
+        raise failure from error
+    except BaseException:
+        _remove(staging)
+        raise
+    _remove(old)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _fsync_folder(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove(path: str | os.PathLike | None) -> None:
+    """Delete a temporary file or folder, if any."""
+    if path is None or not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.remove(path)

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import efficientmod
 from efficientmod import model_info
-from efficientmod.checkpoint import CheckpointError, atomic_write, read_state_dict
+from efficientmod.checkpoint import CheckpointError, WriteError, atomic_write, read_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             handle.write("half")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(WriteError, match=r"cannot write .*ckpt.pth: RuntimeError: disk full; the previous "
+                       r"ckpt.pth is intact"):  # a writer's own exception, as one line naming the file
         atomic_write(path, broken_writer)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["ckpt.pth"]

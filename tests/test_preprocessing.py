@@ -17,8 +17,7 @@ from synthetic_images import make_image_folder
 from test_deploy import random_model
 
 from efficientmod.classify.config import DEMO_PRESET, TrainConfig
-from efficientmod.classify.data import digits_preprocessing
-from efficientmod.classify.engine import build_datasets
+from efficientmod.classify.data import build_datasets, digits_preprocessing
 from efficientmod.classify.evaluate import default_workers
 from efficientmod.classify.predict import load_model
 from efficientmod.cli import main
@@ -104,7 +103,7 @@ def _card_input_line(folder: Path) -> str:
 def test_model_card_states_what_config_json_records(preset, images, tmp_path):
     cfg = (TrainConfig(**dict(DEMO_PRESET, model="efficientmod_xxs")) if preset == "demo"
            else TrainConfig(model="efficientmod_xxs", data=str(images), img_size=64))
-    data = build_datasets(cfg, cfg.img_size)
+    data = build_datasets(cfg, cfg.img_size, model_info(cfg.model))
     model = random_model("efficientmod_xxs", num_classes=len(data.class_names), in_chans=data.in_chans)
     model.save_pretrained(tmp_path, class_names=data.class_names, preprocessing=data.preprocessing)
     saved = json.loads((tmp_path / "config.json").read_text())["pretrained_cfg"]

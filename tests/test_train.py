@@ -149,6 +149,7 @@ def test_resume_refuses_another_batch_size(folder, tmp_path):
     trainer = Trainer(resolve_config(build_parser().parse_args(args)))
     trainer.epoch_step = trainer.global_step = 3
     trainer.save("last.pth")
+    trainer.close()  # releases the run folder
     with pytest.raises(ValueError, match="--batch-size 4 -> 2"):
         Trainer(resolve_config(build_parser().parse_args([*args, "--resume", "auto", "--batch-size", "2"])))
     resumed = Trainer(resolve_config(build_parser().parse_args([*args, "--resume", "auto"])))
@@ -255,7 +256,7 @@ def test_help_documents_every_option(capsys):
 def test_synthetic_benchmark_measures_images_per_second(tmp_path, monkeypatch):
     """A stand-in clock on which each training step takes 0.25 s and fetching a batch no time:
     2 timed steps of 2 images (after the 10 warm-up steps) are 4 images in 0.5 s."""
-    import efficientmod.classify.engine as train_module
+    import efficientmod.classify.speed as speed_module
 
     now, steps = [0.0], []
     real_step = Trainer.train_step
@@ -266,7 +267,7 @@ def test_synthetic_benchmark_measures_images_per_second(tmp_path, monkeypatch):
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_step", timed_step)
-    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(speed_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     cfg = TrainConfig(model="efficientmod_xxs", img_size=32, batch_size=2, synthetic=True, num_classes=4,
                       benchmark_steps=2, output=str(tmp_path / "bench"))
     result = Trainer(cfg).fit()
@@ -393,7 +394,7 @@ def test_mixed_precision_channels_last_and_clipping(amp):
 def test_a_failing_transform_exits_1_naming_file_and_step(folder, tmp_path, monkeypatch, capsys):
     """A bug in the pipeline (here a step raising ValueError, as Pillow 13's posterize did)
     is not bad input: exit 1, one line naming the file and the step, not exit 2."""
-    import efficientmod.classify.engine as engine
+    import efficientmod.classify.data as data_module
 
     def broken(cfg, img_size, mean, std):
         def posterize_zero(image):
@@ -402,7 +403,7 @@ def test_a_failing_transform_exits_1_naming_file_and_step(folder, tmp_path, monk
         from torchvision.transforms import Compose
         return Compose([posterize_zero])
 
-    monkeypatch.setattr(engine, "train_transform", broken)
+    monkeypatch.setattr(data_module, "train_transform", broken)
     assert cli("--data", folder, "--output", tmp_path / "out", "--epochs", 1, "--no-tensorboard") == 1
     [err] = [line for line in capsys.readouterr().err.splitlines() if "internal error" in line]
     assert err.startswith("efficientmod train: internal error: TransformError: transform function failed on ")

@@ -34,7 +34,7 @@ from efficientmod.preprocessing import Preprocessing
 __all__ = [
     "BadSample", "ImageFolder", "DigitsDataset", "check_image_folders", "digits_datasets",
     "TrainSampler", "ShardSampler", "collate_skipping_bad", "train_transform", "digits_preprocessing", "Batch",
-    "posterize", "TransformError", "SyntheticBatches",
+    "posterize", "TransformError", "SyntheticBatches", "DataBundle", "build_datasets",
 ]
 
 class BadSample(NamedTuple):
@@ -342,3 +342,29 @@ class SyntheticBatches:
 
     def __iter__(self):
         return iter([(self.images, self.targets, [])] * self.steps)
+
+
+# -- what a run trains and validates on ----------------------------------------------------------
+@dataclass
+class DataBundle:
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    class_names: list[str]
+    in_chans: int
+    preprocessing: Preprocessing  # what evaluation feeds the model (its transform is val's)
+
+
+def build_datasets(cfg, img_size: int, info) -> DataBundle:
+    """The folder given by ``--data`` (a :class:`~efficientmod.classify.config.TrainConfig`'s)
+    with timm's transforms and the variant ``info``'s statistics, or the bundled digits."""
+    if cfg.data is None:
+        train, val = digits_datasets(img_size, max_shift=img_size // 16, seed=cfg.seed)
+        return DataBundle(train, val, train.class_names, 1, digits_preprocessing(img_size))
+    if cfg.in_chans not in (None, 3):
+        raise ValueError("image folders are read as RGB; --in-chans must be 3 with --data")
+    class_names = check_image_folders(cfg.data)
+    root = Path(cfg.data)
+    preprocessing = Preprocessing.of_timm_cfg(info.pretrained_cfg(), 3).with_input_size((3, img_size, img_size))
+    train = ImageFolder(root / "train", class_names, train_transform(cfg, img_size, info.mean, info.std), cfg.seed)
+    val = ImageFolder(root / "val", class_names, preprocessing.transform)
+    return DataBundle(train, val, class_names, 3, preprocessing)

@@ -28,7 +28,6 @@ import importlib.util
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -42,21 +41,15 @@ from tqdm import tqdm
 from efficientmod.checkpoint import load_checkpoint
 from efficientmod.classify.config import TrainConfig
 from efficientmod.classify.data import (
-    ImageFolder,
     ShardSampler,
-    SyntheticBatches,
     TrainSampler,
-    check_image_folders,
+    build_datasets,
     collate_skipping_bad,
-    digits_datasets,
-    digits_preprocessing,
-    train_transform,
 )
 from efficientmod.classify.evaluate import evaluate
 from efficientmod.classify.losses import build_criterion
-from efficientmod.classify.run_folder import RunFolder, RunLog
+from efficientmod.classify.run_folder import RUN_FILES, RunFolder, RunLog
 from efficientmod.models import create_model, model_info
-from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import (
     Runtime,
     TrainingDiverged,
@@ -76,32 +69,6 @@ from efficientmod.runtime import (
 __all__ = ["Trainer", "train"]
 
 
-# -- data ---------------------------------------------------------------------------------------
-@dataclass
-class DataBundle:
-    train: torch.utils.data.Dataset
-    val: torch.utils.data.Dataset
-    class_names: list[str]
-    in_chans: int
-    preprocessing: Preprocessing  # what evaluation feeds the model (its transform is val's)
-
-
-def build_datasets(cfg: TrainConfig, img_size: int) -> DataBundle:
-    """The folder given by ``--data`` with timm's transforms, or the bundled digits."""
-    info = model_info(cfg.model)
-    if cfg.data is None:
-        train, val = digits_datasets(img_size, max_shift=img_size // 16, seed=cfg.seed)
-        return DataBundle(train, val, train.class_names, 1, digits_preprocessing(img_size))
-    if cfg.in_chans not in (None, 3):
-        raise ValueError("image folders are read as RGB; --in-chans must be 3 with --data")
-    class_names = check_image_folders(cfg.data)
-    root = Path(cfg.data)
-    preprocessing = Preprocessing.of_timm_cfg(info.pretrained_cfg(), 3).with_input_size((3, img_size, img_size))
-    train = ImageFolder(root / "train", class_names, train_transform(cfg, img_size, info.mean, info.std), cfg.seed)
-    val = ImageFolder(root / "val", class_names, preprocessing.transform)
-    return DataBundle(train, val, class_names, 3, preprocessing)
-
-
 class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig`, then :meth:`fit`.
 
@@ -111,27 +78,40 @@ class Trainer:
     (:class:`efficientmod.classify.qat.QATTrainer` is one)."""
 
     best_model_name = "model/"  # what save_best_model writes, in the final line
+    run_files = RUN_FILES  # what a run writes into its folder (the manifest lists them)
     min_useful_lr = 1e-4  # a lower learning rate is warned about: a short run may barely move
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
         cfg = self.configure(cfg)
         if cfg.model is None:
             raise ValueError("--model is required (`efficientmod models` lists the names)")
-        if cfg.overwrite and cfg.resume:
-            raise ValueError("--overwrite starts afresh and --resume continues: give one of them")
+        if cfg.overwrite and cfg.resume == "auto":
+            raise ValueError("--overwrite starts afresh and --resume auto continues: give one of them "
+                             "(--overwrite --resume PATH replaces the folder's run by the continuation of PATH)")
         self.cfg = cfg
         self.runtime = runtime or init_runtime(cfg.device)
         self._set_threads()
         info = model_info(cfg.model)
         self.img_size = cfg.img_size or info.input_size[-1]
         self.run_dir = Path(cfg.output or f"runs/{cfg.model}")
-        self.run_folder = RunFolder(self.run_dir)
+        self.run_folder = RunFolder(self.run_dir, self.run_files)
         self.dtype = amp_dtype(cfg.amp, self.runtime.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.runtime.device.type == "cuda"
         seed_everything(cfg.seed)  # the same initial weights on every rank
         self._build_data()
         self.updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum_steps)
         self.total_epochs = cfg.epochs + cfg.cooldown_epochs
+        if not cfg.benchmark_steps and self.runtime.main:
+            self.run_folder.lock()  # held until fit() ends
+        try:
+            self._build_run(cfg)
+        except BaseException:
+            self.run_folder.unlock()
+            raise
+
+    def _build_run(self, cfg: TrainConfig) -> None:
+        """Everything after the data: the run folder's checks, the model, optimizer, EMA,
+        Mixup, losses, the resumed state, the first write."""
         resume = None if cfg.benchmark_steps else self.run_folder.check(  # reads only
             cfg, self.class_names, self.runtime.world, self.say)
 
@@ -145,7 +125,7 @@ class Trainer:
 
         self.epoch = self.epoch_step = self.global_step = 0
         self.epoch_totals = torch.zeros(3, dtype=torch.float64)  # this epoch's loss sum, steps, bad files
-        self.best_top1, self.best_source = -1.0, None
+        self.best_top1, self.best_source, self.best_epoch = -1.0, None, 0
         self.bad_seen: set[str] = set()
         seed_everything(cfg.seed + self.runtime.rank)  # each rank its own drop-path and Mixup draws
         if resume is not None:
@@ -187,7 +167,7 @@ class Trainer:
             self.steps_per_epoch = cfg.benchmark_steps
             self.preprocessing = None
             return
-        self.data = build_datasets(cfg, self.img_size)
+        self.data = build_datasets(cfg, self.img_size, model_info(cfg.model))
         self.class_names, self.in_chans = self.data.class_names, cfg.in_chans or self.data.in_chans
         self.preprocessing = self.data.preprocessing
         self._build_loaders()
@@ -290,7 +270,8 @@ class Trainer:
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.epoch_step, self.global_step = state["epoch"], state["epoch_step"], state["global_step"]
-        self.best_top1, self.best_source = state["best_top1"], state.get("best_source")
+        self.best_top1, self.best_source = state["best_top1"], state["best_source"]
+        self.best_epoch = state["best_epoch"]
         if len(state["rng"]) == self.runtime.world:
             set_rng_state(state["rng"][self.runtime.rank])
             if state.get("epoch_totals"):  # the loss sums of the epoch's steps before a mid-epoch checkpoint
@@ -315,7 +296,8 @@ class Trainer:
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=self.epoch, epoch_step=self.epoch_step, global_step=self.global_step,
-            epoch_totals=totals, best_top1=self.best_top1, best_source=self.best_source, rng=rng,
+            epoch_totals=totals, best_top1=self.best_top1, best_source=self.best_source, best_epoch=self.best_epoch,
+            rng=rng, run_id=self.run_folder.run_id,
             config=self.cfg.to_dict(), class_names=list(self.class_names), world_size=self.runtime.world,
             preprocessing=None if self.preprocessing is None else self.preprocessing.to_dict(),
         )
@@ -450,11 +432,14 @@ class Trainer:
     def fit(self) -> dict:
         """Train from the current epoch/step to ``epochs + cooldown_epochs``; returns the final metrics."""
         if self.cfg.benchmark_steps:
-            return self.benchmark(self.cfg.benchmark_steps)
+            from efficientmod.classify.speed import training_speed
+
+            return training_speed(self, self.cfg.benchmark_steps)
         self._start_summary()
         started = time.perf_counter()
         val: dict = {}
         try:
+            self._repair_best()
             for epoch in range(self.epoch, self.total_epochs):
                 self.epoch = epoch
                 train = self.train_one_epoch(epoch)
@@ -464,21 +449,56 @@ class Trainer:
                 score, source = max((val["top1"], "model"), (val.get("ema_top1", -1.0), "ema"))
                 improved = score > self.best_top1
                 if improved:
-                    self.best_top1, self.best_source = score, source
+                    self.best_top1, self.best_source, self.best_epoch = score, source, self.epoch
                 self._epoch_summary(epoch, train, val, improved)  # before the save: a kill in between
+                # last.pth first: it records the best epoch, whose best.pth and model a resume rewrites if missing
                 self.save("last.pth", *(["best.pth"] if improved else []))  # is undone by the resume
                 if improved:
-                    self.save_best_model(source)
+                    self._save_best_model()
         finally:
-            if self.log is not None:
-                self.log.close()
+            self.close()
         elapsed = time.perf_counter() - started
         if self.runtime.main and val:
+            saved = [name for name in ("best.pth", self.best_model_name) if (self.run_dir / name).exists()]
             tqdm.write(f"done: {self.epoch} epochs, val top-1 {val['top1']:.2f}% (best {self.best_top1:.2f}%, "
-                       f"{self.best_source} weights, in best.pth and {self.best_model_name}), {elapsed:.0f} s; "
+                       f"{self.best_source} weights, in {' and '.join(saved) or 'no file'}), {elapsed:.0f} s; "
                        f"run folder {self.run_dir}")
         return self.report(dict(val, best_top1=self.best_top1, best_source=self.best_source, epochs=self.epoch,
                                 run_dir=str(self.run_dir), time=elapsed))
+
+    def close(self) -> None:
+        """Close the logs and release the run folder (:meth:`fit` does it when it ends)."""
+        if self.log is not None:
+            self.log.close()
+        self.run_folder.unlock()
+
+    def _save_best_model(self) -> None:
+        """:meth:`save_best_model`, recorded in the manifest (rank 0)."""
+        self.save_best_model(self.best_source)
+        if self.runtime.main:
+            self.run_folder.record_best(self.best_model_name.rstrip("/"), self.best_epoch)
+
+    def _repair_best(self) -> None:
+        """Rewrite best.pth and the best model when a kill came between last.pth, which
+        records the best epoch, and them (last.pth then holds that epoch's state); a run
+        continued from another folder's checkpoint (--overwrite --resume PATH) writes its
+        last.pth first."""
+        if not self.runtime.main or not self.best_epoch:
+            return
+        if not self.run_folder.last_checkpoint.exists():
+            self.save("last.pth")
+        stale = self.run_folder.stale_best(self.best_epoch, ("best.pth", self.best_model_name.rstrip("/")))
+        if not stale:
+            return
+        if (self.epoch, self.epoch_step) != (self.best_epoch, 0):
+            self.say(f"warning: {', '.join(stale)} do not hold the best weights (epoch {self.best_epoch}), "
+                     "which are no longer in last.pth; they are rewritten at the next improvement")
+            return
+        self.say(f"rewriting {', '.join(stale)} (epoch {self.best_epoch}'s best weights; a kill came before them)")
+        if "best.pth" in stale:
+            self.run_folder.repair_best_checkpoint(self.best_epoch)
+        if self.best_model_name.rstrip("/") in stale:
+            self._save_best_model()
 
     def report(self, result: dict) -> dict:
         """What :meth:`fit` returns: ``result`` (the last validation, the best top-1 and
@@ -537,47 +557,6 @@ class Trainer:
                    f" top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%{ema} | lr {self.current_lr():.2e} | "
                    f"{train['img_per_s']:.0f} img/s | {train['time']:.1f} s{bad}"
                    + (f" | best ({self.best_source})" if improved else ""))
-
-    def benchmark(self, steps: int, warmup: int = 10) -> dict:
-        """Training images/s (forward + backward + optimizer step, all processes together)
-        over ``steps`` steps after ``warmup`` steps; with real data also the share of the
-        wall time spent waiting for the input pipeline."""
-        cfg, runtime = self.cfg, self.runtime
-        total = steps + warmup
-        if cfg.synthetic:
-            batches = SyntheticBatches(cfg.batch_size, self.in_chans, self.img_size, len(self.class_names),
-                                       runtime.device, total)
-        else:
-            self.train_sampler.set_epoch(0)
-            if total > self.steps_per_epoch:
-                raise ValueError(f"--benchmark-steps {steps} (+{warmup} warm-up) exceeds one epoch "
-                                 f"({self.steps_per_epoch} steps)")
-            batches = self.train_loader
-        self.model.train()
-        waited, iterator = 0.0, iter(batches)
-        for step in tqdm(range(total), desc="benchmark", disable=not runtime.main, file=sys.stderr):
-            if step == warmup:
-                self._synchronize()
-                started, waited = time.perf_counter(), 0.0
-            before = time.perf_counter()
-            images, targets, _ = next(iterator)
-            waited += time.perf_counter() - before
-            self.train_step(images, targets)
-        self._synchronize()
-        elapsed = time.perf_counter() - started
-        result = dict(img_per_s=steps * cfg.batch_size * runtime.world / elapsed, data_wait_share=waited / elapsed,
-                      steps=steps, batch_size=cfg.batch_size, processes=runtime.world,
-                      data="synthetic" if cfg.synthetic else cfg.data, dtype=str(self.dtype),
-                      channels_last=self.channels_last, compile=cfg.compile, device=str(runtime.device))
-        self.say(f"benchmark: {result['img_per_s']:.1f} img/s ({cfg.model}, {self.img_size}px, "
-                 f"batch {cfg.batch_size} x {runtime.world}, {result['dtype']}, channels_last={self.channels_last}, "
-                 f"compile={cfg.compile}, data={result['data']}, waiting for data "
-                 f"{100 * result['data_wait_share']:.1f}% of the time)")
-        return result
-
-    def _synchronize(self) -> None:
-        if self.runtime.device.type == "cuda":
-            torch.cuda.synchronize(self.runtime.device)
 
     def say(self, message: str) -> None:
         """``message`` on stderr, from rank 0 only (beside tqdm's progress bars)."""

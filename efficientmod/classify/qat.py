@@ -237,6 +237,7 @@ class QATTrainer(Trainer):
     ``model/``), and whose result adds the fp32 / post-training / QAT comparison (``qat``)."""
 
     best_model_name = IR_NAME
+    run_files = ("last.pth", "best.pth", "metrics.csv", "config.yaml", "tensorboard", IR_NAME, "model_int8.bin")
     min_useful_lr = 0.0  # a fine-tune of quantisers wants a small learning rate
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):

@@ -2,7 +2,8 @@
 
 Each command module exposes ``add_parser(subparsers)``, which adds its sub-command(s) and
 sets ``func`` (called with the parsed arguments; its return value is the exit status).
-Exit status 2: a usage or input error (clear message, no traceback); 3: training diverged;
+Exit status 2: a usage or input error, or a file system refusing a read or write (disk full,
+read-only, no permission), in one line naming the file, no traceback; 3: training diverged;
 1: anything unexpected — a bug in this library or a dependency, not bad input — reported in
 one line naming the exception and the file, line and function where it was raised.
 
@@ -13,6 +14,7 @@ option choices that need the registry are checked when the command runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
@@ -58,12 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
+    except OSError as error:  # the file system refused (permissions, a full disk, a file for a folder)
+        print(f"efficientmod {args.command}: error: {_os_error(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"efficientmod {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - not the user's input: say where, exit 1
         print(f"efficientmod {args.command}: internal error: {_where(error)}", file=sys.stderr)
         return 1
+
+
+def _os_error(error: OSError) -> str:
+    """``cannot use <file>: <errno name>: <reason>`` of ``error``."""
+    reason = error.strerror or str(error)
+    if error.errno in errno.errorcode:
+        reason = f"{errno.errorcode[error.errno]}: {reason}"
+    return f"cannot use {error.filename}: {reason}" if error.filename else reason
 
 
 def _where(error: BaseException) -> str:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch.nn as nn
 
+from efficientmod.checkpoint import write_error
 from efficientmod.export.calibration import check_agreement, prediction_agreement, run_batched
 from efficientmod.export.format import (
     ExportFormat,
@@ -88,12 +89,19 @@ def save_openvino(ov_model, path: str | os.PathLike, metadata: dict[str, object]
     for key, value in (metadata or {}).items():
         ov_model.set_rt_info(json.dumps(value), [RT_INFO_KEY, key])
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
     try:
-        _openvino().save_model(ov_model, staging / path.name, compress_to_fp16=False)
-        (check or OpenVinoRuntime)(staging / path.name)
-        os.replace(staging / path.with_suffix(".bin").name, path.with_suffix(".bin"))
-        os.replace(staging / path.name, path)
+        try:
+            _openvino().save_model(ov_model, staging / path.name, compress_to_fp16=False)
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError on a full disk
+            raise write_error(path, error, existed) from error
+        (check or OpenVinoRuntime)(staging / path.name)  # a file that does not compile is not a write error
+        try:
+            os.replace(staging / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+            os.replace(staging / path.name, path)
+        except OSError as error:
+            raise write_error(path, error, existed) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
