@@ -55,9 +55,11 @@ def format_of(path: str | os.PathLike) -> ExportFormat:
 
 def resolve_format(path: str | os.PathLike, options: ExportOptions, name: str | None = None) -> ExportFormat:
     """The format that writes ``path`` with ``options``: ``name``, else the one of the suffix.
-    A ``ValueError`` when the suffix is not that format's, the precision is not one it writes
-    (naming the formats that write it) or the format refuses an option."""
+    A ``ValueError`` when ``path`` is a folder or under a file, the suffix is not that format's,
+    the precision is not one it writes (naming the formats that write it) or the format refuses
+    an option."""
     fmt = FORMATS[name] if name is not None else format_of(path)
+    _check_output_path(Path(path))
     if Path(path).suffix.lower() not in fmt.suffixes:
         raise ValueError(f"--output of a {fmt.name} export ends in {' or '.join(fmt.suffixes)}, got {path}")
     if options.precision not in fmt.precisions:
@@ -67,6 +69,16 @@ def resolve_format(path: str | os.PathLike, options: ExportOptions, name: str | 
     fmt.check(options)
     fmt.dynamic_batch(options)  # a batch axis the format cannot write is refused now
     return fmt
+
+
+def _check_output_path(path: Path) -> None:
+    """A ``ValueError`` for an ``--output`` that can never be written: an existing folder, or a
+    path under a regular file."""
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder: name the file to write in it")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--output {path}: {parent} is a file, not a folder")
 
 
 def load_runtime(path: str | os.PathLike, threads: int | None = None) -> InferenceRuntime:

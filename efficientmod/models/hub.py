@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING
 import torch.nn as nn
 from timm.models import resolve_pretrained_cfg
 
+from efficientmod.metadata import MAX_CLASSES, check_class_names
+from efficientmod.preprocessing import MAX_INPUT_SIDE, Preprocessing
+
 if TYPE_CHECKING:
     from efficientmod.models.registry import ModelInfo
-    from efficientmod.preprocessing import Preprocessing
 
-__all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card"]
+__all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card", "check_config"]
 
 
 class WeightsNotAvailableError(FileNotFoundError):
@@ -113,6 +115,41 @@ def build_error(info: ModelInfo, error: BaseException, kwargs: dict) -> Exceptio
     return None
 
 
+def check_config(config, source: str) -> dict:
+    """``config`` (a ``config.json`` read by ``source``) with every value the rebuild uses
+    checked and bounded - architecture, classes, ``model_args``, class names and the
+    ``pretrained_cfg`` preprocessing - so a bad file is one ``ValueError`` naming the key,
+    before any model is allocated (the registry maps the architecture name)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: must hold a JSON object, got a {type(config).__name__}")
+    architecture = config.get("architecture")
+    if not isinstance(architecture, str) or not architecture:
+        raise ValueError(f"{source}: architecture must be a model name, got {architecture!r}")
+    num_classes = config.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 0 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"{source}: num_classes must be an integer from 0 to {MAX_CLASSES}, got {num_classes!r}")
+    model_args = config.get("model_args", {})
+    if not isinstance(model_args, dict):
+        raise ValueError(f"{source}: model_args must be a JSON object, got a {type(model_args).__name__}")
+    for key, value in model_args.items():
+        _check_model_arg(f"model_args.{key}", value, source)
+    check_class_names(config.get("label_names"), num_classes, f"{source}: label_names")
+    if "pretrained_cfg" in config:
+        Preprocessing.from_dict(config["pretrained_cfg"], f"{source}: pretrained_cfg")
+    return config
+
+
+def _check_model_arg(key: str, value, source: str) -> None:
+    """An architecture argument: a bool, string, number or list of them, every integer from 0 to
+    MAX_INPUT_SIDE (the largest a file may ask a model to allocate along one axis)."""
+    values = value if isinstance(value, list) and len(value) <= 64 else [value]
+    for item in values:
+        if isinstance(item, int) and not isinstance(item, bool) and not 0 <= item <= MAX_INPUT_SIDE:
+            raise ValueError(f"{source}: {key} = {item} is outside 0 to {MAX_INPUT_SIDE}")
+        if not isinstance(item, (bool, int, float, str, type(None))):
+            raise ValueError(f"{source}: {key} must be a number, string or short list of them, got {value!r:.80}")
+
+
 def _read_repo_config(info: ModelInfo, source: str, cache_dir) -> dict:
     """The ``config.json`` of a local folder or hub repository ``source`` ({} if it has
     none); its architecture must be ``info``'s."""
@@ -133,8 +170,11 @@ def _read_repo_config(info: ModelInfo, source: str, cache_dir) -> dict:
             if isinstance(error, EntryNotFoundError):
                 return {}
             raise
-    config = json.loads(Path(path).read_text())
-    architecture = config.get("architecture")
+    try:
+        config = check_config(json.loads(Path(path).read_text()), str(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON file: {error}") from None
+    architecture = config["architecture"]
     if architecture and architecture not in (info.name, info.timm_name):
         raise ValueError(f"{source} holds weights of {architecture}, not of {info.name}")
     return config
