@@ -256,3 +256,63 @@ def test_good_files_are_accepted(good_files, capsys):
         captured = capsys.readouterr()
         assert status == 0, captured.err
         assert sum(f"%  {name}" in captured.out for name in CLASSES) == 4, captured.out  # top-5 of 4 classes
+
+
+def _spoiled_copy(good_files: Path, folder: Path, edit: Callable[[dict], dict]) -> Path:
+    shutil.copytree(good_files / "model", folder)
+    path = folder / "config.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    return folder
+
+
+SIZE_EDITS = {  # issue 19 item 9: sizes a config.json asks to allocate
+    "num_classes 3000000": setting("num_classes", 3_000_000),
+    "num_classes 1e8": setting("num_classes", 100_000_000),
+    "img_size 60000": setting("model_args", {"img_size": 60000}),
+    "input_size 60000": setting("input_size", [3, 60000, 60000], "pretrained_cfg"),
+}
+
+
+@pytest.mark.parametrize("edit", list(SIZE_EDITS.values()), ids=list(SIZE_EDITS))
+def test_config_sizes_are_refused_before_a_model_is_built(good_files, tmp_path, monkeypatch, edit):
+    import efficientmod.models.pretrained as pretrained
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was built from a config.json that asks for too much")
+
+    monkeypatch.setattr(pretrained, "create_model", fail)
+    folder = _spoiled_copy(good_files, tmp_path / "model", edit)
+    with pytest.raises(ValueError, match=r"config\.json: .*(is outside|from 0 to 100000)"):
+        pretrained.from_pretrained(folder)
+
+
+TIMM_EDITS = {  # the same sizes in the pretrained_cfg that timm reads from a local-dir: folder
+    "num_classes 3000000": (lambda c: {**setting("num_classes", 3_000_000, "pretrained_cfg")(c),
+                                       "num_classes": 3_000_000}, "pretrained_cfg num_classes 3000000 is outside"),
+    "input_size 60000": (setting("input_size", [3, 60000, 60000], "pretrained_cfg"),
+                         "pretrained_cfg input_size 60000 is outside 1 to 4096"),
+}
+
+
+@pytest.mark.parametrize("edit, message", list(TIMM_EDITS.values()), ids=list(TIMM_EDITS))
+def test_timm_local_dir_sizes_are_refused_before_a_model_is_built(good_files, tmp_path, monkeypatch, edit, message):
+    import timm
+
+    import efficientmod.models.registry as registry
+
+    def fail(*args, **kwargs):
+        raise AssertionError("timm built a model from a pretrained_cfg that asks for too much")
+
+    monkeypatch.setattr(registry, "build_model_with_cfg", fail)
+    folder = _spoiled_copy(good_files, tmp_path / "model", edit)
+    with pytest.raises(ValueError, match=message):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_python_sizes_are_bounded_too():
+    import efficientmod
+
+    with pytest.raises(ValueError, match="num_classes 3000000 is outside 0 to 100000"):
+        efficientmod.create_model("efficientmod_xxs", num_classes=3_000_000)
+    with pytest.raises(ValueError, match="in_chans 100 is outside 1 to 16"):
+        efficientmod.create_model("efficientmod_xxs", in_chans=100)

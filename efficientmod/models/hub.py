@@ -25,12 +25,13 @@ import torch.nn as nn
 from timm.models import resolve_pretrained_cfg
 
 from efficientmod.metadata import MAX_CLASSES, check_class_names
-from efficientmod.preprocessing import MAX_INPUT_SIDE, Preprocessing
+from efficientmod.preprocessing import MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, Preprocessing
 
 if TYPE_CHECKING:
     from efficientmod.models.registry import ModelInfo
 
-__all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card", "check_config"]
+__all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card", "check_config",
+           "check_build_arguments"]
 
 
 class WeightsNotAvailableError(FileNotFoundError):
@@ -137,6 +138,29 @@ def check_config(config, source: str) -> dict:
     if "pretrained_cfg" in config:
         Preprocessing.from_dict(config["pretrained_cfg"], f"{source}: pretrained_cfg")
     return config
+
+
+def check_build_arguments(kwargs: dict) -> None:
+    """Sizes a model is about to be built with - ``num_classes``, ``in_chans``, ``img_size`` and
+    those of a ``pretrained_cfg`` (which timm reads from a ``local-dir:`` / ``hf-hub:``
+    config.json) - bounded before anything is allocated: a ``ValueError`` naming the value."""
+    cfg = kwargs.get("pretrained_cfg")
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg if isinstance(cfg, dict) else {}
+    size = cfg.get("input_size")
+    sides = list(size[1:]) if isinstance(size, (list, tuple)) and len(size) == 3 else []
+    checked = [("num_classes", [kwargs.get("num_classes")], MAX_CLASSES, 0),
+               ("in_chans", [kwargs.get("in_chans")], MAX_INPUT_CHANNELS, 1),
+               ("img_size", _as_list(kwargs.get("img_size")), MAX_INPUT_SIDE, 1),
+               ("pretrained_cfg num_classes", [cfg.get("num_classes")], MAX_CLASSES, 0),
+               ("pretrained_cfg input_size", sides, MAX_INPUT_SIDE, 1)]
+    for key, values, high, low in checked:
+        for value in values:
+            if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+                raise ValueError(f"{key} {value} is outside {low} to {high}")
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _check_model_arg(key: str, value, source: str) -> None:
