@@ -207,7 +207,39 @@ EXPORT_CASES = [  # issue 19 item 17: where and how an export is written
     ("export opset -1", export_to("out.onnx", "--opset", "-1"), "opset -1 is too old"),
 ]
 
-CASES = CONFIG_CASES + ONNX_CASES + EXPORT_CASES
+def train_from(*argv: str) -> Callable[[Path], list[str]]:
+    """A small ``train --synthetic`` run into ``out/`` with ``argv`` (``{folder}`` filled in) at fault."""
+    def build(folder: Path) -> list[str]:
+        return ["train", "--synthetic", "--model", "efficientmod_xxs", "--epochs", "1", "--batch-size", "2",
+                "--img-size", "32", "--num-classes", "4", "--benchmark-steps", "1", "--output", str(folder / "out"),
+                *[arg.format(folder=folder) for arg in argv]]
+    return build
+
+
+def predict_with(checkpoint: str, spoil: str | None = None) -> Callable[[Path], list[str]]:
+    """``predict efficientmod_xxs --checkpoint CHECKPOINT`` (``{folder}`` filled in), the file
+    ``spoil`` (relative to the case's folder) deleted first."""
+    def build(folder: Path) -> list[str]:
+        if spoil:
+            (folder / spoil).unlink()
+        return ["predict", "efficientmod_xxs", "--checkpoint", checkpoint.format(folder=folder), str(folder / "a.png")]
+    return build
+
+
+WEIGHTS_CASES = [  # issue 19 item 19: weights named on the command line
+    ("predict checkpoint /dev/zero", predict_with("/dev/zero"), "/dev/zero is not a checkpoint file"),
+    ("predict checkpoint missing", predict_with("{folder}/best.pth"), "checkpoint not found: "),
+    ("predict checkpoint an image", predict_with("{folder}/a.png"), "a.png as a weights-only checkpoint"),
+    ("predict checkpoint folder without config", predict_with("{folder}"), "is not a save_pretrained folder"),
+    ("predict checkpoint folder without weights", predict_with("{folder}/model", spoil="model/model.safetensors"),
+     "model.safetensors (no such file or save_pretrained folder)"),
+    ("train pretrained hub id", train_from("--pretrained", "user/repo"),
+     "checkpoint not found: user/repo (no such file or save_pretrained folder - a Hugging Face hub id is not "
+     "downloaded here"),
+    ("train pretrained /dev/zero", train_from("--pretrained", "/dev/zero"), "/dev/zero is not a checkpoint file"),
+]
+
+CASES = CONFIG_CASES + ONNX_CASES + EXPORT_CASES + WEIGHTS_CASES
 
 
 def tree_digest(root: Path) -> str:
@@ -316,3 +348,68 @@ def test_python_sizes_are_bounded_too():
         efficientmod.create_model("efficientmod_xxs", num_classes=3_000_000)
     with pytest.raises(ValueError, match="in_chans 100 is outside 1 to 16"):
         efficientmod.create_model("efficientmod_xxs", in_chans=100)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, offline (what huggingface_hub reads at call time): no case
+    may reach the network."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_url_is_one_clear_error(offline_hub, tmp_path, monkeypatch):
+    import efficientmod
+    from efficientmod.models.hub import WeightsNotAvailableError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # torch.hub's download folder
+    url = f"http://127.0.0.1:{_closed_port()}/weights.pth"
+    with pytest.raises(WeightsNotAvailableError, match=f"cannot download pretrained weights from {url}: "):
+        efficientmod.create_model("efficientvit_m0", pretrained=url)
+
+
+@pytest.mark.parametrize("source", ["user/../../etc", "user/re po", "a/b/c"])
+def test_a_source_that_is_no_path_nor_hub_id_is_refused(offline_hub, source):
+    import efficientmod
+
+    with pytest.raises(ValueError, match="no such checkpoint file or save_pretrained folder, and not a Hugging Face"):
+        efficientmod.create_model("efficientvit_m0", pretrained=source)
+
+
+def test_offline_hub_id_names_the_cache_fast(offline_hub):
+    import time
+
+    import efficientmod
+    from efficientmod.models.hub import WeightsNotAvailableError
+
+    start = time.monotonic()
+    with pytest.raises(WeightsNotAvailableError, match=f"not in the cache {offline_hub} and HF_HUB_OFFLINE is set"):
+        efficientmod.create_model("efficientvit_m0", pretrained="user/repo")
+    with pytest.raises(WeightsNotAvailableError, match="hf download timm/efficientvit_m0"):
+        efficientmod.create_model("efficientvit_m0", pretrained=True)
+    assert time.monotonic() - start < 10  # no retries (60 s of them before)
+
+
+def test_init_from_a_checkpoint_file_names_what_it_expects(tmp_path):
+    from efficientmod.classify.qat import load_float_model
+
+    (tmp_path / "best.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="best.pth is a file: name the run folder that holds model/"):
+        load_float_model(tmp_path / "best.pth")
+    with pytest.raises(FileNotFoundError, match="a run folder holding model/, or a save_pretrained model/ folder"):
+        load_float_model(tmp_path / "nowhere")

@@ -109,6 +109,13 @@ def check_source(info: ModelInfo, kwargs: dict) -> None:
 
 def build_error(info: ModelInfo, error: BaseException, kwargs: dict) -> Exception | None:
     """The one clear error that replaces ``error`` (raised while loading weights), or None."""
+    from urllib.error import URLError
+
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if isinstance(error, URLError) and overlay.get("url"):
+        return WeightsNotAvailableError(
+            f"cannot download pretrained weights from {overlay['url']}: {getattr(error, 'reason', error)}. "
+            "Download the file where the address can be reached and pass pretrained=PATH")
     if _is_hub_unreachable(error):
         cfg = resolve_pretrained_cfg(info.timm_name, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                      pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
@@ -222,10 +229,24 @@ def source_overlay(info: ModelInfo, source: str | os.PathLike, cache_dir=None) -
         config = _read_repo_config(info, source, cache_dir)
         overlay = dict(file=str(weights))
     else:  # a hub repository: user/name
+        _check_hub_id(source)
         config = _read_repo_config(info, source, cache_dir)
         overlay = dict(source="hf-hub", hf_hub_id=source)
     overlay["num_classes"] = config.get("num_classes", 1000)  # timm drops a classifier of another width
     return overlay, dict(config.get("model_args", {}))
+
+
+def _check_hub_id(source: str) -> None:
+    """A ``ValueError`` for a ``pretrained`` string that is neither a path that exists nor a
+    Hugging Face repository id (``user/name``: letters, digits, ``-``, ``_``, ``.``; no ``..``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ValueError(f"pretrained={source!r}: no such checkpoint file or save_pretrained folder, and not a "
+                         "Hugging Face hub id (user/name)") from None
 
 
 def model_card(info: ModelInfo, model: nn.Module, class_names: list[str] | None,
