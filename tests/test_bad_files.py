@@ -11,7 +11,6 @@ returns the command line after ``efficientmod``; ``fragment`` is a piece of the 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -243,6 +242,7 @@ WEIGHTS_CASES = [  # issue 19 item 19: weights named on the command line
 def openvino_ir(xml: bytes, bin_: bytes | None) -> Callable[[Path], list[str]]:
     """``predict`` on an OpenVINO IR ``m.xml`` holding ``xml``, beside ``m.bin`` holding ``bin_`` (None: none)."""
     def build(folder: Path) -> list[str]:
+        pytest.importorskip("openvino", reason="needs efficientmod[openvino]")
         (folder / "m.xml").write_bytes(xml)
         if bin_ is not None:
             (folder / "m.bin").write_bytes(bin_)
@@ -255,7 +255,7 @@ OPENVINO_CASES = [  # issue 19 item 16: OpenVINO IR files that are cut short
     ("openvino truncated xml", openvino_ir(TRUNCATED_XML, b""), "m.xml as an OpenVINO IR"),
     ("openvino no bin", openvino_ir(TRUNCATED_XML, None), "m.xml: its weights file "),
     ("openvino empty xml", openvino_ir(b"", b""), "m.xml as an OpenVINO IR"),
-] if importlib.util.find_spec("openvino") else []
+]
 
 CASES = CONFIG_CASES + ONNX_CASES + EXPORT_CASES + WEIGHTS_CASES + OPENVINO_CASES
 
