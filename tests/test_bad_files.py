@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from synthetic_images import make_image_folder
 from test_deploy import random_model
 
 from efficientmod.cli import main
@@ -71,8 +72,9 @@ def without(key: str, section: str | None = None) -> Callable[[dict], dict]:
     return edit
 
 
-def onnx_metadata(**changes) -> Callable[[Path], list[str]]:
-    """``model.onnx`` with its ``metadata_props`` changed (a value of None removes the key)."""
+def onnx_metadata(command: str = "predict", **changes) -> Callable[[Path], list[str]]:
+    """``model.onnx`` with its ``metadata_props`` changed (a value of None removes the key), then
+    ``predict`` it (or ``eval`` it on a folder of the four classes)."""
     def build(folder: Path) -> list[str]:
         import onnx
 
@@ -87,6 +89,10 @@ def onnx_metadata(**changes) -> Callable[[Path], list[str]]:
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = key, json.dumps(value)
         onnx.save(proto, str(path))
+        if command == "eval":
+            make_image_folder(folder / "data", classes=CLASSES, train_per_class=1, val_per_class=1, size=8)
+            return ["eval", "--model", "efficientmod_xxs", "--checkpoint", str(path), "--data", str(folder / "data"),
+                    "--workers", "0"]
         return predict(folder, "model.onnx")
     return build
 
@@ -165,6 +171,8 @@ CONFIG_CASES = [  # issue 19 items 9 and 16: a save_pretrained folder's config.j
 
 ONNX_CASES = [  # issue 19 items 9, 10 and 16: an exported file's metadata and graph
     ("onnx 1000 classes on 4 logits", onnx_metadata(num_classes=1000, class_names=None),
+     "model.onnx: the metadata declares 1000 classes, the graph gives outputs of shape [1, 4]"),
+    ("eval onnx 1000 classes on 4 logits", onnx_metadata(num_classes=1000, class_names=None, command="eval"),
      "model.onnx: the metadata declares 1000 classes, the graph gives outputs of shape [1, 4]"),
     ("onnx 5 classes on 4 logits", onnx_metadata(num_classes=5, class_names=list("abcde")),
      "the metadata declares 5 classes"),

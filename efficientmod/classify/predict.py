@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from efficientmod.images import DECODE_ERRORS
-from efficientmod.metadata import ExportMetadata, check_class_names, class_names_of
+from efficientmod.metadata import check_class_names, class_names_of
 from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import read_train_checkpoint
 
@@ -108,23 +108,6 @@ def load_model(model: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     return net
 
 
-def _check_graph(runtime, meta: ExportMetadata, source: str) -> None:
-    """An exported graph must take the input its metadata declares and give one logit per
-    declared class: one zero image is run (a ``ValueError`` naming ``source`` otherwise)."""
-    import numpy as np
-
-    size = meta.preprocessing.input_size
-    try:
-        logits = runtime.run(np.zeros((1, *size), np.float32))
-    except Exception as error:  # noqa: BLE001 - each runtime has its own shape error
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{source}: the graph does not take the input_size {list(size)} of its metadata: "
-                         f"{first_line[:200]}") from None
-    if logits.ndim != 2 or logits.shape[1] != meta.num_classes:
-        raise ValueError(f"{source}: the metadata declares {meta.num_classes} classes, the graph gives "
-                         f"outputs of shape {list(logits.shape)}")
-
-
 class Prediction(NamedTuple):
     path: str
     top: list[tuple[str, float]]  # (class name, probability), best first
@@ -162,11 +145,9 @@ class Predictor:
         """An exported file (ONNX, or any format of :data:`efficientmod.export.FORMATS`) run
         in its runtime, preprocessing and classes from its metadata (written by
         ``efficientmod export``)."""
-        from efficientmod.export import load_runtime
+        from efficientmod.export import load_classifier
 
-        runtime = load_runtime(path, threads)
-        meta = ExportMetadata.from_dict(runtime.metadata, str(path))
-        _check_graph(runtime, meta, str(path))
+        runtime, meta = load_classifier(path, threads)
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(runtime.run(batch.numpy()))

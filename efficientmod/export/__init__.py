@@ -28,10 +28,12 @@ from efficientmod.export.onnx import (
     read_onnx_metadata,
     verify_onnx,
 )
+from efficientmod.metadata import ExportMetadata
 
 __all__ = [
     "FORMATS", "ExportFormat", "ExportOptions", "VerifiedExport", "InferenceRuntime", "find_format", "format_of",
-    "resolve_format", "load_runtime", "MIN_OPSET", "ExportVerificationError", "export_onnx", "export_verified",
+    "resolve_format", "load_runtime", "load_classifier", "MIN_OPSET", "ExportVerificationError", "export_onnx",
+    "export_verified",
     "ort_session", "read_onnx_metadata", "verify_onnx",
 ]
 
@@ -92,3 +94,25 @@ def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Inferen
     if not path.exists():
         raise FileNotFoundError(f"{fmt.name} file not found: {path}")
     return fmt.open_runtime(path, threads)
+
+
+def load_classifier(path: str | os.PathLike, threads: int | None = None) -> tuple[InferenceRuntime, ExportMetadata]:
+    """An exported classifier (:func:`load_runtime`) and its checked metadata: the values
+    (:meth:`ExportMetadata.from_dict`) and the graph against them - it takes the declared
+    ``input_size`` and gives one logit per declared class (one zero image is run). A
+    ``ValueError`` naming the file otherwise."""
+    import numpy as np
+
+    runtime = load_runtime(path, threads)
+    meta = ExportMetadata.from_dict(runtime.metadata, str(path))
+    size = meta.preprocessing.input_size
+    try:
+        logits = runtime.run(np.zeros((1, *size), np.float32))
+    except Exception as error:  # noqa: BLE001 - each runtime has its own shape error
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path}: the graph does not take the input_size {list(size)} of its metadata: "
+                         f"{first_line[:200]}") from None
+    if logits.ndim != 2 or logits.shape[1] != meta.num_classes:
+        raise ValueError(f"{path}: the metadata declares {meta.num_classes} classes, the graph gives "
+                         f"outputs of shape {list(logits.shape)}")
+    return runtime, meta
