@@ -88,13 +88,33 @@ def load_weights_only(path: str | os.PathLike):
     the ``argparse.Namespace`` of a timm training checkpoint), never arbitrary pickled
     objects; a refused or corrupt file is a :class:`CheckpointError`."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_is_file(path)
     try:
         with torch.serialization.safe_globals(list(TIMM_CHECKPOINT_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refused, or a corrupt / truncated file
-        raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {error}") from error
+        raise CheckpointError(f"cannot read {path} as a weights-only checkpoint: {_reason(error)}") from error
+
+
+def _reason(error: Exception) -> str:
+    """One line of ``torch.load``'s error: the unpickler's own reason (e.g. ``Unsupported
+    operand 80``) rather than its paragraphs of advice."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return next((line for line in lines if line.startswith("Unsupported")), lines[0])
+
+
+def _check_is_file(path: Path) -> None:
+    """A missing ``path`` is a ``FileNotFoundError`` saying what was looked for; a device, pipe
+    or folder a :class:`CheckpointError` (nothing is read from it)."""
+    if not path.exists():
+        looks_like_hub_id = str(path).count("/") == 1 and not path.suffix and not str(path).startswith((".", "/", "~"))
+        hint = (" - a Hugging Face hub id is not downloaded here: `hf download ID --local-dir DIR`, then pass DIR"
+                if looks_like_hub_id else "")
+        raise FileNotFoundError(f"checkpoint not found: {path} (no such file or save_pretrained folder{hint})")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a checkpoint file (a folder, device or pipe)")
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -115,8 +135,7 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
         path = Path(source)
         if path.is_dir():
             path = path / "model.safetensors"
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
+        _check_is_file(path)
         state = _load_safetensors(path) if path.suffix == ".safetensors" else load_weights_only(path)
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")

@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from efficientmod.classify.data import ImageFolder, ShardSampler, check_image_folders, collate_skipping_bad
-from efficientmod.metadata import ExportMetadata
 from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import amp_dtype, autocast, cpus_per_process, resolve_device
 
@@ -71,11 +70,10 @@ class ExportedClassifier(nn.Module):
     can call; ``metadata`` is what the file declares (:class:`~efficientmod.metadata.ExportMetadata`)."""
 
     def __init__(self, path: str | os.PathLike):
-        from efficientmod.export import load_runtime
+        from efficientmod.export import load_classifier
 
         super().__init__()
-        self.runtime = load_runtime(path)
-        self.metadata = ExportMetadata.from_dict(self.runtime.metadata, str(path))
+        self.runtime, self.metadata = load_classifier(path)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.runtime.run(images.float().cpu().numpy()))

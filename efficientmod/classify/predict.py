@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from efficientmod.images import DECODE_ERRORS
-from efficientmod.metadata import ExportMetadata, check_class_names, class_names_of
+from efficientmod.metadata import check_class_names, class_names_of
 from efficientmod.preprocessing import Preprocessing
 from efficientmod.runtime import read_train_checkpoint
 
@@ -145,10 +145,9 @@ class Predictor:
         """An exported file (ONNX, or any format of :data:`efficientmod.export.FORMATS`) run
         in its runtime, preprocessing and classes from its metadata (written by
         ``efficientmod export``)."""
-        from efficientmod.export import load_runtime
+        from efficientmod.export import load_classifier
 
-        runtime = load_runtime(path, threads)
-        meta = ExportMetadata.from_dict(runtime.metadata, str(path))
+        runtime, meta = load_classifier(path, threads)
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(runtime.run(batch.numpy()))

@@ -127,8 +127,12 @@ def load_float_model(init_from: str | Path) -> nn.Module:
     from efficientmod.models.pretrained import from_pretrained
 
     folder = Path(init_from)
+    if folder.is_file():
+        raise ValueError(f"--init-from {folder} is a file: name the run folder that holds model/ or the "
+                         "model/ folder itself (save_pretrained), not a checkpoint")
     if not folder.is_dir():
-        raise FileNotFoundError(f"--init-from: folder not found: {folder}")
+        raise FileNotFoundError(f"--init-from: folder not found: {folder} (a run folder holding model/, or a "
+                                "save_pretrained model/ folder)")
     for candidate in (folder, folder / "model"):
         if (candidate / "config.json").is_file():
             return from_pretrained(candidate)

@@ -28,10 +28,12 @@ from efficientmod.export.onnx import (
     read_onnx_metadata,
     verify_onnx,
 )
+from efficientmod.metadata import ExportMetadata
 
 __all__ = [
     "FORMATS", "ExportFormat", "ExportOptions", "VerifiedExport", "InferenceRuntime", "find_format", "format_of",
-    "resolve_format", "load_runtime", "MIN_OPSET", "ExportVerificationError", "export_onnx", "export_verified",
+    "resolve_format", "load_runtime", "load_classifier", "MIN_OPSET", "ExportVerificationError", "export_onnx",
+    "export_verified",
     "ort_session", "read_onnx_metadata", "verify_onnx",
 ]
 
@@ -55,9 +57,11 @@ def format_of(path: str | os.PathLike) -> ExportFormat:
 
 def resolve_format(path: str | os.PathLike, options: ExportOptions, name: str | None = None) -> ExportFormat:
     """The format that writes ``path`` with ``options``: ``name``, else the one of the suffix.
-    A ``ValueError`` when the suffix is not that format's, the precision is not one it writes
-    (naming the formats that write it) or the format refuses an option."""
+    A ``ValueError`` when ``path`` is a folder or under a file, the suffix is not that format's,
+    the precision is not one it writes (naming the formats that write it) or the format refuses
+    an option."""
     fmt = FORMATS[name] if name is not None else format_of(path)
+    _check_output_path(Path(path))
     if Path(path).suffix.lower() not in fmt.suffixes:
         raise ValueError(f"--output of a {fmt.name} export ends in {' or '.join(fmt.suffixes)}, got {path}")
     if options.precision not in fmt.precisions:
@@ -67,6 +71,16 @@ def resolve_format(path: str | os.PathLike, options: ExportOptions, name: str | 
     fmt.check(options)
     fmt.dynamic_batch(options)  # a batch axis the format cannot write is refused now
     return fmt
+
+
+def _check_output_path(path: Path) -> None:
+    """A ``ValueError`` for an ``--output`` that can never be written: an existing folder, or a
+    path under a regular file."""
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder: name the file to write in it")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--output {path}: {parent} is a file, not a folder")
 
 
 def load_runtime(path: str | os.PathLike, threads: int | None = None) -> InferenceRuntime:
@@ -80,3 +94,25 @@ def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Inferen
     if not path.exists():
         raise FileNotFoundError(f"{fmt.name} file not found: {path}")
     return fmt.open_runtime(path, threads)
+
+
+def load_classifier(path: str | os.PathLike, threads: int | None = None) -> tuple[InferenceRuntime, ExportMetadata]:
+    """An exported classifier (:func:`load_runtime`) and its checked metadata: the values
+    (:meth:`ExportMetadata.from_dict`) and the graph against them - it takes the declared
+    ``input_size`` and gives one logit per declared class (one zero image is run). A
+    ``ValueError`` naming the file otherwise."""
+    import numpy as np
+
+    runtime = load_runtime(path, threads)
+    meta = ExportMetadata.from_dict(runtime.metadata, str(path))
+    size = meta.preprocessing.input_size
+    try:
+        logits = runtime.run(np.zeros((1, *size), np.float32))
+    except Exception as error:  # noqa: BLE001 - each runtime has its own shape error
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path}: the graph does not take the input_size {list(size)} of its metadata: "
+                         f"{first_line[:200]}") from None
+    if logits.ndim != 2 or logits.shape[1] != meta.num_classes:
+        raise ValueError(f"{path}: the metadata declares {meta.num_classes} classes, the graph gives "
+                         f"outputs of shape {list(logits.shape)}")
+    return runtime, meta

@@ -32,11 +32,13 @@ from efficientmod.export.format import (
 from efficientmod.export.quantize import check_calibration, quantize_onnx_int8
 
 __all__ = [
-    "FORMAT", "MIN_OPSET", "check_opset", "export_onnx", "verify_onnx", "export_verified", "export_onnx_int8",
+    "FORMAT", "MIN_OPSET", "MAX_OPSET", "check_opset", "export_onnx", "verify_onnx", "export_verified",
+    "export_onnx_int8",
     "ort_session", "read_onnx_metadata", "OnnxRuntime", "open_runtime",
 ]
 
 MIN_OPSET = 17  # the first opset with LayerNormalization, which ONNX Runtime runs as one kernel
+MAX_OPSET = 20  # the newest torch.onnx's TorchScript exporter writes
 
 
 def export_onnx(
@@ -65,9 +67,10 @@ def export_onnx(
 
 
 def check_opset(opset: int) -> None:
-    """A ``ValueError`` for an opset older than :data:`MIN_OPSET`."""
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
+    """A ``ValueError`` for an opset outside :data:`MIN_OPSET` to :data:`MAX_OPSET`."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        age = "too old" if opset < MIN_OPSET else "newer than torch.onnx writes"
+        raise ValueError(f"opset {opset} is {age}: use {MIN_OPSET} to {MAX_OPSET}")
 
 
 def _write_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], opset: int,
@@ -111,6 +114,8 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, object]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read {path} as an ONNX model: the file is empty")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf's DecodeError for a file that is not ONNX

@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING
 import torch.nn as nn
 from timm.models import resolve_pretrained_cfg
 
+from efficientmod.metadata import MAX_CLASSES, check_class_names
+from efficientmod.preprocessing import MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, Preprocessing
+
 if TYPE_CHECKING:
     from efficientmod.models.registry import ModelInfo
-    from efficientmod.preprocessing import Preprocessing
 
-__all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card"]
+__all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card", "check_config",
+           "check_build_arguments"]
 
 
 class WeightsNotAvailableError(FileNotFoundError):
@@ -106,11 +109,76 @@ def check_source(info: ModelInfo, kwargs: dict) -> None:
 
 def build_error(info: ModelInfo, error: BaseException, kwargs: dict) -> Exception | None:
     """The one clear error that replaces ``error`` (raised while loading weights), or None."""
+    from urllib.error import URLError
+
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if isinstance(error, URLError) and overlay.get("url"):
+        return WeightsNotAvailableError(
+            f"cannot download pretrained weights from {overlay['url']}: {getattr(error, 'reason', error)}. "
+            "Download the file where the address can be reached and pass pretrained=PATH")
     if _is_hub_unreachable(error):
         cfg = resolve_pretrained_cfg(info.timm_name, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                      pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
         return _not_available(cfg.hf_hub_id, kwargs.get("cache_dir"), info.name)
     return None
+
+
+def check_config(config, source: str) -> dict:
+    """``config`` (a ``config.json`` read by ``source``) with every value the rebuild uses
+    checked and bounded - architecture, classes, ``model_args``, class names and the
+    ``pretrained_cfg`` preprocessing - so a bad file is one ``ValueError`` naming the key,
+    before any model is allocated (the registry maps the architecture name)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: must hold a JSON object, got a {type(config).__name__}")
+    architecture = config.get("architecture")
+    if not isinstance(architecture, str) or not architecture:
+        raise ValueError(f"{source}: architecture must be a model name, got {architecture!r}")
+    num_classes = config.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 0 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"{source}: num_classes must be an integer from 0 to {MAX_CLASSES}, got {num_classes!r}")
+    model_args = config.get("model_args", {})
+    if not isinstance(model_args, dict):
+        raise ValueError(f"{source}: model_args must be a JSON object, got a {type(model_args).__name__}")
+    for key, value in model_args.items():
+        _check_model_arg(f"model_args.{key}", value, source)
+    check_class_names(config.get("label_names"), num_classes, f"{source}: label_names")
+    if "pretrained_cfg" in config:
+        Preprocessing.from_dict(config["pretrained_cfg"], f"{source}: pretrained_cfg")
+    return config
+
+
+def check_build_arguments(kwargs: dict) -> None:
+    """Sizes a model is about to be built with - ``num_classes``, ``in_chans``, ``img_size`` and
+    those of a ``pretrained_cfg`` (which timm reads from a ``local-dir:`` / ``hf-hub:``
+    config.json) - bounded before anything is allocated: a ``ValueError`` naming the value."""
+    cfg = kwargs.get("pretrained_cfg")
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg if isinstance(cfg, dict) else {}
+    size = cfg.get("input_size")
+    sides = list(size[1:]) if isinstance(size, (list, tuple)) and len(size) == 3 else []
+    checked = [("num_classes", [kwargs.get("num_classes")], MAX_CLASSES, 0),
+               ("in_chans", [kwargs.get("in_chans")], MAX_INPUT_CHANNELS, 1),
+               ("img_size", _as_list(kwargs.get("img_size")), MAX_INPUT_SIDE, 1),
+               ("pretrained_cfg num_classes", [cfg.get("num_classes")], MAX_CLASSES, 0),
+               ("pretrained_cfg input_size", sides, MAX_INPUT_SIDE, 1)]
+    for key, values, high, low in checked:
+        for value in values:
+            if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+                raise ValueError(f"{key} {value} is outside {low} to {high}")
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_model_arg(key: str, value, source: str) -> None:
+    """An architecture argument: a bool, string, number or list of them, every integer from 0 to
+    MAX_INPUT_SIDE (the largest a file may ask a model to allocate along one axis)."""
+    values = value if isinstance(value, list) and len(value) <= 64 else [value]
+    for item in values:
+        if isinstance(item, int) and not isinstance(item, bool) and not 0 <= item <= MAX_INPUT_SIDE:
+            raise ValueError(f"{source}: {key} = {item} is outside 0 to {MAX_INPUT_SIDE}")
+        if not isinstance(item, (bool, int, float, str, type(None))):
+            raise ValueError(f"{source}: {key} must be a number, string or short list of them, got {value!r:.80}")
 
 
 def _read_repo_config(info: ModelInfo, source: str, cache_dir) -> dict:
@@ -133,8 +201,11 @@ def _read_repo_config(info: ModelInfo, source: str, cache_dir) -> dict:
             if isinstance(error, EntryNotFoundError):
                 return {}
             raise
-    config = json.loads(Path(path).read_text())
-    architecture = config.get("architecture")
+    try:
+        config = check_config(json.loads(Path(path).read_text()), str(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON file: {error}") from None
+    architecture = config["architecture"]
     if architecture and architecture not in (info.name, info.timm_name):
         raise ValueError(f"{source} holds weights of {architecture}, not of {info.name}")
     return config
@@ -158,10 +229,24 @@ def source_overlay(info: ModelInfo, source: str | os.PathLike, cache_dir=None) -
         config = _read_repo_config(info, source, cache_dir)
         overlay = dict(file=str(weights))
     else:  # a hub repository: user/name
+        _check_hub_id(source)
         config = _read_repo_config(info, source, cache_dir)
         overlay = dict(source="hf-hub", hf_hub_id=source)
     overlay["num_classes"] = config.get("num_classes", 1000)  # timm drops a classifier of another width
     return overlay, dict(config.get("model_args", {}))
+
+
+def _check_hub_id(source: str) -> None:
+    """A ``ValueError`` for a ``pretrained`` string that is neither a path that exists nor a
+    Hugging Face repository id (``user/name``: letters, digits, ``-``, ``_``, ``.``; no ``..``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ValueError(f"pretrained={source!r}: no such checkpoint file or save_pretrained folder, and not a "
+                         "Hugging Face hub id (user/name)") from None
 
 
 def model_card(info: ModelInfo, model: nn.Module, class_names: list[str] | None,

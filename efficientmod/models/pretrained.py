@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from efficientmod.checkpoint import atomic_write, load_checkpoint
 from efficientmod.metadata import check_class_names, class_names_of
-from efficientmod.models.hub import model_card
+from efficientmod.models.hub import check_config, model_card
 from efficientmod.models.registry import create_model, model_info
 from efficientmod.preprocessing import Preprocessing
 
@@ -73,14 +73,21 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, class_names:
 
 
 def read_config(directory: str | os.PathLike) -> dict:
-    """The ``config.json`` of a ``save_pretrained`` folder, its ``architecture`` given as
-    this library's name (``efficientvit_m0`` for timm's ``em_efficientvit_m0``)."""
+    """The ``config.json`` of a ``save_pretrained`` folder, checked before anything is built
+    from it (:func:`efficientmod.models.hub.check_config`), its ``architecture`` given as this library's name
+    (``efficientvit_m0`` for timm's ``em_efficientvit_m0``)."""
     path = Path(directory) / "config.json"
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a save_pretrained folder (no config.json)")
-    config = json.loads(path.read_text())
-    config["architecture"] = model_info(config["architecture"]).name
-    return config
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON file: {error}") from None
+    check_config(config, str(path))
+    try:
+        return dict(config, architecture=model_info(config["architecture"]).name)
+    except ValueError as error:
+        raise ValueError(f"{path}: architecture: {error}") from None
 
 
 def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
@@ -90,11 +97,17 @@ def from_pretrained(directory: str | os.PathLike, **kwargs) -> nn.Module:
     Another ``num_classes`` (fine-tuning) keeps the trunk's weights and a fresh classifier,
     with no saved class names."""
     config = read_config(directory)
+    source = str(Path(directory) / "config.json")
+    if "pretrained_cfg" not in config:
+        raise ValueError(f"{source}: no pretrained_cfg (the model's preprocessing)")
     build = dict(config["model_args"], num_classes=config["num_classes"])
     build.update(kwargs)
     new_head = build["num_classes"] != config["num_classes"]
-    model = create_model(config["architecture"], **build)
+    try:
+        model = create_model(config["architecture"], **build)
+    except TypeError as error:  # an argument the architecture does not take
+        raise ValueError(f"{source}: model_args do not fit {config['architecture']}: {error}") from None
     load_checkpoint(model, directory, strict=True, ignore_head=new_head)
-    preprocessing = Preprocessing.from_dict(config.get("pretrained_cfg", {}), str(Path(directory) / "config.json"))
+    preprocessing = Preprocessing.from_dict(config["pretrained_cfg"], f"{source}: pretrained_cfg")
     model.declare(preprocessing, None if new_head else config.get("label_names"))
     return model

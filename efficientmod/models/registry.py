@@ -142,8 +142,9 @@ def _build(info: ModelInfo, pretrained: bool = False, **kwargs) -> nn.Module:
     """timm's ``build_model_with_cfg`` for ``info``: pretrained weights in any layout our
     converters know (timm's, the official release's, ours) are read by timm's loader and
     converted on the way in."""
-    from efficientmod.models.hub import build_error, check_source, convert_pretrained
+    from efficientmod.models.hub import build_error, check_build_arguments, check_source, convert_pretrained
 
+    check_build_arguments(kwargs)
     if pretrained:
         check_source(info, kwargs)
     kwargs.setdefault("feature_cfg", dict(flatten_sequential=True, out_indices=info.feature_out_indices))
