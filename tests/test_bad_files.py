@@ -10,15 +10,14 @@ returns the command line after ``efficientmod``; ``fragment`` is a piece of the 
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from refusal import assert_refused
 from synthetic_images import make_image_folder
 from test_deploy import random_model
 
@@ -266,32 +265,6 @@ OPENVINO_CASES = [  # issue 19 item 16: OpenVINO IR files that are cut short
 ]
 
 CASES = CONFIG_CASES + ONNX_CASES + EXPORT_CASES + WEIGHTS_CASES + OPENVINO_CASES
-
-
-def tree_digest(root: Path) -> str:
-    """One hash of every path, file content and symbolic link under ``root``."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_symlink():
-            digest.update(os.readlink(path).encode())
-        elif path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def assert_refused(argv: list[str], fragment: str, folder: Path, capsys) -> str:
-    """Run ``efficientmod argv`` in-process; assert exit 2, one line on stderr holding
-    ``fragment``, no traceback and ``folder`` unchanged; return the line."""
-    before = tree_digest(folder)
-    status = main(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert status == 2, f"exit {status}: {err}"
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert fragment in lines[0], lines[0]
-    assert tree_digest(folder) == before, "the case changed its files"
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv, fragment", [pytest.param(argv, fragment, id=name) for name, argv, fragment in CASES])
