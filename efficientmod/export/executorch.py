@@ -383,6 +383,7 @@ class ExecutorchRuntime:
         if not self.path.is_file():
             raise FileNotFoundError(f"ExecuTorch program not found: {self.path}")
         set_threads(threads)
+        check_program_file(self.path)  # before the runtime, whose C++ loader logs its own lines
         try:
             program = Runtime.get().load_program(self.path)
         except Exception as error:  # the runtime's own error for a file that is not a program
@@ -408,6 +409,30 @@ def _read_metadata(program, path: Path) -> dict[str, object]:
         return json.loads(text)
     except (TypeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: unreadable {METADATA_METHOD}: {error}") from error
+
+
+PROGRAM_IDENTIFIER = b"ET12"  # the flatbuffer file identifier of ExecuTorch's program schema
+EXTENDED_HEADER_MAGIC = b"eh00"  # the header ExecuTorch's serializer writes after the identifier
+
+
+def check_program_file(path: Path) -> None:
+    """A one-line ``ValueError`` unless ``path`` starts like an ExecuTorch program and is as long
+    as its extended header says (program, then segments): a truncated or foreign file is
+    refused before ExecuTorch's loader reads it."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(40)
+    if len(head) < 8 or head[4:8] != PROGRAM_IDENTIFIER:
+        raise ValueError(f"cannot load {path} as an ExecuTorch program: it is not one ({size} bytes, no "
+                         f"{PROGRAM_IDENTIFIER.decode()} identifier)")
+    if head[8:12] == EXTENDED_HEADER_MAGIC and len(head) >= 32:
+        length, program_size, segment_offset = (int.from_bytes(head[i:j], "little") for i, j in
+                                                 ((12, 16), (16, 24), (24, 32)))
+        segment_size = int.from_bytes(head[32:40], "little") if length >= 32 and len(head) >= 40 else 0
+        expected = segment_offset + segment_size if segment_offset else program_size
+        if size < expected:
+            raise ValueError(f"cannot load {path} as an ExecuTorch program: the file is cut short "
+                             f"({size} of {expected} bytes)")
 
 
 def open_runtime(path: str | os.PathLike, threads: int | None = None) -> ExecutorchRuntime:
