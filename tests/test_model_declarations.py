@@ -12,8 +12,8 @@ from efficientmod.models import model_info
 from efficientmod.models.base import Backbone
 from efficientmod.models.efficientmod import EfficientModCfg
 from efficientmod.models.efficientvit import EfficientViTCfg
+from efficientmod.models.info import ModelInfo
 from efficientmod.models.mobilevitv2 import MobileViTv2Cfg
-from efficientmod.models.registry import ModelInfo
 
 
 @pytest.mark.parametrize("cfg_cls, args", [

@@ -30,8 +30,9 @@ from timm.layers import Mlp, trunc_normal_
 from efficientmod.checkpoint import register_layout
 from efficientmod.fuse import register_fuser, scaled_linear, stacked_outputs, static_hwc
 from efficientmod.models.base import Backbone
+from efficientmod.models.info import ModelInfo, ReleasedWeights
 from efficientmod.models.layers import Stage, drop_path_or_identity
-from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant
+from efficientmod.models.registry import register_variant
 from efficientmod.viz import Emit, Query, attention_map, register_attention_reader, register_context_module
 
 __all__ = [

@@ -38,8 +38,9 @@ from timm.layers import SqueezeExcite
 from efficientmod.checkpoint import register_layout, rename_keys
 from efficientmod.fuse import register_fuser
 from efficientmod.models.base import Backbone
+from efficientmod.models.info import ModelInfo, ReleasedWeights
 from efficientmod.models.layers import ConvNorm, LinearNorm, Stage, drop_path_or_identity
-from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant
+from efficientmod.models.registry import register_variant
 from efficientmod.viz import Emit, Query, attention_map, register_attention_reader
 
 __all__ = [

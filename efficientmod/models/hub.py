@@ -11,24 +11,21 @@ loader's filter converts them with the converters each family registers.
 
 This module also writes the model card of a ``save_pretrained`` folder
 (:mod:`efficientmod.models.pretrained`), which is a hub repository as it stands
-(``config.json`` in timm's format, ``model.safetensors``, ``README.md``). It imports the
-registry for type hints only: the registry imports it when a model is built.
+(``config.json`` in timm's format, ``model.safetensors``, ``README.md``). It knows variants
+through :class:`~efficientmod.models.info.ModelInfo`, not the registry (which imports it).
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch.nn as nn
 from timm.models import resolve_pretrained_cfg
 
 from efficientmod.metadata import MAX_CLASSES, check_class_names
+from efficientmod.models.info import ModelInfo
 from efficientmod.preprocessing import MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, Preprocessing
-
-if TYPE_CHECKING:
-    from efficientmod.models.registry import ModelInfo
 
 __all__ = ["WeightsNotAvailableError", "convert_pretrained", "source_overlay", "model_card", "check_config",
            "check_build_arguments"]

@@ -35,8 +35,9 @@ from timm.layers import ConvMlp, make_divisible
 from efficientmod.checkpoint import register_layout, rename_keys
 from efficientmod.fuse import conv1x1_from, register_fuser
 from efficientmod.models.base import Backbone
+from efficientmod.models.info import ModelInfo, ReleasedWeights
 from efficientmod.models.layers import ConvNorm, ConvNormAct, drop_path_or_identity
-from efficientmod.models.registry import ModelInfo, ReleasedWeights, register_variant
+from efficientmod.models.registry import register_variant
 from efficientmod.viz import Emit, Query, check_query, register_attention_reader
 
 __all__ = [
