@@ -44,13 +44,13 @@ def randomize_weights(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def random_model(name: str, **kwargs) -> nn.Module:
-    """A model with :func:`randomize_weights`, its classifier scaled so that the logits of a
-    random image are of order 1 (random EfficientViTs otherwise reach ~1e3, where float32
-    rounding alone exceeds an absolute tolerance)."""
+def random_model(name: str, scale_head: bool = True, **kwargs) -> nn.Module:
+    """A model with :func:`randomize_weights`, its classifier scaled (``scale_head``) so that
+    the logits of a random image are of order 1 (random EfficientViTs otherwise reach ~1e3,
+    where float32 rounding alone exceeds an absolute tolerance)."""
     model = randomize_weights(efficientmod.create_model(name, **kwargs)).eval()
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, nn.Linear):
+    if scale_head and isinstance(head, nn.Linear):
         with torch.no_grad():
             scale = model(torch.randn(1, model.in_chans, 64, 64, generator=torch.Generator().manual_seed(2)))
             head.weight.div_(scale.abs().max() / 3)

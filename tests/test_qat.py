@@ -40,7 +40,7 @@ def float_dir(tmp_path_factory) -> Path:
     preprocessing (random weights: enough for the plumbing)."""
     info = model_info("efficientmod_xxs")
     folder = tmp_path_factory.mktemp("float") / "model"
-    model = random_model("efficientmod_xxs", num_classes=len(CLASSES))
+    model = random_model("efficientmod_xxs", scale_head=False, num_classes=len(CLASSES))
     model.save_pretrained(folder, class_names=list(CLASSES), preprocessing=Preprocessing(
         (3, 32, 32), info.mean, info.std, interpolation=info.interpolation, crop_pct=info.crop_pct))
     return folder

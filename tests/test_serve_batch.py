@@ -11,6 +11,7 @@ from test_deploy import random_model
 
 from efficientmod.classify.predict import Predictor, load_model
 from efficientmod.cli import main
+from efficientmod.preprocessing import Preprocessing
 from efficientmod.serve.batch import image_files, read_rows
 
 pytestmark = pytest.mark.slow  # Ray's start-up alone takes ~10 s here
@@ -40,8 +41,8 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model") / "model"
-    random_model("efficientmod_xxs", num_classes=len(CLASSES)).save_pretrained(
-        folder, class_names=CLASSES, preprocessing=dict(input_size=[3, 64, 64]))
+    model = random_model("efficientmod_xxs", num_classes=len(CLASSES))
+    model.save_pretrained(folder, class_names=CLASSES, preprocessing=Preprocessing.of_model(model, (3, 64, 64)))
     return folder
 
 

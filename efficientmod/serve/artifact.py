@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -78,5 +78,5 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None,
         predictor = Predictor.from_model(model)
         name, runtime, precision = model.registry_name, "torch", "fp32"
     info = dict(name=name, artifact=str(path), runtime=runtime, precision=precision,
-                preprocessing=asdict(predictor.preprocessing), classes=predictor.class_names)
+                preprocessing=predictor.preprocessing.to_dict(), classes=predictor.class_names)
     return ServedModel(predictor, info, explainable)

@@ -10,13 +10,14 @@ from PIL import Image
 
 import efficientmod
 import efficientmod.models  # noqa: F401  (registers the models in timm)
+from efficientmod.preprocessing import Preprocessing
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.clients
 CLASSES = ["cat", "dog", "fox"]
 
 
-def saved(name: str, directory, preprocessing: dict | None = None, **kwargs):
+def saved(name: str, directory, preprocessing: Preprocessing | None = None, **kwargs):
     torch.manual_seed(0)
     model = efficientmod.create_model(name, num_classes=len(CLASSES), **kwargs).eval()
     model.save_pretrained(directory, class_names=CLASSES, preprocessing=preprocessing)
@@ -43,7 +44,7 @@ def test_timm_wrapper_and_pipeline_give_our_logits(name, tmp_path):
 
 def test_pipeline_on_a_1_channel_model_says_it_needs_grayscale(tmp_path):
     """The pipeline always sends RGB; a grayscale model says so instead of failing obscurely."""
-    saved("efficientvit_m0", tmp_path, in_chans=1, preprocessing=dict(mean=(0.5,), std=(0.25,)))
+    saved("efficientvit_m0", tmp_path, in_chans=1, preprocessing=Preprocessing((1, 224, 224), (0.5,), (0.25,)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         classify = transformers.pipeline("image-classification", model=str(tmp_path))
