@@ -38,7 +38,7 @@ def test_every_artifact_serves_the_same_model(artifacts):
         assert [[n for n, _ in row] for row in got] == [[n for n, _ in row] for row in reference], name
         assert [p for row in got for _, p in row] == pytest.approx([p for row in reference for _, p in row], abs=1e-4)
     assert served["model.onnx"].info["precision"] == "fp32"
-    assert served["model"].info["preprocessing"]["input_size"] == (3, 224, 224)
+    assert served["model"].info["preprocessing"]["input_size"] == [3, 224, 224]  # JSON-ready (GET /v1/model)
 
 
 def test_artifacts_that_cannot_be_served_are_named(artifacts):
