@@ -634,3 +634,48 @@ def test_labels_of_a_crowded_plot_do_not_overlap():
     overlapping = [(a.get_text(), b.get_text()) for (a, box_a), (b, box_b)
                    in itertools.combinations(zip(ax.texts, boxes, strict=True), 2) if box_a.overlaps(box_b)]
     assert overlapping == []
+
+
+# --------------------------------------------------------------------------- ours against the reference (issue 20)
+
+def _row(model: str, backend: str, ms: float | None, img_s: float | None = None) -> BenchRow:
+    return BenchRow(model=model, family="f", backend=backend, dtype="fp32", threads=1, input_size=(3, 32, 32),
+                    params=1, macs=1, top1=None, top1_source="", latency_ms_median=ms, throughput_img_s=img_s)
+
+
+def test_a_deployed_model_is_set_against_its_reference_fastest_artifact_and_ort_fp32():
+    from efficientmod.bench import format_versus_reference, versus_reference
+    from efficientmod.bench.reference import reference_of
+
+    rows = [_row("efficientmod_s", "ort-cpu", 40.0, 50.0), _row("efficientmod_s", "openvino-cpu-bf16", 20.0, 80.0),
+            _row("efficientmod_s", "openvino-cpu-int8", None),  # failed: not the fastest
+            _row("efficientmod_s@deploy", "openvino-cpu-int8", 15.0, 160.0),
+            _row("timm:efficientvit_m4", "ort-cpu", 8.0), _row("efficientvit_m4@deploy", "ort-cpu", 6.0),
+            _row("mobilevitv2_100@deploy", "ort-cpu", 30.0)]  # no reference in the run: no ratio
+    report = BenchReport(rows, BenchSettings(**CPU), environment={})
+    ratios = versus_reference(report)
+    assert [(r.ours, r.reference) for r in ratios] == [("efficientmod_s@deploy", "efficientmod_s"),
+                                                       ("efficientvit_m4@deploy", "timm:efficientvit_m4")]
+    s, m4 = ratios
+    assert (s.fastest_backend, s.fastest_ms, s.vs_fastest) == ("openvino-cpu-bf16", 20.0, 0.75)
+    assert (s.baseline_ms, s.vs_baseline) == (40.0, 0.375)
+    assert (s.best_throughput_backend, s.vs_best_throughput) == ("openvino-cpu-bf16", 2.0)
+    assert (m4.vs_fastest, m4.vs_baseline, m4.vs_best_throughput) == (0.75, 0.75, None)
+    table = format_versus_reference(ratios)
+    assert "0.750x" in table and "0.375x" in table and "2.00x" in table
+    labels = {"efficientmod_s", "timm:efficientmod_s"}
+    assert reference_of("efficientmod_s@deploy", labels) == "efficientmod_s"  # the official architecture first
+    assert reference_of("efficientmod_s", labels) is None
+
+
+def test_cli_prints_and_writes_the_reference_table(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    status = main(["bench", "efficientmod_xxs", "efficientmod_xxs@deploy", "-b", "torch-cpu", *TINY,
+                   "--batch", "0", "--json", str(path)])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "ours against the reference" in out
+    (ratio,) = json.loads(path.read_text())["versus_reference"]
+    assert ratio["ours"] == "efficientmod_xxs@deploy" and ratio["reference"] == "efficientmod_xxs"
+    assert ratio["fastest_backend"] == "torch-cpu" and ratio["vs_fastest"] > 0
+    assert ratio["baseline_ms"] is None  # ort-cpu did not run

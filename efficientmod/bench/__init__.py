@@ -8,6 +8,9 @@
 * :mod:`~efficientmod.bench.specs`: command-line specs (``efficientmod_s``, ``efficientvit_m*``,
   ``timm:mobilevit_xxs``, ``efficientmod_s@deploy``) turned into :class:`Candidate`;
 * :mod:`~efficientmod.bench.claims`: the papers' speed claims next to the measured ratios;
+* :mod:`~efficientmod.bench.reference`: a deployed model against its reference (the
+  undeployed official architecture or timm's model) in the same run: ours / the reference's
+  fastest artifact, ours / the reference in ONNX Runtime fp32;
 * :mod:`~efficientmod.bench.report`: JSON, CSV, text tables and the accuracy-latency plot;
 * :mod:`~efficientmod.bench.ablations`: the EfficientMod ablations side by side (imports the
   model families, so it is not imported here).
@@ -27,6 +30,7 @@ from efficientmod.bench.protocol import (
     count_params,
     time_calls,
 )
+from efficientmod.bench.reference import ReferenceRatio, format_versus_reference, versus_reference
 from efficientmod.bench.report import (
     format_claims,
     format_report,
@@ -41,5 +45,6 @@ __all__ = [
     "count_params", "count_macs", "BACKENDS", "DTYPES", "Backend", "BackendOptions", "CompiledModels", "OnnxExport",
     "Candidate", "BenchSettings", "BenchRow", "BenchReport", "ClaimCheck", "benchmark", "expand_specs",
     "resolve_models", "paper_claims", "check_claims", "environment", "time_calls", "pareto_front", "write_json",
-    "write_csv", "format_report", "format_claims", "plot_accuracy_latency",
+    "write_csv", "format_report", "format_claims", "plot_accuracy_latency", "ReferenceRatio", "versus_reference",
+    "format_versus_reference",
 ]

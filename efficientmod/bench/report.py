@@ -12,6 +12,7 @@ from pathlib import Path
 
 from efficientmod.bench.claims import ClaimCheck
 from efficientmod.bench.protocol import BenchReport, BenchRow
+from efficientmod.bench.reference import versus_reference
 from efficientmod.checkpoint import atomic_write
 
 __all__ = ["write_json", "write_csv", "format_report", "format_claims", "pareto_front", "place_labels",
@@ -20,6 +21,7 @@ __all__ = ["write_json", "write_csv", "format_report", "format_claims", "pareto_
 
 def write_json(report: BenchReport, path: str | os.PathLike, claims: list[ClaimCheck] = ()) -> None:
     data = report.to_dict()
+    data["versus_reference"] = [dataclasses.asdict(r) for r in versus_reference(report)]
     if claims:
         data["paper_claims"] = [dataclasses.asdict(c) for c in claims]
     text = json.dumps(data, indent=2)

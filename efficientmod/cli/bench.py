@@ -19,9 +19,11 @@ from efficientmod.bench import (
     check_claims,
     format_claims,
     format_report,
+    format_versus_reference,
     paper_claims,
     plot_accuracy_latency,
     resolve_models,
+    versus_reference,
     write_csv,
     write_json,
 )
@@ -48,8 +50,12 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         "  'efficientvit_m*'     a glob over the registered models\n"
         "  timm:mobilevit_xxs    timm's own implementation of a model\n"
         "  efficientmod_s@deploy the model after efficientmod.deploy (inference fusion)\n\n"
+        "NAME@deploy beside NAME (the official architecture) or timm:NAME adds the table 'ours against\n"
+        "the reference': ours / the reference's fastest artifact, and ours / the reference in ORT fp32.\n\n"
         "examples:\n"
         "  efficientmod bench --paper\n"
+        "  efficientmod bench efficientmod_s efficientmod_s@deploy -b ort-cpu openvino-cpu-bf16 \\\n"
+        "      openvino-cpu-int8 --threads 1 --batch 32\n"
         "  efficientmod bench 'efficientmod_*' --compare timm:efficientformerv2_s2 -b torch-cpu ort-cpu\n"
         "  efficientmod bench efficientmod_s -b torch-cuda compile-cuda --dtype bf16 --batch 256",
     )
@@ -114,6 +120,10 @@ def run_bench(args: argparse.Namespace) -> int:
         report = benchmark(candidates, settings, progress=not args.no_progress)
     checks = check_claims(report, claims)
     print(format_report(report))
+    ratios = versus_reference(report)
+    if ratios:
+        print()
+        print(format_versus_reference(ratios))
     if checks:
         print()
         print(format_claims(checks))
