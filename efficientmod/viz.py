@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from efficientmod.checkpoint import atomic_write
+
 __all__ = ["ModelMaps", "compute_maps", "CONTEXT_MODULES", "ATTENTION_READERS", "register_context_module",
            "register_attention_reader", "reduce_channels", "attention_map", "check_query", "overlay", "stage_of",
            "last_per_stage"]
@@ -313,12 +315,20 @@ def _pyplot():
     return pyplot
 
 
+def _image_format(path: Path) -> str:
+    """The format matplotlib writes for ``path`` (its suffix; PNG without one): the temporary
+    file of an atomic write has another suffix."""
+    return path.suffix.lstrip(".").lower() or "png"
+
+
 def save_panels(panels: list[Panel], directory: Path) -> list[Path]:
+    """Each panel's picture as its own image file in ``directory``, each written atomically."""
     plt = _pyplot()
     paths = []
     for panel in panels:
         path = directory / panel.file
-        plt.imsave(path, np.clip(panel.picture, 0, 1))
+        picture = np.clip(panel.picture, 0, 1)
+        atomic_write(path, lambda tmp, picture=picture, path=path: plt.imsave(tmp, picture, format=_image_format(path)))
         paths.append(path)
     return paths
 
@@ -350,8 +360,10 @@ def contact_sheet_figure(rows: list[list[Panel]], title: str):
 
 
 def contact_sheet(rows: list[list[Panel]], path: Path, title: str) -> Path:
-    """:func:`contact_sheet_figure` saved to ``path``."""
+    """:func:`contact_sheet_figure` saved to ``path`` (atomically: a failed write keeps the old file)."""
     figure = contact_sheet_figure(rows, title)
-    figure.savefig(path, dpi=110)
-    _pyplot().close(figure)
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format=_image_format(Path(path))))
+    finally:
+        _pyplot().close(figure)
     return path

@@ -281,3 +281,32 @@ def test_contact_sheet_has_a_colour_bar_of_the_maps_scale(tmp_path):
     assert np.allclose(painted[0, -1], colormaps[bar.cmap.name](1.0)[:3])
     path = contact_sheet(rows, tmp_path / "sheet.png", "a title")
     assert Image.open(path).size[0] > Image.open(path).size[1]  # written: two panels and the bar side by side
+
+
+def test_a_failed_image_write_keeps_the_previous_files(tmp_path, monkeypatch):
+    """The panels and the contact sheet are written atomically: a write that fails half-way
+    (disk full) is one WriteError and the files of the previous run stay whole."""
+    import matplotlib.figure
+    from matplotlib import pyplot
+
+    from efficientmod.checkpoint import WriteError
+    from efficientmod.viz import Panel, contact_sheet, save_panels
+
+    rows = [[Panel("input", np.zeros((8, 8, 3)), "a.png"), Panel("CAM", np.ones((8, 8, 3)), "b.png")]]
+    save_panels(rows[0], tmp_path)
+    sheet = contact_sheet(rows, tmp_path / "sheet.png", "before")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert Image.open(tmp_path / "a.png").size == (8, 8)
+
+    def half_written(tmp, *args, **kwargs):
+        with open(tmp, "wb") as handle:
+            handle.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyplot, "imsave", half_written)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, tmp, **kwargs: half_written(tmp))
+    with pytest.raises(WriteError, match="No space left"):
+        save_panels(rows[0], tmp_path)
+    with pytest.raises(WriteError, match="No space left"):
+        contact_sheet(rows, sheet, "after")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either
