@@ -301,3 +301,21 @@ def test_image_without_read_permission_is_a_bad_sample_not_a_crash():
         for path in [root, *root.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["export"], "the following arguments are required: MODEL, -o/--output"),
+    (["bogus"], "argument COMMAND: invalid choice: 'bogus'"),
+    (["serve", "x", "--replicas"], "argument --replicas: expected one argument"),
+], ids=["type", "missing", "command", "no value"])
+def test_usage_errors_are_one_line_naming_the_flag(argv, fragment, capsys):
+    """argparse's own refusals read like every other input error: one line, exit 2, and where
+    to look (not the whole usage block)."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(lines) == 1, lines
+    command = "efficientmod" if argv[0] == "bogus" else f"efficientmod {argv[0]}"
+    assert lines[0].startswith(f"{command}: error: {fragment}")
+    assert lines[0].endswith(f"({command} --help lists the options)")

@@ -33,8 +33,17 @@ COMMAND_MODULES = [
 ]
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other input error:
+    ``efficientmod train: error: argument --epochs: invalid int value: 'abc' (efficientmod
+    train --help lists the options)``, exit status 2 (not the whole usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="efficientmod",
         description="Efficient vision backbones (EfficientMod, EfficientViT, MobileViTv2): "
         "models, training, benchmarks, deployment.",
