@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from refusal import assert_refused
 from synthetic_images import make_image_folder
 
@@ -319,3 +320,17 @@ def test_usage_errors_are_one_line_naming_the_flag(argv, fragment, capsys):
     command = "efficientmod" if argv[0] == "bogus" else f"efficientmod {argv[0]}"
     assert lines[0].startswith(f"{command}: error: {fragment}")
     assert lines[0].endswith(f"({command} --help lists the options)")
+
+
+@pytest.mark.parametrize("task, rest", [
+    ("det", ["eval", "--images", "i", "--annotations", "a.json"]),
+    ("seg", ["predict", "--input", "x", "--output", "o"])])
+@pytest.mark.parametrize("device, fragment", [
+    ("bogus", "--device 'bogus' is not a torch device"),
+    pytest.param("cuda", "--device cuda: CUDA is not available on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_dense_device_is_checked_before_the_checkpoint_is_read(task, rest, device, fragment, tmp_path, capsys):
+    argv = [task, rest[0], "--checkpoint", str(tmp_path / "missing.pth"), *rest[1:], "--device", device]
+    line = assert_refused(argv, fragment, tmp_path, capsys)
+    assert line.startswith(f"efficientmod {task}: error: ")

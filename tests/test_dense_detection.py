@@ -66,8 +66,8 @@ def test_det_train_lowers_the_loss_and_reaches_a_useful_map(trained):
 @pytest.mark.slow
 def test_det_eval_cli_reproduces_the_training_evaluation(trained, shapes, tmp_path):
     _, (val_images, val_annotations) = shapes
-    assert main(["det", "eval", "--checkpoint", str(trained), "--images", str(val_images), "--annotations",
-                 str(val_annotations), "--workers", "0", "--output", str(tmp_path / "eval.json")]) == 0
+    assert main(["det", "eval", "--checkpoint", str(trained), "--device", "cpu", "--images", str(val_images),
+                 "--annotations", str(val_annotations), "--workers", "0", "--output", str(tmp_path / "eval.json")]) == 0
     again, first = (json.loads(p.read_text()) for p in (tmp_path / "eval.json", trained / "eval.json"))
     assert again["bbox_mAP"] == pytest.approx(first["bbox_mAP"], abs=1e-6)
     assert again["segm_mAP"] == pytest.approx(first["segm_mAP"], abs=1e-6)

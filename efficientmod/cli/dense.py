@@ -53,6 +53,18 @@ def _add_training_flags(parser: argparse.ArgumentParser, schedule: dict | None =
 def _add_checkpoint_option(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help=f"{LAST_CHECKPOINT} of `{task} train` (or its run folder)")
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default: auto, the GPU when there is one)")
+
+
+def _load_trained(args: argparse.Namespace, task: str, build_from_meta) -> tuple:
+    """The trained model of ``--checkpoint`` on ``--device`` (checked before the checkpoint
+    is read), and its description."""
+    from efficientmod.dense.engine import load_trained
+    from efficientmod.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    model, meta = load_trained(args.checkpoint, task, build_from_meta)
+    return model.to(device), meta
 
 
 def _add_eval_outputs(parser: argparse.ArgumentParser) -> None:
@@ -166,9 +178,8 @@ def _det_evaluate(model, dataset, batch_size: int, workers: int, output: Path | 
 
 def run_det_eval(args: argparse.Namespace) -> int:
     from efficientmod.dense.detection import build_from_meta
-    from efficientmod.dense.engine import load_trained
 
-    model, meta = load_trained(args.checkpoint, "det", build_from_meta)
+    model, meta = _load_trained(args, "det", build_from_meta)
     _det_evaluate(model, _det_dataset(meta, args.images, args.annotations), args.batch_size, args.workers,
                   args.output)
     return 0
@@ -176,10 +187,9 @@ def run_det_eval(args: argparse.Namespace) -> int:
 
 def run_det_predict(args: argparse.Namespace) -> int:
     from efficientmod.dense.detection import build_from_meta, detect
-    from efficientmod.dense.engine import load_trained
     from efficientmod.dense.predict import detections_to_json, draw_detections, image_files, run_on_images, save_png
 
-    model, meta = load_trained(args.checkpoint, "det", build_from_meta)
+    model, meta = _load_trained(args, "det", build_from_meta)
     names = meta["class_names"]
 
     def infer(path: Path, image):
@@ -261,10 +271,9 @@ def run_seg_train(args: argparse.Namespace) -> int:
 
 
 def run_seg_eval(args: argparse.Namespace) -> int:
-    from efficientmod.dense.engine import load_trained
     from efficientmod.dense.segmentation import build_from_meta
 
-    model, meta = load_trained(args.checkpoint, "seg", build_from_meta)
+    model, meta = _load_trained(args, "seg", build_from_meta)
     _seg_evaluate(model, _seg_dataset(meta, args.data, args.split), args, args.output)
     return 0
 
@@ -272,11 +281,10 @@ def run_seg_eval(args: argparse.Namespace) -> int:
 def run_seg_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from efficientmod.dense.engine import load_trained
     from efficientmod.dense.predict import draw_classes, image_files, run_on_images, save_png
     from efficientmod.dense.segmentation import build_from_meta, rescale_factor, resize_image, segment
 
-    model, meta = load_trained(args.checkpoint, "seg", build_from_meta)
+    model, meta = _load_trained(args, "seg", build_from_meta)
 
     def infer(path: Path, image: torch.Tensor) -> dict:
         height, width = image.shape[-2:]
