@@ -21,6 +21,7 @@ from test_deploy import random_model
 
 from efficientmod.classify.predict import Predictor, load_model
 from efficientmod.cli import main
+from efficientmod.serve.http import ClassifyResponse
 
 pytestmark = pytest.mark.slow  # Ray's start-up alone takes ~10 s here; the fast tier checks efficientmod.serve.http
 
@@ -95,6 +96,7 @@ def test_classify_equals_single_process_predict(url, artifacts):
     assert raw.status_code == 200
     body = raw.json()
     assert body["request_id"] == raw.headers["x-request-id"] and body["request_id"]
+    assert ClassifyResponse.model_validate(body).model_dump() == body  # the declared shape, nothing more
     [result] = body["results"]
     assert [t["label"] for t in result["top"]] == [name for name, _ in expected["chelsea.jpg"][:2]]
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
@@ -139,7 +141,10 @@ def test_model_health_openapi_and_page(url, artifacts):
     assert requests.get(f"{url}/torch/readyz", timeout=30).json()["status"] == "ready"
     schema = requests.get(f"{url}/torch/openapi.json", timeout=30).json()
     assert {"/v1/classify", "/v1/explain", "/v1/model", "/healthz", "/readyz"} <= set(schema["paths"])
-    assert "multipart/form-data" in schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    classify = schema["paths"]["/v1/classify"]["post"]
+    assert "multipart/form-data" in classify["requestBody"]["content"]
+    assert classify["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ClassifyResponse"}
     page = requests.get(f"{url}/torch/", timeout=30)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and 'id="drop"' in page.text
 

@@ -48,3 +48,19 @@ def test_artifacts_that_cannot_be_served_are_named(artifacts):
         load_artifact(artifacts / "model.onnx", checkpoint=artifacts / "best.pth")
     with pytest.raises(FileNotFoundError, match="no artifact"):
         load_artifact(artifacts / "missing")
+
+
+def test_a_served_onnx_file_lets_its_idle_threads_sleep(artifacts, monkeypatch):
+    """A replica shares its cores with the proxy: ONNX Runtime's threads do not spin there;
+    elsewhere (``predict``, the benchmarks) they keep ONNX Runtime's default."""
+    from efficientmod.export import load_runtime, onnx
+
+    entry = "session.intra_op.allow_spinning"
+    sleeping = load_runtime(artifacts / "model.onnx", threads=2, spinning=False).session.get_session_options()
+    assert sleeping.get_session_config_entry(entry) == "0"
+    asked, session = [], onnx.ort_session
+    monkeypatch.setattr(onnx, "ort_session", lambda *a, spinning=True, **k: asked.append(spinning) or session(
+        *a, spinning=spinning, **k))
+    load_artifact(artifacts / "model.onnx", threads=2)
+    load_runtime(artifacts / "model.onnx", threads=2)
+    assert asked == [False, True]

@@ -141,13 +141,13 @@ class Predictor:
         return cls(run, Preprocessing.of_model(model, input_size), names)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, threads: int | None = None) -> Predictor:
+    def from_file(cls, path: str | os.PathLike, threads: int | None = None, **options) -> Predictor:
         """An exported file (ONNX, or any format of :data:`efficientmod.export.FORMATS`) run
-        in its runtime, preprocessing and classes from its metadata (written by
-        ``efficientmod export``)."""
+        in its runtime (``options``: see :func:`efficientmod.load_runtime`), preprocessing and
+        classes from its metadata (written by ``efficientmod export``)."""
         from efficientmod.export import load_classifier
 
-        runtime, meta = load_classifier(path, threads)
+        runtime, meta = load_classifier(path, threads, **options)
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(runtime.run(batch.numpy()))

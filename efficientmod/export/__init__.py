@@ -83,27 +83,29 @@ def _check_output_path(path: Path) -> None:
         raise ValueError(f"--output {path}: {parent} is a file, not a folder")
 
 
-def load_runtime(path: str | os.PathLike, threads: int | None = None) -> InferenceRuntime:
+def load_runtime(path: str | os.PathLike, threads: int | None = None, **options) -> InferenceRuntime:
     """Load an exported file (any format of :data:`FORMATS`) in its runtime.
 
     The result has ``metadata`` (preprocessing and class names, as ``efficientmod export``
-    stored them) and ``run(batch)``; ``threads`` sets the runtime's intra-op threads.
+    stored them) and ``run(batch)``; ``threads`` sets the runtime's intra-op threads;
+    ``options`` go to the format's ``open_runtime`` (ONNX: ``spinning``).
     """
     path = Path(path)
     fmt = format_of(path)
     if not path.exists():
         raise FileNotFoundError(f"{fmt.name} file not found: {path}")
-    return fmt.open_runtime(path, threads)
+    return fmt.open_runtime(path, threads, **options)
 
 
-def load_classifier(path: str | os.PathLike, threads: int | None = None) -> tuple[InferenceRuntime, ExportMetadata]:
+def load_classifier(path: str | os.PathLike, threads: int | None = None,
+                    **options) -> tuple[InferenceRuntime, ExportMetadata]:
     """An exported classifier (:func:`load_runtime`) and its checked metadata: the values
     (:meth:`ExportMetadata.from_dict`) and the graph against them - it takes the declared
     ``input_size`` and gives one logit per declared class (one zero image is run). A
     ``ValueError`` naming the file otherwise."""
     import numpy as np
 
-    runtime = load_runtime(path, threads)
+    runtime = load_runtime(path, threads, **options)
     meta = ExportMetadata.from_dict(runtime.metadata, str(path))
     size = meta.preprocessing.input_size
     try:

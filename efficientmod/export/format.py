@@ -8,8 +8,9 @@ the batch axes its files may have, the pip extra of its runtime, and three funct
 * ``write(model, path, input_size, metadata, options) -> VerifiedExport``: the file, written
   only once it has been verified (an existing file is kept when a check fails, with an
   :class:`ExportVerificationError`);
-* ``open_runtime(path, threads) -> InferenceRuntime``: the file loaded in its runtime, with
-  the metadata stored beside the graph; :meth:`ExportFormat.verify` runs it against PyTorch;
+* ``open_runtime(path, threads, **options) -> InferenceRuntime``: the file loaded in its runtime
+  (options of that runtime only, e.g. ONNX's ``spinning``), with the metadata stored beside
+  the graph; :meth:`ExportFormat.verify` runs it against PyTorch;
 * ``check(options)``: a ``ValueError`` for options the format does not take, before anything
   is loaded.
 
@@ -159,7 +160,7 @@ class ExportFormat:
     extra: str  # `pip install 'efficientmod[EXTRA]'` installs its runtime
     runtime: str  # the runtime's name, for messages
     write: Callable[..., VerifiedExport]  # (model, path, input_size, metadata, options)
-    open_runtime: Callable[..., InferenceRuntime]  # (path, threads=None)
+    open_runtime: Callable[..., InferenceRuntime]  # (path, threads=None, **runtime options)
     check: Callable[[ExportOptions], None]  # ValueError for options this format does not take
 
     def dynamic_batch(self, options: ExportOptions) -> bool:

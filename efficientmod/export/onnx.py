@@ -129,12 +129,15 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, object]:
     return decoded
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_path: str | os.PathLike | None = None):
+def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_path: str | os.PathLike | None = None,
+                spinning: bool = True):
     """An ONNX Runtime CPU session with every graph optimization on (``ORT_ENABLE_ALL``:
     constant folding, Gemm / LayerNorm / GELU fusions, NCHWc convolutions).
 
     ``threads`` sets the intra-op threads (ONNX Runtime's default: one per core);
-    ``optimized_path`` also saves the optimized graph (valid on this kind of CPU only).
+    ``optimized_path`` also saves the optimized graph (valid on this kind of CPU only);
+    ``spinning=False``: idle intra-op threads sleep instead of spinning (ONNX Runtime's
+    default), which costs latency but leaves the cores to the processes that share them (a server).
     """
     import onnxruntime as ort
 
@@ -144,6 +147,8 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_p
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -252,10 +257,10 @@ class OnnxRuntime:
     """An ONNX file in an ONNX Runtime CPU session (see :func:`efficientmod.load_runtime`); a
     file with a static batch runs a batch of images that many at a time."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, spinning: bool = True):
         self.path = path
         self.metadata = read_onnx_metadata(path)
-        self.session = ort_session(path, threads)
+        self.session = ort_session(path, threads, spinning=spinning)
         batch = self.session.get_inputs()[0].shape[0]
         self.batch = batch if isinstance(batch, int) else None  # None: a dynamic (named) batch axis
 
@@ -266,8 +271,8 @@ class OnnxRuntime:
         return run_in_file_batches(self._infer, np.ascontiguousarray(batch, dtype=np.float32), self.batch)
 
 
-def open_runtime(path: str | os.PathLike, threads: int | None = None) -> OnnxRuntime:
-    return OnnxRuntime(Path(path), threads)
+def open_runtime(path: str | os.PathLike, threads: int | None = None, spinning: bool = True) -> OnnxRuntime:
+    return OnnxRuntime(Path(path), threads, spinning)
 
 
 def _write(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int, int],

@@ -147,7 +147,7 @@ class Classifier:
 
     @api.post("/v1/classify", response_model=ClassifyResponse, openapi_extra=IMAGE_BODY,
               summary="top-k labels and probabilities of one image (raw bytes) or several (multipart)")
-    async def classify(self, request: Request, top_k: int = Query(5, ge=1)) -> dict:
+    async def classify(self, request: Request, top_k: int = Query(5, ge=1)) -> JSONResponse:
         with self._counted("classify"):
             if top_k > self.limits.max_top_k:
                 raise RequestError(422, f"top_k {top_k} is over the bound of {self.limits.max_top_k}")
@@ -155,7 +155,8 @@ class Classifier:
             tops = await asyncio.gather(*(self.run_batch(tensor) for _, tensor in decoded))
         results = [dict(name=name, top=[dict(label=label, probability=p) for label, p in top[:top_k]])
                    for (name, _), top in zip(decoded, tops, strict=True)]
-        return dict(request_id=_request_id(request), results=results)
+        # built as ClassifyResponse declares it: returned as a response, FastAPI does not validate it again
+        return JSONResponse(dict(request_id=_request_id(request), results=results))
 
     @api.post("/v1/explain", response_model=ExplainResponse, openapi_extra=IMAGE_BODY,
               summary="the context / attention / class-activation maps of one image (torch artifacts)")

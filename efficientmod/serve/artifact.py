@@ -24,6 +24,9 @@ __all__ = ["ServedModel", "load_artifact"]
 
 # the runtime each exported format runs in
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
+# a replica shares its cores with the HTTP proxy and the other replicas: ONNX Runtime's idle
+# threads sleep rather than spin (half the replica's CPU per model run under load, benchmarks/serve.md)
+RUNTIME_OPTIONS = {"onnx": {"spinning": False}}
 
 
 @dataclass
@@ -66,7 +69,7 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None,
     if fmt is not None:
         if checkpoint is not None:
             raise ValueError(f"an exported file ({path}) holds its weights: drop --checkpoint")
-        predictor = Predictor.from_file(path, threads)
+        predictor = Predictor.from_file(path, threads, **RUNTIME_OPTIONS.get(fmt, {}))
         meta = predictor.metadata
         name = str(meta.get("architecture", path.stem))
         runtime, precision, explainable = RUNTIMES[fmt], str(meta.get("precision", "fp32")), None
