@@ -13,15 +13,21 @@ official architecture; ``timm:NAME`` for the peers), batch 1, ``--threads`` (def
   ``real_time`` over ``--runs`` calls (``get_profiling_info()`` after each), summed by node
   type and the precision of its kernel (``FullyConnected [f32]``, ``Reorder [f32]``...).
   ONNX Runtime: the ``ort-cpu`` export run with ``enable_profiling``, each node's median
-  kernel time over the same calls, summed by op type.
+  kernel time over the same calls, summed by op type. Ours and the reference run
+  interleaved (each round calls both, in a rotating order), so load from other processes
+  hits both alike; "ms a call" is the median wall time of a profiled call.
 * **Roofline.** From the ONNX graph (``onnx.shape_inference``), per node: FLOPs (2 x MACs for
   Conv / Gemm / MatMul, one per output element otherwise) and bytes moved (every input, weight
   and output once: 4 bytes an element in f32, 2 in bf16; in int8 1 byte for the inputs and
   weights of Conv / Gemm / MatMul, 4 for the rest, NNCF's float islands). The bound of a node
-  is max(FLOPs / peak, bytes / bandwidth), with this CPU's measured peaks: one
-  ``--peak-size``-cubed MatMul compiled by OpenVINO in f32, bf16 and NNCF int8 (best of 10
-  calls), and one-thread streaming bandwidth (numpy ``a + b`` on 32 MB arrays; the in-cache
-  figure, 128 KB arrays, is recorded beside it). Nodes and profile rows fall into the same op
+  is max(FLOPs / peak, memory time), with this CPU's measured peaks: one
+  ``--peak-size``-cubed MatMul compiled by OpenVINO in f32, bf16 and NNCF int8 (best of 20
+  calls); memory time: the weights at the one-thread streaming bandwidth (numpy ``a + b`` on
+  32 MB arrays: tens of MB of weights do not stay in cache from one call to the next), the
+  activations at the in-cache bandwidth (128 KB arrays: at batch 1 a layer's output is read
+  back at once). The limits are measured at the start and at the end of the run and the
+  best of each is used (under load the higher figure is the nearer to the machine's); both
+  measurements are in the JSON. Nodes and profile rows fall into the same op
   groups (matmul, conv, dwconv, norm, elementwise, softmax, pool, layout, quantize); each
   group's measured time against its bound is "x of the bound". Runtimes fuse element-wise
   ops into matmuls and convolutions (their time is then in the matmul group), and add
@@ -232,8 +238,10 @@ def node_costs(model, precision: str) -> list[dict]:
         in_bytes, out_bytes = (1, 4) if int8 else (DTYPE_BYTES.get(precision, 4),) * 2
         moved = 0 if node.op_type in VIEW_OPS else sum(size(i) for i in node.input) * in_bytes + out * out_bytes
         peak = "int8" if int8 else ("bf16" if precision == "bf16" else "f32")
+        held = sum(size(i) for i in node.input if i in weights)
         costs.append(dict(name=node.name, op=node.op_type, group=onnx_group(node.op_type, weight), flops=flops,
-                          bytes=moved, peak=peak, weights=sum(size(i) for i in node.input if i in weights)))
+                          bytes=moved, weight_bytes=0 if node.op_type in VIEW_OPS else held * in_bytes, peak=peak,
+                          weights=held))
     return costs
 
 
@@ -252,12 +260,18 @@ def _flops(node, shapes: dict[str, list[int]], out: int) -> int:
     return 0 if node.op_type in VIEW_OPS else out
 
 
-def roofline(costs: list[dict], peaks: dict[str, float], bandwidth: float) -> dict:
+def roofline(costs: list[dict], peaks: dict[str, float], bandwidth: float,
+             cache_bandwidth: float | None = None) -> dict:
     """Per op group and in total: FLOPs, bytes, and the bound (seconds): the sum over the
-    nodes of max(FLOPs / peak, bytes / bandwidth), with which side binds."""
+    nodes of max(FLOPs / peak, memory time), with which side binds. Memory time: weights at
+    the streaming ``bandwidth`` (tens of MB: they do not stay in cache between calls),
+    activations at ``cache_bandwidth`` (at batch 1 they are written and read back at once;
+    default: ``bandwidth`` too)."""
     groups: dict[str, dict] = {}
     for c in costs:
-        compute, memory = c["flops"] / peaks[c["peak"]], c["bytes"] / bandwidth
+        activations = c["bytes"] - c["weight_bytes"]
+        memory = c["weight_bytes"] / bandwidth + activations / (cache_bandwidth or bandwidth)
+        compute = c["flops"] / peaks[c["peak"]]
         g = groups.setdefault(c["group"], dict(flops=0, bytes=0, bound_s=0.0, compute_s=0.0, memory_s=0.0))
         g["flops"] += c["flops"]
         g["bytes"] += c["bytes"]
@@ -272,7 +286,7 @@ def roofline(costs: list[dict], peaks: dict[str, float], bandwidth: float) -> di
 def matmul_peak(precision: str, size: int, threads: int) -> dict:
     """FLOP/s of one (size x size) @ (size x size) MatMul with constant weights in OpenVINO
     (``precision`` as the bench compiles it; int8 quantised by NNCF as the bench's int8
-    backend does), best of 10 calls after 2, and the kernel OpenVINO ran it with."""
+    backend does), best of 20 calls after 2, and the kernel OpenVINO ran it with."""
     import openvino as ov
     from openvino import opset13 as ops
 
@@ -288,7 +302,7 @@ def matmul_peak(precision: str, size: int, threads: int) -> dict:
         model = quantize_openvino_int8(model, x)
     request = compile_openvino(model, precision, threads, profile=True).create_infer_request()
     seconds = []
-    for call in range(12):
+    for call in range(22):
         start = time.perf_counter()
         request.infer({0: x})
         if call >= 2:
@@ -311,13 +325,23 @@ def bandwidth(megabytes: float, calls: int) -> float:
     return 3 * 4 * n / best
 
 
-def limits(args) -> dict:
+def limits(args, before: dict | None = None) -> dict:
+    """The matmul peaks and the bandwidths; with ``before`` (the same measured earlier in
+    the run), the best of both, each measurement kept (``measured``): under load the higher
+    figure is the nearer to the machine's."""
     peaks = {p: matmul_peak(p, args.peak_size, args.threads) for p in ("fp32", "bf16", "int8")}
     print("peaks: " + ", ".join(f"{p} {v['flops_per_s'] / 1e9:.0f} GFLOP/s {v['kernels']}" for p, v in peaks.items()),
           file=sys.stderr, flush=True)
-    return dict(peak_flops={"f32": peaks["fp32"]["flops_per_s"], "bf16": peaks["bf16"]["flops_per_s"],
-                            "int8": peaks["int8"]["flops_per_s"]},
-                peak_detail=peaks, bandwidth=bandwidth(32, 10), bandwidth_in_cache=bandwidth(0.125, 2000))
+    now = dict(peak_flops={"f32": peaks["fp32"]["flops_per_s"], "bf16": peaks["bf16"]["flops_per_s"],
+                           "int8": peaks["int8"]["flops_per_s"]},
+               peak_detail=peaks, bandwidth=bandwidth(32, 10), bandwidth_in_cache=bandwidth(0.125, 2000))
+    if before is None:
+        return now | dict(measured=[{k: now[k] for k in ("peak_flops", "bandwidth", "bandwidth_in_cache")}])
+    best = dict(now, peak_flops={k: max(v, before["peak_flops"][k]) for k, v in now["peak_flops"].items()},
+                bandwidth=max(now["bandwidth"], before["bandwidth"]),
+                bandwidth_in_cache=max(now["bandwidth_in_cache"], before["bandwidth_in_cache"]))
+    return best | dict(measured=[*before["measured"], {k: now[k] for k in ("peak_flops", "bandwidth",
+                                                                         "bandwidth_in_cache")}])
 
 
 def cpu_flags() -> list[str]:
@@ -333,7 +357,9 @@ def cpu_flags() -> list[str]:
 
 # --------------------------------------------------------------------------- profiling runs
 
-def profile_openvino(ov_model, precision: str, args) -> dict:
+def openvino_runner(ov_model, precision: str, args):
+    """``(call, summary)``: ``call(record)`` runs ``ov_model`` (compiled with ``PERF_COUNT``)
+    once, keeping its profile and wall time when ``record``; ``summary()`` groups them."""
     from efficientmod.export.openvino import compile_openvino
 
     x = np.random.default_rng(0).standard_normal(tuple(ov_model.input(0).get_shape()), dtype=np.float32)
@@ -343,59 +369,91 @@ def profile_openvino(ov_model, precision: str, args) -> dict:
                      for op in compiled.get_runtime_model().get_ordered_ops()
                      if op.get_input_size() > 1 and op.input(1).get_partial_shape().is_static}
     calls, wall = [], []
-    for call in range(args.warmup + args.runs):
+
+    def call(record: bool) -> None:
         start = time.perf_counter()
         request.infer({0: x})
-        if call >= args.warmup:
+        if record:
             wall.append(time.perf_counter() - start)
             calls.append(request.get_profiling_info())
-    return group_ov_profile(calls, weight_shapes) | dict(wall_ms=1e3 * float(np.median(wall)))
+
+    return call, lambda: group_ov_profile(calls, weight_shapes) | dict(wall_ms=1e3 * float(np.median(wall)))
 
 
-def profile_ort(path: Path, folder: str, args) -> dict:
+def ort_runner(path: Path, folder: str, args):
+    """``(call, summary)`` of the ONNX file ``path`` in ONNX Runtime (every optimization, its
+    profiler on); the profile leaves out the first ``--warmup`` calls."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-    options.enable_profiling, options.profile_file_prefix = True, str(Path(folder) / "ort-profile")
+    options.enable_profiling, options.profile_file_prefix = True, str(Path(folder) / f"{path.stem}-profile")
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal(tuple(session.get_inputs()[0].shape), dtype=np.float32)
     wall = []
-    for call in range(args.warmup + args.runs):
+
+    def call(record: bool) -> None:
         start = time.perf_counter()
         session.run(None, {"input": x})
-        if call >= args.warmup:
+        if record:
             wall.append(time.perf_counter() - start)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    return group_ort_profile(events, args.warmup) | dict(wall_ms=1e3 * float(np.median(wall)))
+
+    def summary() -> dict:
+        events = json.loads(Path(session.end_profiling()).read_text())
+        return group_ort_profile(events, args.warmup) | dict(wall_ms=1e3 * float(np.median(wall)))
+
+    return call, summary
 
 
-def profile_model(spec: str, args, machine: dict) -> dict:
-    """Every runtime's profile of one model spec, each beside the roofline of its ONNX graph."""
+def interleave(calls: list, args) -> None:
+    """``--warmup`` + ``--runs`` rounds, each calling every runner once in a rotating order
+    (load from other processes hits both models alike); the last ``--runs`` rounds recorded."""
+    for round_ in range(args.warmup + args.runs):
+        for i in np.roll(np.arange(len(calls)), round_):
+            calls[i](round_ >= args.warmup)
+
+
+def profile_pair(ours: str, ref: str, args) -> dict:
+    """Both models in every runtime, interleaved, each with the per-node costs of its ONNX
+    graph (``costs``, turned into a roofline by :func:`add_rooflines`)."""
     import onnx
 
-    candidate, = resolve_models([spec])
-    model, input_size = candidate.model.eval(), candidate.input_size
-    result = dict(spec=spec, label=candidate.label, runtimes={})
+    candidates = resolve_models([ours, ref])
+    sides = [dict(spec=spec, label=c.label, runtimes={}) for spec, c in zip((ours, ref), candidates, strict=True)]
     with tempfile.TemporaryDirectory(prefix="profile-layers-") as folder:
-        path = ORT_EXPORT.write(model, folder, input_size, 1)
-        graph = onnx.load(str(path))
+        paths = []
+        for i, c in enumerate(candidates):
+            (Path(folder) / str(i)).mkdir()
+            paths.append(ORT_EXPORT.write(c.model.eval(), Path(folder) / str(i), c.input_size, 1))
+        graphs = [onnx.load(str(path)) for path in paths]
         for runtime, precision in RUNTIMES.items():
             start = time.perf_counter()
-            if runtime == "ort-fp32":
-                profile = profile_ort(path, folder, args)
-            else:
-                ov_model = openvino_model(OPENVINO_EXPORT, model, input_size, precision)
-                ov_model.reshape([1, *input_size])
-                profile = profile_openvino(ov_model, precision, args)
-            bound = roofline(node_costs(graph, precision), machine["peak_flops"], machine["bandwidth"])
-            result["runtimes"][runtime] = profile | dict(roofline=bound)
-            print(f"  {spec} {runtime}: {profile['wall_ms']:.2f} ms a call, bound "
-                  f"{1e3 * bound['total']['bound_s']:.2f} ms ({time.perf_counter() - start:.0f} s)",
-                  file=sys.stderr, flush=True)
-    return result
+            runners = []
+            for c, path in zip(candidates, paths, strict=True):
+                if runtime == "ort-fp32":
+                    runners.append(ort_runner(path, folder, args))
+                    continue
+                ov_model = openvino_model(OPENVINO_EXPORT, c.model, c.input_size, precision)
+                ov_model.reshape([1, *c.input_size])
+                runners.append(openvino_runner(ov_model, precision, args))
+            interleave([call for call, _ in runners], args)
+            for side, graph, (_, summary) in zip(sides, graphs, runners, strict=True):
+                side["runtimes"][runtime] = summary() | dict(costs=node_costs(graph, precision))
+            a, b = (side["runtimes"][runtime]["wall_ms"] for side in sides)
+            print(f"  {ours} vs {ref}, {runtime}: {a:.2f} vs {b:.2f} ms a call "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return dict(ours=ours, reference=ref, models=sides)
+
+
+def add_rooflines(pairs: list[dict], machine: dict) -> None:
+    """Each profile's ``costs`` replaced by its :func:`roofline` on ``machine``'s limits."""
+    for pair in pairs:
+        for side in pair["models"]:
+            for profile in side["runtimes"].values():
+                profile["roofline"] = roofline(profile.pop("costs"), machine["peak_flops"], machine["bandwidth"],
+                                               machine["bandwidth_in_cache"])
 
 
 # --------------------------------------------------------------------------- report
@@ -462,8 +520,9 @@ def markdown(result: dict, top: int = 12) -> str:
              f"Measured limits (1 thread): MatMul {result['settings']['peak_size']}³ peak f32 "
              f"{peaks['f32'] / 1e9:.1f}, bf16 {peaks['bf16'] / 1e9:.1f}, int8 {peaks['int8'] / 1e9:.1f} GFLOP/s "
              f"(kernels: {'; '.join(', '.join(v['kernels']) for v in machine['peak_detail'].values())}); "
-             f"bandwidth {machine['bandwidth'] / 1e9:.1f} GB/s streaming (32 MB), "
-             f"{machine['bandwidth_in_cache'] / 1e9:.1f} GB/s in cache (128 KB).", "",
+             f"bandwidth {machine['bandwidth'] / 1e9:.1f} GB/s streaming (32 MB; the weights' bound), "
+             f"{machine['bandwidth_in_cache'] / 1e9:.1f} GB/s in cache (128 KB; the activations'). "
+             f"Best of {len(machine['measured'])} measurements (the run's start and end).", "",
              "## Summary", "", *summary_table(result["pairs"])]
     for pair in result["pairs"]:
         ours, ref = pair["models"]
@@ -501,14 +560,15 @@ def main() -> int:
         parser.error("--runs must be >= 1, --warmup >= 0 and --peak-size >= 16")
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    machine = dict(flags=cpu_flags(), **limits(args))
+    first = limits(args)
     result = dict(command=" ".join([os.path.basename(sys.executable), *sys.argv]),
                   environment=environment(args.threads), settings=vars(args) | {
                       "markdown": str(args.markdown), "json": str(args.json)},
-                  machine=machine, load_before=load_before, pairs=[])
+                  load_before=load_before, pairs=[])
     for ours, ref in pairs:
-        models = [profile_model(spec, args, machine) for spec in (ours, ref)]
-        result["pairs"].append(dict(ours=ours, reference=ref, models=models))
+        result["pairs"].append(profile_pair(ours, ref, args))
+    result["machine"] = dict(flags=cpu_flags(), **limits(args, first))
+    add_rooflines(result["pairs"], result["machine"])
     result["load_after"] = os.getloadavg()
     text = markdown(result, args.top)
     print(text, flush=True)

@@ -54,6 +54,7 @@ def test_flops_and_bytes_of_a_conv_a_depthwise_conv_and_a_gemm():
     assert (costs["flat"]["flops"], costs["flat"]["bytes"]) == (0, 0)  # a view moves nothing
     assert costs["pool"]["bytes"] == 4 * (256 + 4)
     assert costs["conv"]["weights"] == 108 and costs["fc"]["weights"] == 10
+    assert costs["conv"]["weight_bytes"] == 4 * 108 and costs["flat"]["weight_bytes"] == 0
     assert {c["peak"] for c in costs.values()} == {"f32"}
 
 
@@ -64,18 +65,24 @@ def test_bytes_in_bf16_and_int8_and_the_peak_each_node_is_bound_by():
     assert bf16["fc"]["bytes"] == 2 * 16 and bf16["fc"]["peak"] == "bf16"
     # int8: the inputs and weights of Conv / Gemm / MatMul in 1 byte, their outputs and the rest in 4
     assert int8["fc"]["bytes"] == 1 * 14 + 4 * 2 and int8["fc"]["peak"] == "int8"
+    assert int8["fc"]["weight_bytes"] == 10 and bf16["fc"]["weight_bytes"] == 20
     assert int8["dw"]["bytes"] == 1 * (256 + 36) + 4 * 256
     assert int8["pool"]["bytes"] == 4 * 260 and int8["pool"]["peak"] == "f32"
     assert int8["conv"]["flops"] == bf16["conv"]["flops"] == 2 * 256 * 27
 
 
 def test_the_roofline_bound_is_the_slower_side_of_each_node_summed():
-    costs = [dict(group="matmul", flops=1000, bytes=10, peak="f32"),  # compute-bound: 1 s
-             dict(group="matmul", flops=10, bytes=300, peak="f32"),  # memory-bound: 3 s
-             dict(group="layout", flops=0, bytes=100, peak="f32")]  # memory-bound: 1 s
-    bound = _profile_layers().roofline(costs, {"f32": 1000.0}, bandwidth=100.0)
+    costs = [dict(group="matmul", flops=1000, bytes=10, weight_bytes=10, peak="f32"),  # compute-bound: 1 s
+             dict(group="matmul", flops=10, bytes=300, weight_bytes=0, peak="f32"),  # memory-bound: 3 s
+             dict(group="layout", flops=0, bytes=100, weight_bytes=0, peak="f32")]  # memory-bound: 1 s
+    roofline = _profile_layers().roofline
+    bound = roofline(costs, {"f32": 1000.0}, bandwidth=100.0)
     assert bound["groups"]["matmul"] == dict(flops=1010, bytes=310, bound_s=4.0, compute_s=1.0, memory_s=3.0)
     assert bound["total"]["bound_s"] == 5.0 and bound["total"]["memory_s"] == 4.0
+    # weights stream at the first bandwidth, activations at the in-cache one
+    cached = roofline([dict(group="matmul", flops=0, bytes=500, weight_bytes=200, peak="f32")], {"f32": 1.0},
+                      bandwidth=100.0, cache_bandwidth=300.0)
+    assert cached["total"]["bound_s"] == pytest.approx(200 / 100 + 300 / 300)
 
 
 def _info(name, node_type, exec_type, microseconds, status="EXECUTED"):
