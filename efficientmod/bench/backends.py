@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["BACKENDS", "DTYPES", "CUDA_SETTINGS", "Backend", "BackendOptions", "CompiledModels", "OnnxExport",
-           "Requirement", "cuda_settings"]
+           "Requirement", "cuda_settings", "openvino_model"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 StepFactory = Callable[[int], Callable[[], object]]
@@ -254,20 +254,29 @@ def _ort_steps(export: OnnxExport, int8: bool = False) -> Callable[..., StepFact
     return prepare
 
 
+def openvino_model(export: OnnxExport, model: nn.Module, input_size, precision: str = "fp32"):
+    """``model`` as the OpenVINO backends compile it: ``export`` of it converted to an
+    ``openvino.Model``; for int8, reshaped to batch 1 and quantised by NNCF on
+    :data:`CALIBRATION_IMAGES` random images."""
+    from efficientmod.export.openvino import convert_onnx
+    from efficientmod.export.quantize import quantize_openvino_int8
+
+    with tempfile.TemporaryDirectory(prefix="efficientmod-bench-") as folder:
+        ov_model = convert_onnx(export.write(model, folder, input_size, 1))
+    if precision == "int8":
+        ov_model.reshape([1, *input_size])
+        ov_model = quantize_openvino_int8(ov_model, _random_images(CALIBRATION_IMAGES, input_size))
+    return ov_model
+
+
 def _openvino_steps(export: OnnxExport, precision: str = "fp32") -> Callable[..., StepFactory]:
     """OpenVINO on the CPU from ``export`` of the model, in ``precision`` (fp32 set explicitly:
     OpenVINO's default on bf16-capable CPUs is bf16), compiled with static shapes for each
     batch size; int8 by NNCF post-training quantisation."""
     def prepare(model: nn.Module, input_size, options: BackendOptions) -> StepFactory:
-        from efficientmod.export.openvino import StaticBatchModel, convert_onnx
-        from efficientmod.export.quantize import quantize_openvino_int8
+        from efficientmod.export.openvino import StaticBatchModel
 
-        with tempfile.TemporaryDirectory(prefix="efficientmod-bench-") as folder:
-            ov_model = convert_onnx(export.write(model, folder, input_size, 1))
-        if precision == "int8":
-            ov_model.reshape([1, *input_size])
-            ov_model = quantize_openvino_int8(ov_model, _random_images(CALIBRATION_IMAGES, input_size))
-        runner = StaticBatchModel(ov_model, precision, options.threads)
+        runner = StaticBatchModel(openvino_model(export, model, input_size, precision), precision, options.threads)
 
         def make_step(batch: int):
             x = _random_images(batch, input_size)

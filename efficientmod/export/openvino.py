@@ -145,10 +145,11 @@ def _reason(error: RuntimeError) -> str:
     return (said or lines or [type(error).__name__])[0][:300]
 
 
-def compile_openvino(ov_model, precision: str = "fp32", threads: int | None = None):
+def compile_openvino(ov_model, precision: str = "fp32", threads: int | None = None, profile: bool = False):
     """``ov_model`` compiled for the CPU, the float ops in ``precision``'s inference precision
     (float32 for fp32 and int8, bfloat16 for bf16), latency mode (one stream),
-    ``threads`` inference threads when given."""
+    ``threads`` inference threads when given; ``profile``: with per-layer performance
+    counters (``PERF_COUNT``, read by an infer request's ``get_profiling_info()``)."""
     if precision not in INFERENCE_PRECISION:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     ov = _openvino()
@@ -156,6 +157,8 @@ def compile_openvino(ov_model, precision: str = "fp32", threads: int | None = No
               "NUM_STREAMS": "1"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = str(threads)
+    if profile:
+        config["PERF_COUNT"] = "YES"
     return ov.Core().compile_model(ov_model, "CPU", config)
 
 
