@@ -634,3 +634,29 @@ def test_labels_of_a_crowded_plot_do_not_overlap():
     overlapping = [(a.get_text(), b.get_text()) for (a, box_a), (b, box_b)
                    in itertools.combinations(zip(ax.texts, boxes, strict=True), 2) if box_a.overlaps(box_b)]
     assert overlapping == []
+
+
+def test_openvino_int8_forms_channels_first_form_is_the_deployed_model(monkeypatch):
+    """benchmarks/openvino_int8_forms.py's channels-first candidate: every modulation block
+    rewritten, one permute pair per run of them, the same outputs as the deployed model."""
+    from pathlib import Path
+
+    from test_deploy import random_model
+
+    from efficientmod.fuse import deploy
+    from efficientmod.models.efficientmod import FusedModulationBlock
+
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # the script imports cpu_frontier beside it
+    spec = importlib.util.spec_from_file_location("openvino_int8_forms", benchmarks / "openvino_int8_forms.py")
+    forms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(forms)
+    model = deploy(random_model("efficientmod_xxs"))
+    rewritten = forms.channels_first(model)
+    kinds = [type(m) for m in rewritten.modules()]
+    assert FusedModulationBlock not in kinds
+    assert kinds.count(forms.ChannelsFirstModulation) == sum(len(r) for r in model.cfg.expansion_ratios)
+    assert kinds.count(forms.Permute) == 2 * len(model.stages)  # every stage has one run of modulation blocks
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x), atol=1e-4, rtol=1e-4)
