@@ -679,3 +679,29 @@ def test_cli_prints_and_writes_the_reference_table(tmp_path, capsys):
     assert ratio["ours"] == "efficientmod_xxs@deploy" and ratio["reference"] == "efficientmod_xxs"
     assert ratio["fastest_backend"] == "torch-cpu" and ratio["vs_fastest"] > 0
     assert ratio["baseline_ms"] is None  # ort-cpu did not run
+
+
+def test_openvino_int8_forms_channels_first_form_is_the_deployed_model(monkeypatch):
+    """benchmarks/openvino_int8_forms.py's channels-first candidate: every modulation block
+    rewritten, one permute pair per run of them, the same outputs as the deployed model."""
+    from pathlib import Path
+
+    from test_deploy import random_model
+
+    from efficientmod.fuse import deploy
+    from efficientmod.models.efficientmod import FusedModulationBlock
+
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # the script imports cpu_frontier beside it
+    spec = importlib.util.spec_from_file_location("openvino_int8_forms", benchmarks / "openvino_int8_forms.py")
+    forms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(forms)
+    model = deploy(random_model("efficientmod_xxs"))
+    rewritten = forms.channels_first(model)
+    kinds = [type(m) for m in rewritten.modules()]
+    assert FusedModulationBlock not in kinds
+    assert kinds.count(forms.ChannelsFirstModulation) == sum(len(r) for r in model.cfg.expansion_ratios)
+    assert kinds.count(forms.Permute) == 2 * len(model.stages)  # every stage has one run of modulation blocks
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x), atol=1e-4, rtol=1e-4)
