@@ -228,10 +228,14 @@ def _xnnpack_quantizer(scope: str):
 CALIBRATION_BATCH = 32  # images per calibration forward pass
 
 
+def _silent(line: str) -> None:
+    """The ``progress`` of a caller that asked for none."""
+
+
 def _stages(progress: Callable[[str], None] | None) -> Callable[[str], None]:
-    """``progress`` with each line prefixed by the seconds since this call (a no-op when None)."""
+    """``progress`` with each line prefixed by the seconds since this call (silent when None)."""
     if progress is None:
-        return lambda line: None
+        return _silent
     start = time.perf_counter()
     return lambda line: progress(f"[{time.perf_counter() - start:4.0f} s] {line}")
 
@@ -255,7 +259,7 @@ def quantize_int8(model: nn.Module, calibration: np.ndarray, scope: str = "gemm"
 
     if len(calibration) == 0:
         raise ValueError("int8 calibration needs at least one image")
-    say = progress or (lambda line: None)
+    say = progress or _silent
     images = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
     batches = _calibration_batches(images, CALIBRATION_BATCH)
     say("int8: capturing the graph for calibration")
@@ -371,7 +375,7 @@ def lower_to_executorch(
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if precision == "int8" and calibration is None:
         raise ValueError("int8 needs calibration images")
-    say = progress or (lambda line: None)
+    say = progress or _silent
     was_training = model.training
     model.eval()
     try:
