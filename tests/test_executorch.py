@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from test_deploy import ALL_MODELS, random_model
 
 import efficientmod
 from efficientmod.export import ExportVerificationError, format_of, load_runtime
-from efficientmod.export.executorch import XNNPACK_REWRITES
+from efficientmod.export.executorch import CALIBRATION_BATCH, XNNPACK_REWRITES, _calibration_batches
 
 aten = torch.ops.aten
 needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
@@ -162,6 +163,37 @@ def test_int8_is_calibrated_quantised_and_checked_by_agreement(tmp_path):
     assert not (tmp_path / "strict.pte").exists()
     with pytest.raises(ValueError, match="calibration"):
         export_executorch(model, tmp_path / "x.pte", TINY_INPUT, META, "int8")
+
+
+def test_calibration_batches_cover_every_image_once_and_never_leave_one_alone():
+    for count in (1, 2, 3, CALIBRATION_BATCH, CALIBRATION_BATCH + 1, 300):
+        images = torch.arange(count, dtype=torch.float32).reshape(count, 1, 1, 1)
+        batches = _calibration_batches(images, CALIBRATION_BATCH)
+        assert torch.equal(torch.cat(batches), images)
+        assert all(len(batch) <= CALIBRATION_BATCH for batch in batches)
+        assert count == 1 or min(len(batch) for batch in batches) >= 2  # the captured batch axis starts at 2
+        assert len(batches) == -(-count // CALIBRATION_BATCH)
+
+
+@pytest.mark.slow
+@needs_executorch
+def test_int8_export_reports_its_stages_and_is_still_verified(tmp_path):
+    from efficientmod.export.executorch import export_executorch
+
+    lines: list[str] = []
+    count = CALIBRATION_BATCH + 1  # two batches
+    images = torch.randn(count, *TINY_INPUT, generator=torch.Generator().manual_seed(3)).numpy()
+    result = export_executorch(tiny(), tmp_path / "int8.pte", TINY_INPUT, META, "int8", calibration=images,
+                               agreement_tolerance=100, progress=lines.append)
+    assert all(re.match(r"\[ *\d+ s\] ", line) for line in lines), lines
+    stages = [line.split("] ", 1)[1] for line in lines]
+    expected = ["lowering int8 program", "int8: capturing the graph", f"int8: calibrating on {count} images in 2 batch",
+                f"int8: calibration {-(-count // 2)}/{count} images", f"int8: calibration {count}/{count} images",
+                "int8: converting", "exporting the int8 graph at batch 1", "lowering to XNNPACK", "serialising",
+                "delegation: ", f"verifying in ExecuTorch's runtime on {count} images", "verified"]
+    assert len(stages) == len(expected) and all(map(str.startswith, stages, expected)), stages
+    assert result.agreement.samples == count and result.agreement.max_abs_diff > 0  # checked, and really int8
+    assert load_runtime(tmp_path / "int8.pte").run(images[:2]).shape == (2, 5)
 
 
 @pytest.mark.slow
