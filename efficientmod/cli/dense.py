@@ -53,7 +53,7 @@ def _add_training_flags(parser: argparse.ArgumentParser, schedule: dict | None =
 def _add_checkpoint_option(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help=f"{LAST_CHECKPOINT} of `{task} train` (or its run folder)")
-    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default: auto, the GPU when there is one)")
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto: the GPU when there is one")
 
 
 def _load_trained(args: argparse.Namespace, task: str, build_from_meta) -> tuple:
