@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from benchmark_scripts import BENCHMARKS, load_script
 
 from efficientmod.bench import (
     BACKENDS,
@@ -565,14 +566,7 @@ def test_ort_backends_export_ours_and_the_reference_alike_with_static_shapes(bac
 
 
 def _cpu_frontier():
-    import importlib.util as module_loading
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "cpu_frontier.py"
-    spec = module_loading.spec_from_file_location("cpu_frontier", path)
-    cpu_frontier = module_loading.module_from_spec(spec)
-    spec.loader.exec_module(cpu_frontier)
-    return cpu_frontier
+    return load_script("cpu_frontier")
 
 
 def test_cpu_frontier_exports_baseline_and_deployed_model_the_same_way(exports):
@@ -684,18 +678,14 @@ def test_cli_prints_and_writes_the_reference_table(tmp_path, capsys):
 def test_openvino_int8_forms_channels_first_form_is_the_deployed_model(monkeypatch):
     """benchmarks/openvino_int8_forms.py's channels-first candidate: every modulation block
     rewritten, one permute pair per run of them, the same outputs as the deployed model."""
-    from pathlib import Path
 
     from test_deploy import random_model
 
     from efficientmod.fuse import deploy
     from efficientmod.models.efficientmod import FusedModulationBlock
 
-    benchmarks = Path(__file__).parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))  # the script imports cpu_frontier beside it
-    spec = importlib.util.spec_from_file_location("openvino_int8_forms", benchmarks / "openvino_int8_forms.py")
-    forms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(forms)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports cpu_frontier beside it
+    forms = load_script("openvino_int8_forms")
     model = deploy(random_model("efficientmod_xxs"))
     rewritten = forms.channels_first(model)
     kinds = [type(m) for m in rewritten.modules()]

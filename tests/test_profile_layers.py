@@ -2,24 +2,19 @@
 graph with known numbers, and the grouping of (fake) OpenVINO and ONNX Runtime profiles."""
 from __future__ import annotations
 
-import importlib.util as module_loading
 from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_script
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
 def _profile_layers():
-    path = Path(__file__).parents[1] / "benchmarks" / "profile_layers.py"
-    spec = module_loading.spec_from_file_location("profile_layers", path)
-    module = module_loading.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("profile_layers")
 
 
 def _tiny_graph():

@@ -4,12 +4,11 @@ apart, throughput counted in images, bounded in requests."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 from starlette.requests import Request
 from synthetic_images import class_image, jpeg_bytes
 
@@ -18,15 +17,7 @@ from efficientmod.serve.http import Limits, read_images
 GOOD = jpeg_bytes(class_image(0, 3, size=40))
 
 
-def _serve_load():
-    path = Path(__file__).parents[1] / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-serve_load = _serve_load()
+serve_load = load_script("serve_load")
 
 
 def read_back(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
