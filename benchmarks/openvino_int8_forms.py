@@ -168,8 +168,6 @@ def profile(compiled, x: np.ndarray, calls: int = 20) -> list[tuple[str, str, fl
 
 def profiles(models: dict, input_size, names: list[str], threads: int) -> dict:
     """entry -> its per-op-type profile, each entry compiled again with ``PERF_COUNT`` on."""
-    import openvino as ov
-
     x = np.random.default_rng(1).standard_normal((1, *input_size), dtype=np.float32)
     images = np.random.default_rng(0).standard_normal((CALIBRATION_IMAGES, *input_size), dtype=np.float32)
     result = {}
@@ -177,9 +175,8 @@ def profiles(models: dict, input_size, names: list[str], threads: int) -> dict:
         form, precision = name.split("/")
         ov_model = models[form] if precision == "bf16" else nncf_int8(
             models[form].clone(), images, precision.removeprefix("int8-"))
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERF_COUNT": "YES",
-                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
-        result[name] = profile(ov.Core().compile_model(ov_model, "CPU", config), x)
+        compiled = compile_openvino(ov_model, "bf16" if precision == "bf16" else "int8", threads, profile=True)
+        result[name] = profile(compiled, x)
     return result
 
 

@@ -136,8 +136,8 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_p
 
     ``threads`` sets the intra-op threads (ONNX Runtime's default: one per core);
     ``optimized_path`` also saves the optimized graph (valid on this kind of CPU only);
-    ``spinning=False``: idle intra-op threads sleep instead of spinning (ONNX Runtime's
-    default), which costs latency but leaves the cores to the processes that share them (a server).
+    ``spinning=False``: idle intra-op threads sleep instead of spinning (spinning is ONNX
+    Runtime's default), which costs latency but leaves the cores to the processes that share them (a server).
     """
     import onnxruntime as ort
 
